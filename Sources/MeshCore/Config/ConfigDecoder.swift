@@ -1,0 +1,499 @@
+import Yams
+
+/// Decodes and validates a YAML or JSON configuration. Every problem is collected (not only the
+/// first) with its key path and line, so `meshctl check` and meshd print them all.
+public enum ConfigLoader {
+    /// Per-pod overrides from the environment: `MESHD_MODE`, `MESHD_NODE_IP`, `MESHD_APP_PORT`.
+    public struct Overrides: Sendable, Equatable {
+        public var mode: String?
+        public var nodeIP: String?
+        public var appPort: String?
+        public var threads: Int?
+        public init(mode: String? = nil, nodeIP: String? = nil, appPort: String? = nil, threads: Int? = nil) {
+            self.mode = mode
+            self.nodeIP = nodeIP
+            self.appPort = appPort
+            self.threads = threads
+        }
+
+        public static func environment(_ env: [String: String]) -> Overrides {
+            Overrides(mode: env["MESHD_MODE"], nodeIP: env["MESHD_NODE_IP"], appPort: env["MESHD_APP_PORT"])
+        }
+
+        /// Later values win: `other`'s set fields replace ours.
+        public func merging(_ other: Overrides) -> Overrides {
+            Overrides(
+                mode: other.mode ?? mode,
+                nodeIP: other.nodeIP ?? nodeIP,
+                appPort: other.appPort ?? appPort,
+                threads: other.threads ?? threads
+            )
+        }
+    }
+
+    /// Parses `text` (YAML or JSON), applies `overrides`, validates. Throws `ConfigError`.
+    public static func load(yaml text: String, overrides: Overrides = Overrides()) throws(ConfigError) -> MeshConfig {
+        var decoder = Decoder()
+        var config = MeshConfig()
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ConfigError(problems: [Self.problem(from: error)])
+        } catch {
+            throw ConfigError(problems: [ConfigProblem(path: "", reason: .syntax("\(error)"))])
+        }
+        if let root {
+            decoder.decodeRoot(root, into: &config)
+        }
+        decoder.apply(overrides, to: &config)
+        decoder.validate(&config)
+        if !decoder.problems.isEmpty {
+            throw ConfigError(problems: decoder.problems)
+        }
+        return config
+    }
+
+    /// The built-in default with overrides applied and validated.
+    public static func builtInDefault(overrides: Overrides = Overrides()) throws(ConfigError) -> MeshConfig {
+        try load(yaml: "", overrides: overrides)
+    }
+
+    static func problem(from error: YamlError) -> ConfigProblem {
+        switch error {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
+            .composer(_, let problem, let mark, _):
+            return ConfigProblem(path: "", line: mark.line, column: mark.column, reason: .syntax(problem))
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return ConfigProblem(
+                path: "", line: context.mark.line, column: context.mark.column,
+                reason: .syntax("duplicated keys: \(duplicates.joined(separator: ", "))"))
+        default:
+            return ConfigProblem(path: "", reason: .syntax("\(error)"))
+        }
+    }
+}
+
+/// Walks the Yams node tree, keeping the key path and each node's position.
+struct Decoder {
+    var problems: [ConfigProblem] = []
+    /// Positions of values that cross-field validation may point at later (route services, names).
+    var marks: [String: Mark] = [:]
+
+    mutating func fail(at path: String, _ reason: ConfigProblem.Reason) {
+        let mark = marks[path]
+        problems.append(ConfigProblem(path: path, line: mark?.line, column: mark?.column, reason: reason))
+    }
+
+    mutating func fail(_ path: String, _ node: Node?, _ reason: ConfigProblem.Reason) {
+        problems.append(ConfigProblem(path: path, line: node?.mark?.line, column: node?.mark?.column, reason: reason))
+    }
+
+    /// The entries of a mapping node, or nil (with a problem recorded) if it is not one.
+    /// Unknown keys are reported against `allowed`.
+    mutating func mapping(_ node: Node, _ path: String, allowed: [String]) -> [(String, Node)]? {
+        guard case .mapping(let mapping) = node else {
+            fail(path, node, .wrongType(expected: "a mapping (key: value)"))
+            return nil
+        }
+        var entries: [(String, Node)] = []
+        for (keyNode, value) in mapping {
+            guard case .scalar(let key) = keyNode else {
+                fail(path, keyNode, .wrongType(expected: "a string key"))
+                continue
+            }
+            let childPath = join(path, key.string)
+            if !allowed.contains(key.string) {
+                fail(childPath, keyNode, .unknownKey(key.string, allowed: allowed))
+                continue
+            }
+            entries.append((key.string, value))
+        }
+        return entries
+    }
+
+    func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : path + "." + key }
+
+    mutating func string(_ node: Node, _ path: String) -> String? {
+        guard case .scalar(let scalar) = node, !(scalar.string.isEmpty && scalar.style == .plain) else {
+            fail(path, node, .wrongType(expected: "a string"))
+            return nil
+        }
+        return scalar.string
+    }
+
+    mutating func int(_ node: Node, _ path: String, range: ClosedRange<Int>) -> Int? {
+        guard case .scalar(let scalar) = node else {
+            fail(path, node, .wrongType(expected: "an integer"))
+            return nil
+        }
+        guard let value = Int(scalar.string), range.contains(value) else {
+            fail(path, node, .invalidValue(scalar.string, expected: "an integer in \(range.lowerBound)...\(range.upperBound)"))
+            return nil
+        }
+        return value
+    }
+
+    mutating func bool(_ node: Node, _ path: String) -> Bool? {
+        guard case .scalar(let scalar) = node else {
+            fail(path, node, .wrongType(expected: "true or false"))
+            return nil
+        }
+        switch scalar.string.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default:
+            fail(path, node, .invalidValue(scalar.string, expected: "true or false"))
+            return nil
+        }
+    }
+
+    mutating func duration(_ node: Node, _ path: String, max: MeshDuration = .seconds(86_400 * 365)) -> MeshDuration? {
+        guard let text = string(node, path) else { return nil }
+        guard let d = MeshDuration.parse(text), d <= max else {
+            fail(path, node, .invalidValue(text, expected: "a duration such as 250ms, 10s or 2m (at most \(max))"))
+            return nil
+        }
+        return d
+    }
+
+    mutating func address(_ node: Node, _ path: String, allowPortZero: Bool = false) -> HostPort? {
+        guard let text = string(node, path) else { return nil }
+        switch HostPort.parse(text, allowPortZero: allowPortZero) {
+        case .success(let hp): return hp
+        case .failure(let reason):
+            fail(path, node, reason)
+            return nil
+        }
+    }
+
+    mutating func cidrs(_ node: Node, _ path: String) -> [CIDR]? {
+        guard case .sequence(let seq) = node else {
+            fail(path, node, .wrongType(expected: "a list of CIDRs"))
+            return nil
+        }
+        var out: [CIDR] = []
+        for (i, item) in seq.enumerated() {
+            let p = "\(path)[\(i)]"
+            guard let text = string(item, p) else { continue }
+            guard let cidr = CIDR(text) else {
+                fail(p, item, .invalidValue(text, expected: "an address block such as 10.42.0.0/24"))
+                continue
+            }
+            out.append(cidr)
+        }
+        return out
+    }
+
+    func sequence(_ node: Node) -> [Node]? {
+        if case .sequence(let seq) = node { return Array(seq) }
+        return nil
+    }
+
+    // MARK: - Document
+
+    static let rootKeys = [
+        "mode", "nodeIP", "threads", "outbound", "inbound", "admin", "node", "http", "upstream", "drainTimeout",
+        "accessLog", "services", "routes",
+    ]
+
+    mutating func decodeRoot(_ root: Node, into config: inout MeshConfig) {
+        if case .scalar(let s) = root, s.string.isEmpty { return }  // an empty document
+        guard let entries = mapping(root, "", allowed: Self.rootKeys) else { return }
+        for (key, value) in entries {
+            switch key {
+            case "mode":
+                if let text = string(value, key) {
+                    if let mode = MeshConfig.Mode(rawValue: text) {
+                        config.mode = mode
+                    } else {
+                        fail(key, value, .invalidValue(text, expected: "sidecar or node"))
+                    }
+                }
+            case "nodeIP":
+                if let text = string(value, key) {
+                    if IPAddress(text) != nil { config.nodeIP = text } else {
+                        fail(key, value, .invalidValue(text, expected: "an IP address"))
+                    }
+                }
+            case "threads": if let v = int(value, key, range: 0...256) { config.threads = v }
+            case "outbound":
+                if let e = mapping(value, key, allowed: ["listen"]) {
+                    for (k, v) in e where k == "listen" {
+                        config.outbound.listen = address(v, "outbound.listen", allowPortZero: true)
+                    }
+                }
+            case "inbound":
+                if let e = mapping(value, key, allowed: ["listen", "app"]) {
+                    for (k, v) in e {
+                        if k == "listen" { config.inbound.listen = address(v, "inbound.listen", allowPortZero: true) }
+                        if k == "app", let a = address(v, "inbound.app") { config.inbound.app = a }
+                    }
+                }
+            case "admin":
+                if let e = mapping(value, key, allowed: ["listen"]) {
+                    for (_, v) in e {
+                        if let a = address(v, "admin.listen", allowPortZero: true) { config.admin.listen = a }
+                    }
+                }
+            case "node":
+                if let e = mapping(value, key, allowed: ["podCIDRs", "allowedSources"]) {
+                    for (k, v) in e {
+                        if k == "podCIDRs", let c = cidrs(v, "node.podCIDRs") { config.node.podCIDRs = c }
+                        if k == "allowedSources", let c = cidrs(v, "node.allowedSources") {
+                            config.node.allowedSources = c
+                        }
+                    }
+                }
+            case "http": decodeHTTP(value, into: &config.http)
+            case "upstream": decodeUpstream(value, into: &config.upstream)
+            case "drainTimeout": if let d = duration(value, key, max: .seconds(3600)) { config.drainTimeout = d }
+            case "accessLog": if let b = bool(value, key) { config.accessLog = b }
+            case "services":
+                guard let items = sequence(value) else {
+                    fail(key, value, .wrongType(expected: "a list of services"))
+                    continue
+                }
+                config.services = items.enumerated().compactMap { decodeService($1, "services[\($0)]") }
+            case "routes":
+                guard let items = sequence(value) else {
+                    fail(key, value, .wrongType(expected: "a list of routes"))
+                    continue
+                }
+                config.routes = items.enumerated().compactMap { decodeRoute($1, "routes[\($0)]") }
+            default: break
+            }
+        }
+    }
+
+    mutating func decodeHTTP(_ node: Node, into http: inout HTTPConfig) {
+        let allowed = ["maxHeaderBytes", "headerReadTimeout", "idleTimeout", "maxConnections"]
+        guard let entries = mapping(node, "http", allowed: allowed) else { return }
+        for (k, v) in entries {
+            let p = "http." + k
+            switch k {
+            case "maxHeaderBytes": if let i = int(v, p, range: 1024...(1 << 20)) { http.maxHeaderBytes = i }
+            case "headerReadTimeout": if let d = duration(v, p, max: .seconds(3600)) { http.headerReadTimeout = d }
+            case "idleTimeout": if let d = duration(v, p) { http.idleTimeout = d }
+            case "maxConnections": if let i = int(v, p, range: 1...1_000_000) { http.maxConnections = i }
+            default: break
+            }
+        }
+    }
+
+    mutating func decodeUpstream(_ node: Node, into up: inout UpstreamConfig) {
+        let allowed = ["connectTimeout", "requestTimeout", "idleTimeout", "maxIdlePerEndpoint"]
+        guard let entries = mapping(node, "upstream", allowed: allowed) else { return }
+        for (k, v) in entries {
+            let p = "upstream." + k
+            switch k {
+            case "connectTimeout": if let d = duration(v, p, max: .seconds(300)) { up.connectTimeout = d }
+            case "requestTimeout": if let d = duration(v, p) { up.requestTimeout = d }
+            case "idleTimeout": if let d = duration(v, p) { up.idleTimeout = d }
+            case "maxIdlePerEndpoint": if let i = int(v, p, range: 0...100_000) { up.maxIdlePerEndpoint = i }
+            default: break
+            }
+        }
+    }
+
+    mutating func decodeService(_ node: Node, _ path: String) -> ServiceConfig? {
+        guard let entries = mapping(node, path, allowed: ["name", "endpoints", "balancer"]) else { return nil }
+        var service = ServiceConfig(name: "")
+        var sawName = false
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "name":
+                marks[p] = v.mark
+                if let name = string(v, p) {
+                    sawName = true
+                    if isValidName(name) { service.name = name } else {
+                        fail(p, v, .invalidValue(name, expected: "a name of letters, digits, '.', '-', '_'"))
+                    }
+                }
+            case "endpoints":
+                guard let items = sequence(v) else {
+                    fail(p, v, .wrongType(expected: "a list of endpoints"))
+                    continue
+                }
+                service.endpoints = items.enumerated().compactMap { decodeEndpoint($1, "\(p)[\($0)]") }
+            case "balancer":
+                if let text = string(v, p) {
+                    if let kind = BalancerKind(rawValue: text) { service.balancer = kind } else {
+                        fail(p, v, .invalidValue(text, expected: BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")))
+                    }
+                }
+            default: break
+            }
+        }
+        if !sawName { fail(path, node, .missingKey("name")) }
+        return service
+    }
+
+    mutating func decodeEndpoint(_ node: Node, _ path: String) -> EndpointConfig? {
+        if case .scalar = node {
+            guard let address = address(node, path) else { return nil }
+            return EndpointConfig(address: address)
+        }
+        guard let entries = mapping(node, path, allowed: ["address", "via", "weight"]) else { return nil }
+        var address: HostPort?
+        var via: HostPort?
+        var weight = 1
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "address": address = self.address(v, p)
+            case "via": via = self.address(v, p)
+            case "weight": if let w = int(v, p, range: 1...10_000) { weight = w }
+            default: break
+            }
+        }
+        guard let address else {
+            if !entries.contains(where: { $0.0 == "address" }) { fail(path, node, .missingKey("address")) }
+            return nil
+        }
+        return EndpointConfig(address: address, via: via, weight: weight)
+    }
+
+    mutating func decodeRoute(_ node: Node, _ path: String) -> RouteConfig? {
+        let allowed = ["name", "match", "service", "backends", "timeout"]
+        guard let entries = mapping(node, path, allowed: allowed) else { return nil }
+        var route = RouteConfig()
+        var hasService = false
+        var hasBackends = false
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "name": route.name = string(v, p)
+            case "match": decodeMatch(v, p, into: &route.match)
+            case "service":
+                marks[p] = v.mark
+                if let s = string(v, p) {
+                    hasService = true
+                    route.backends = [RouteConfig.Backend(service: s, weight: 1)]
+                }
+            case "backends":
+                hasBackends = true
+                marks[p] = v.mark
+                guard let items = sequence(v) else {
+                    fail(p, v, .wrongType(expected: "a list of {service, weight}"))
+                    continue
+                }
+                var backends: [RouteConfig.Backend] = []
+                for (i, item) in items.enumerated() {
+                    let bp = "\(p)[\(i)]"
+                    guard let be = mapping(item, bp, allowed: ["service", "weight"]) else { continue }
+                    var service: String?
+                    var weight = 1
+                    for (bk, bv) in be {
+                        if bk == "service" {
+                            marks[bp + ".service"] = bv.mark
+                            service = string(bv, bp + ".service")
+                        }
+                        if bk == "weight", let w = int(bv, bp + ".weight", range: 0...10_000) { weight = w }
+                    }
+                    if let service { backends.append(.init(service: service, weight: weight)) } else {
+                        fail(bp, item, .missingKey("service"))
+                    }
+                }
+                if backends.isEmpty { fail(p, v, .invalid("a route needs at least one backend")) }
+                route.backends = backends
+            case "timeout": route.timeout = duration(v, p)
+            default: break
+            }
+        }
+        if hasService && hasBackends {
+            fail(path, node, .invalid("give either 'service' or 'backends', not both"))
+        } else if !hasService && !hasBackends {
+            fail(path, node, .missingKey("service"))
+        }
+        return route
+    }
+
+    mutating func decodeMatch(_ node: Node, _ path: String, into match: inout RouteConfig.Match) {
+        guard let entries = mapping(node, path, allowed: ["authority", "pathPrefix", "method", "headers"]) else { return }
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "authority": match.authority = string(v, p)?.lowercased()
+            case "pathPrefix":
+                if let s = string(v, p) {
+                    if s.hasPrefix("/") { match.pathPrefix = s } else {
+                        fail(p, v, .invalidValue(s, expected: "a path starting with '/'"))
+                    }
+                }
+            case "method": match.method = string(v, p)?.uppercased()
+            case "headers":
+                guard case .mapping(let m) = v else {
+                    fail(p, v, .wrongType(expected: "a mapping of header name to value"))
+                    continue
+                }
+                for (hk, hv) in m {
+                    guard case .scalar(let name) = hk, let value = string(hv, p + "." + (hk.string ?? "?")) else { continue }
+                    match.headers.append(.init(name: name.string.lowercased(), value: value))
+                }
+            default: break
+            }
+        }
+    }
+
+    func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 253
+            && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") }
+    }
+
+    // MARK: - Overrides and cross-field validation
+
+    mutating func apply(_ o: ConfigLoader.Overrides, to config: inout MeshConfig) {
+        if let mode = o.mode {
+            if let m = MeshConfig.Mode(rawValue: mode) { config.mode = m } else {
+                fail("mode", nil, .invalidValue(mode, expected: "sidecar or node (from MESHD_MODE or --mode)"))
+            }
+        }
+        if let ip = o.nodeIP {
+            if IPAddress(ip) != nil { config.nodeIP = ip } else {
+                fail("nodeIP", nil, .invalidValue(ip, expected: "an IP address (from MESHD_NODE_IP or --node-ip)"))
+            }
+        }
+        if let port = o.appPort {
+            if let p = Int(port), (1...65535).contains(p) { config.inbound.app.port = p } else {
+                fail("inbound.app", nil, .invalidValue(port, expected: "a port 1...65535 (from MESHD_APP_PORT)"))
+            }
+        }
+        if let t = o.threads {
+            if (0...256).contains(t) { config.threads = t } else {
+                fail("threads", nil, .invalidValue("\(t)", expected: "0...256 (from --threads)"))
+            }
+        }
+    }
+
+    mutating func validate(_ config: inout MeshConfig) {
+        if config.mode == .node && config.nodeIP == nil && config.outbound.listen == nil {
+            fail("nodeIP", nil, .missingKey("nodeIP (node mode binds the node's host IP; set nodeIP, MESHD_NODE_IP or --node-ip)"))
+        }
+        var seen: [String: Int] = [:]
+        for (i, service) in config.services.enumerated() where !service.name.isEmpty {
+            if let first = seen[service.name] {
+                fail(at: "services[\(i)].name", .invalid("duplicate service '\(service.name)' (first at services[\(first)])"))
+            } else {
+                seen[service.name] = i
+            }
+        }
+        for (i, route) in config.routes.enumerated() {
+            for (j, backend) in route.backends.enumerated() where seen[backend.service] == nil {
+                let p = route.backends.count == 1 && j == 0 ? "routes[\(i)].service" : "routes[\(i)].backends[\(j)].service"
+                fail(at: p, .invalid("unknown service '\(backend.service)'"))
+            }
+            if !route.backends.isEmpty && route.backends.allSatisfy({ $0.weight == 0 }) {
+                fail(at: "routes[\(i)].backends", .invalid("at least one backend needs a weight above 0"))
+            }
+        }
+    }
+}
+
+extension Node {
+    fileprivate var string: String? {
+        if case .scalar(let s) = self { return s.string }
+        return nil
+    }
+}

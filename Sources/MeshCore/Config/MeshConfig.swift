@@ -1,0 +1,190 @@
+/// meshd's whole configuration: a validated, immutable value. Every key is documented, with its
+/// default and bound, in `docs/configuration.md`.
+public struct MeshConfig: Sendable, Equatable {
+    public enum Mode: String, Sendable, Equatable, CaseIterable {
+        case sidecar
+        case node
+    }
+
+    public var mode: Mode = .sidecar
+    /// Node mode: the host IP that the outbound and inbound listeners bind.
+    public var nodeIP: String?
+    /// Number of event loops; 0 means one per core.
+    public var threads: Int = 0
+    public var outbound = OutboundConfig()
+    public var inbound = InboundConfig()
+    public var admin = AdminConfig()
+    public var node = NodeConfig()
+    public var http = HTTPConfig()
+    public var upstream = UpstreamConfig()
+    /// How long a graceful shutdown waits for in-flight requests before closing connections.
+    public var drainTimeout: MeshDuration = .seconds(30)
+    /// Write one JSON access-log line per request to standard output.
+    public var accessLog: Bool = false
+    public var services: [ServiceConfig] = []
+    public var routes: [RouteConfig] = []
+
+    public init() {}
+
+    /// The configuration meshd starts with when no file is given: a sidecar in front of an
+    /// application on 127.0.0.1:8080.
+    public static var builtInDefault: MeshConfig { MeshConfig() }
+
+    /// The outbound listen address in force: the configured one, or the placement's default.
+    public var effectiveOutboundListen: HostPort {
+        if let listen = outbound.listen { return listen }
+        switch mode {
+        case .sidecar: return HostPort(host: "127.0.0.1", port: 4140)
+        case .node: return HostPort(host: nodeIP ?? "127.0.0.1", port: 4140)
+        }
+    }
+
+    /// The inbound listen address in force.
+    public var effectiveInboundListen: HostPort {
+        if let listen = inbound.listen { return listen }
+        switch mode {
+        case .sidecar: return HostPort(host: "0.0.0.0", port: 4143)
+        case .node: return HostPort(host: nodeIP ?? "127.0.0.1", port: 4143)
+        }
+    }
+
+    /// Node mode: the sources allowed to use the outbound listener. Defaults to the pod CIDRs, or
+    /// loopback when none are configured, so a node proxy is never an open proxy.
+    public var effectiveAllowedSources: [CIDR] {
+        if !node.allowedSources.isEmpty { return node.allowedSources }
+        if !node.podCIDRs.isEmpty { return node.podCIDRs + [CIDR.loopbackV4, CIDR.loopbackV6] }
+        return [CIDR.loopbackV4, CIDR.loopbackV6]
+    }
+
+    /// Node mode: the destinations the inbound listener may forward to (the pods of this node).
+    public var effectiveInboundDestinations: [CIDR] {
+        node.podCIDRs.isEmpty ? [CIDR.loopbackV4, CIDR.loopbackV6] : node.podCIDRs
+    }
+}
+
+public struct OutboundConfig: Sendable, Equatable {
+    /// Default: 127.0.0.1:4140 (sidecar), <nodeIP>:4140 (node).
+    public var listen: HostPort?
+    public init() {}
+}
+
+public struct InboundConfig: Sendable, Equatable {
+    /// Default: 0.0.0.0:4143 (sidecar), <nodeIP>:4143 (node).
+    public var listen: HostPort?
+    /// Sidecar: where the local application listens.
+    public var app: HostPort = HostPort(host: "127.0.0.1", port: 8080)
+    public init() {}
+}
+
+public struct AdminConfig: Sendable, Equatable {
+    public var listen: HostPort = HostPort(host: "127.0.0.1", port: 4191)
+    public init() {}
+}
+
+public struct NodeConfig: Sendable, Equatable {
+    /// The pod address blocks of this node: the inbound listener forwards only into them, and they
+    /// are the default allowed sources of the outbound listener.
+    public var podCIDRs: [CIDR] = []
+    /// Sources allowed to connect to the outbound listener in node mode (default: podCIDRs + loopback).
+    public var allowedSources: [CIDR] = []
+    public init() {}
+}
+
+public struct HTTPConfig: Sendable, Equatable {
+    /// Largest request or response head (request line + headers) accepted, in bytes. Over it: 431 / 502.
+    public var maxHeaderBytes: Int = 64 * 1024
+    /// A client must finish sending a request head within this time after connecting or after the
+    /// previous response; otherwise the connection is closed (408 if nothing of the head was read yet).
+    public var headerReadTimeout: MeshDuration = .seconds(10)
+    /// A downstream keep-alive connection with no request in flight is closed after this long.
+    public var idleTimeout: MeshDuration = .seconds(60)
+    /// Open downstream connections per listener; past it new connections are closed at accept.
+    public var maxConnections: Int = 10_000
+    public init() {}
+}
+
+public struct UpstreamConfig: Sendable, Equatable {
+    /// Time to establish a TCP connection to an endpoint; past it the request gets 503.
+    public var connectTimeout: MeshDuration = .seconds(1)
+    /// Default time from the request head to the response head (a route may override); 504 past it.
+    public var requestTimeout: MeshDuration = .seconds(15)
+    /// A pooled idle upstream connection is closed after this long.
+    public var idleTimeout: MeshDuration = .seconds(60)
+    /// Idle connections kept per endpoint per event loop; extra ones are closed when released.
+    public var maxIdlePerEndpoint: Int = 64
+    public init() {}
+}
+
+public struct EndpointConfig: Sendable, Equatable, Hashable {
+    /// The workload's address (a sidecar's inbound, or a pod IP and port behind a node proxy).
+    public var address: HostPort
+    /// When set, meshd connects here (the inbound listener of the node proxy that hosts the pod) and
+    /// names `address` in the `x-meshd-dst` header; otherwise it connects to `address`.
+    public var via: HostPort?
+    public var weight: Int = 1
+
+    public init(address: HostPort, via: HostPort? = nil, weight: Int = 1) {
+        self.address = address
+        self.via = via
+        self.weight = weight
+    }
+
+    /// Where the TCP connection goes.
+    public var connectAddress: HostPort { via ?? address }
+}
+
+public struct ServiceConfig: Sendable, Equatable {
+    public var name: String
+    public var endpoints: [EndpointConfig] = []
+    public var balancer: BalancerKind = .roundRobin
+
+    public init(name: String, endpoints: [EndpointConfig] = [], balancer: BalancerKind = .roundRobin) {
+        self.name = name
+        self.endpoints = endpoints
+        self.balancer = balancer
+    }
+}
+
+public enum BalancerKind: String, Sendable, Equatable, CaseIterable {
+    case roundRobin = "round_robin"
+}
+
+public struct RouteConfig: Sendable, Equatable {
+    public struct Match: Sendable, Equatable {
+        /// Host name the request is addressed to, compared case-insensitively without the port.
+        /// `*` or absent matches any; `*.example.com` matches subdomains.
+        public var authority: String?
+        public var pathPrefix: String?
+        public var method: String?
+        /// Exact header values; every listed header must match.
+        public var headers: [HeaderMatch] = []
+        public init() {}
+    }
+
+    public struct HeaderMatch: Sendable, Equatable {
+        public var name: String
+        public var value: String
+        public init(name: String, value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    public struct Backend: Sendable, Equatable {
+        public var service: String
+        public var weight: Int
+        public init(service: String, weight: Int) {
+            self.service = service
+            self.weight = weight
+        }
+    }
+
+    public var name: String?
+    public var match = Match()
+    /// One backend (`service:`) or a weighted split (`backends:`).
+    public var backends: [Backend] = []
+    /// Overrides `upstream.requestTimeout` for this route.
+    public var timeout: MeshDuration?
+
+    public init() {}
+}

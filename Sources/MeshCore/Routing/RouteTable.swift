@@ -1,0 +1,136 @@
+/// The compiled route table: first match wins, in configuration order.
+///
+/// Matching is the "logical" step of a request's walk (route → backends); `pickBackend` chooses one
+/// service of a weighted split. Both are pure: the caller supplies the request's facts and a random
+/// number generator.
+public struct RouteTable: Sendable {
+    public struct Route: Sendable {
+        public let index: Int
+        /// `name:` from config, or `route-N`.
+        public let name: String
+        public let authority: AuthorityMatch
+        public let pathPrefix: String?
+        public let method: String?
+        public let headers: [RouteConfig.HeaderMatch]
+        /// Indexes into the snapshot's services, with their weights.
+        public let backends: [(service: Int, weight: Int)]
+        public let totalWeight: Int
+        public let timeout: MeshDuration
+    }
+
+    public enum AuthorityMatch: Sendable, Equatable {
+        case any
+        case exact(String)
+        /// `*.example.com` → suffix `.example.com`.
+        case suffix(String)
+
+        init(_ pattern: String?) {
+            guard let pattern, pattern != "*", !pattern.isEmpty else {
+                self = .any
+                return
+            }
+            let host = RouteTable.hostWithoutPort(Substring(pattern)).lowercased()
+            if host.hasPrefix("*.") {
+                self = .suffix(String(host.dropFirst()))
+            } else {
+                self = .exact(host)
+            }
+        }
+
+        func matches(_ host: Substring) -> Bool {
+            switch self {
+            case .any: return true
+            case .exact(let name): return Self.equalsIgnoringASCIICase(host, name)
+            case .suffix(let suffix):
+                guard host.utf8.count > suffix.utf8.count else { return false }
+                let tail = host.utf8.suffix(suffix.utf8.count)
+                return Self.equalsIgnoringASCIICase(Substring(tail), suffix)
+            }
+        }
+
+        static func equalsIgnoringASCIICase(_ a: Substring, _ b: String) -> Bool {
+            guard a.utf8.count == b.utf8.count else { return false }
+            for (x, y) in zip(a.utf8, b.utf8) {
+                let lx = x >= 65 && x <= 90 ? x + 32 : x
+                if lx != y { return false }  // patterns are stored lowercased
+            }
+            return true
+        }
+    }
+
+    public let routes: [Route]
+
+    public init(routes config: [RouteConfig], serviceIndex: [String: Int], defaultTimeout: MeshDuration) {
+        var routes: [Route] = []
+        for (i, r) in config.enumerated() {
+            let backends = r.backends.compactMap { b -> (service: Int, weight: Int)? in
+                guard let idx = serviceIndex[b.service], b.weight > 0 else { return nil }
+                return (idx, b.weight)
+            }
+            routes.append(
+                Route(
+                    index: i,
+                    name: r.name ?? "route-\(i)",
+                    authority: AuthorityMatch(r.match.authority),
+                    pathPrefix: r.match.pathPrefix,
+                    method: r.match.method,
+                    headers: r.match.headers,
+                    backends: backends,
+                    totalWeight: backends.reduce(0) { $0 + $1.weight },
+                    timeout: r.timeout ?? defaultTimeout
+                ))
+        }
+        self.routes = routes
+    }
+
+    /// The host part of an authority: `orders:8080` → `orders`, `[::1]:80` → `::1`.
+    public static func hostWithoutPort(_ authority: Substring) -> Substring {
+        if authority.hasPrefix("[") {
+            if let close = authority.firstIndex(of: "]") {
+                return authority[authority.index(after: authority.startIndex)..<close]
+            }
+            return authority
+        }
+        if let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon {
+            return authority[..<colon]
+        }
+        return authority
+    }
+
+    /// First route matching the request, or nil. `header(name)` returns a request header's value
+    /// (names are passed lowercased).
+    public func match(
+        host: Substring,
+        path: Substring,
+        method: String,
+        header: (String) -> String?
+    ) -> Route? {
+        for route in routes {
+            guard route.authority.matches(host) else { continue }
+            if let prefix = route.pathPrefix, !path.hasPrefix(prefix) { continue }
+            if let m = route.method, m != method { continue }
+            var headersMatch = true
+            for h in route.headers where header(h.name) != h.value {
+                headersMatch = false
+                break
+            }
+            if headersMatch { return route }
+        }
+        return nil
+    }
+
+    /// Picks one backend service of a route by weight.
+    public static func pickBackend(_ route: Route, using rng: inout some RandomNumberGenerator) -> Int? {
+        switch route.backends.count {
+        case 0: return nil
+        case 1: return route.backends[0].service
+        default:
+            var ticket = Int.random(in: 0..<route.totalWeight, using: &rng)
+            for b in route.backends {
+                if ticket < b.weight { return b.service }
+                ticket -= b.weight
+            }
+            return route.backends[route.backends.count - 1].service
+        }
+    }
+}

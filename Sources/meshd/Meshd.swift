@@ -1,0 +1,161 @@
+import ArgumentParser
+import Logging
+import MeshCore
+import NIOConcurrencyHelpers
+import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+@main
+struct Meshd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshd",
+        abstract: "meshd: a service-mesh data-plane proxy (sidecar or per-node).",
+        discussion: """
+            With no --config, meshd starts as a sidecar with the built-in default: outbound \
+            127.0.0.1:4140, inbound 0.0.0.0:4143 → 127.0.0.1:8080, admin 127.0.0.1:4191. \
+            MESHD_MODE, MESHD_NODE_IP and MESHD_APP_PORT override the per-pod values; flags override those.
+            """)
+
+    @Option(name: .long, help: "Configuration file (YAML or JSON). Reloaded on SIGHUP and when it changes.")
+    var config: String?
+
+    @Option(name: .long, help: "Placement: sidecar or node (overrides MESHD_MODE and the file).")
+    var mode: String?
+
+    @Option(name: .customLong("node-ip"), help: "Node mode: the host IP to bind (overrides MESHD_NODE_IP).")
+    var nodeIP: String?
+
+    @Option(name: .long, help: "Number of event loops (0 = one per core).")
+    var threads: Int?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    @Flag(name: .long, help: "Validate the configuration and exit (0 when valid).")
+    var check = false
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        LogLevelBox.shared.level = level
+        LoggingSystem.bootstrap { JSONLogHandler(label: $0) }
+        let logger = Logger(label: "meshd")
+
+        var env: [String: String] = [:]
+        for key in ["MESHD_MODE", "MESHD_NODE_IP", "MESHD_APP_PORT"] {
+            if let v = getenv(key) { env[key] = String(cString: v) }
+        }
+        let overrides = ConfigLoader.Overrides.environment(env)
+            .merging(ConfigLoader.Overrides(mode: mode, nodeIP: nodeIP, threads: threads))
+
+        let meshConfig: MeshConfig
+        var configText: String?
+        do {
+            if let path = config {
+                let text: String
+                do { text = try readFile(path) } catch {
+                    throw ConfigError(problems: [ConfigProblem(path: "", reason: .invalid("cannot read \(path): \(error)"))])
+                }
+                configText = text
+                meshConfig = try ConfigLoader.load(yaml: text, overrides: overrides)
+                if !check {
+                    logger.info("starting with config file", metadata: ["path": "\(path)", "mode": "\(meshConfig.mode.rawValue)"])
+                }
+            } else {
+                meshConfig = try ConfigLoader.builtInDefault(overrides: overrides)
+                if !check {
+                    logger.info(
+                        "no --config given: starting with the built-in sidecar default",
+                        metadata: [
+                            "outbound": "\(meshConfig.effectiveOutboundListen)",
+                            "inbound": "\(meshConfig.effectiveInboundListen) -> \(meshConfig.inbound.app)",
+                            "admin": "\(meshConfig.admin.listen)", "mode": "\(meshConfig.mode.rawValue)",
+                        ])
+                }
+            }
+        } catch let error as ConfigError {
+            printErr("meshd: invalid configuration\(config.map { " in \($0)" } ?? ""):\n\(error.description)\n")
+            throw ExitCode(2)
+        }
+        if check {
+            print("configuration is valid: \(meshConfig.services.count) services, \(meshConfig.routes.count) routes")
+            return
+        }
+
+        let metrics = MeshMetrics()
+        let groupBox = NIOLockedValueBox<ServiceGroup?>(nil)
+        let runtime: MeshRuntime
+        do {
+            runtime = try MeshRuntime(
+                config: meshConfig, configText: configText, configPath: config, overrides: overrides, logger: logger,
+                metrics: metrics,
+                shutdownRequested: {
+                    Task { await groupBox.withLockedValue { $0 }?.triggerGracefulShutdown() }
+                })
+        } catch {
+            printErr("meshd: invalid configuration:\n\(error.description)\n")
+            throw ExitCode(2)
+        }
+        let service = MeshdService(runtime: runtime, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        groupBox.withLockedValue { $0 = group }
+        do {
+            try await group.run()
+        } catch {
+            logger.error("meshd failed", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Runs meshd under swift-service-lifecycle: start, watch the config, drain on shutdown.
+struct MeshdService: Service {
+    let runtime: MeshRuntime
+    let logger: Logger
+
+    func run() async throws {
+        do {
+            try await runtime.start()
+        } catch {
+            logger.error("cannot start listeners", metadata: ["error": "\(error)"])
+            await runtime.drainAndStop()
+            throw error
+        }
+        let runtime = self.runtime
+        let hup = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                runtime.reload(force: true, reason: "SIGHUP")
+            }
+        }
+        // The file is re-read every second: this also catches the atomic `..data` symlink swap of a
+        // Kubernetes ConfigMap volume, which no inotify watch on the file itself would see.
+        let watcher = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled { break }
+                runtime.reload(force: false, reason: "file changed")
+            }
+        }
+        try? await gracefulShutdown()
+        hup.cancel()
+        watcher.cancel()
+        await runtime.drainAndStop()
+    }
+}
+
+func printErr(_ s: String) {
+    writeStderr(s)
+}

@@ -1,0 +1,580 @@
+import CoreMetrics
+import Logging
+import MeshCore
+import NIOCore
+import NIOHTTP1
+
+/// The downstream side of an HTTP/1.1 connection, on either listener. For each request it walks the
+/// three steps — route (logical) → balance (concrete) → endpoint (send) — using MeshCore's decisions,
+/// then streams the request to an upstream connection of the same event loop and the response back,
+/// with backpressure both ways (reads are held while the partner cannot take more).
+final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    enum State {
+        /// Waiting for a request head since `since`.
+        case idle(since: NIODeadline)
+        /// Routed; waiting for a new upstream connection. Request parts read meanwhile are buffered.
+        case connecting
+        /// Request and/or response streaming through `upstream`.
+        case proxying(UpstreamConnection)
+        /// meshd answered itself; the rest of the request body is discarded until its end.
+        case discarding
+        case closed
+    }
+
+    let direction: Direction
+    let loop: LoopContext
+    let connectionGuard: ConnectionGuard
+    private var context: ChannelHandlerContext?
+    private(set) var state: State = .idle(since: .now())
+    private var req = RequestState()
+    private var pending = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
+    private var readPending = false
+    private var upstreamNeedsFlush = false
+    private var clientIP = "unknown"
+    private var firstRequest = true
+
+    init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard) {
+        self.direction = direction
+        self.loop = loop
+        self.connectionGuard = connectionGuard
+    }
+
+    /// What the connection knows about the request in flight; one per connection, reset per request.
+    struct RequestState {
+        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        var method = HTTPMethod.GET
+        var authority = ""
+        var path = ""
+        var service: LoopService?
+        var endpoint: LoopEndpoint?
+        var target: SocketAddress?
+        var routeName = ""
+        var started = NIODeadline.now()
+        var deadline = NIODeadline.distantFuture
+        var requestEnded = false
+        var responseStarted = false
+        var responseEnded = false
+        var status = 0
+        var keepAlive = true
+        var expectContinue = false
+        var bodyForwarded = false
+        var reusedConnection = false
+        var retried = false
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        loop.register(self)
+        if let ip = context.channel.remoteAddress?.ipAddress { clientIP = ip }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        loop.unregister(self)
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        switch state {
+        case .proxying(let upstream):
+            // The client left mid-exchange: the upstream connection is in an unknown state.
+            upstream.close()
+            finishRequest(status: req.responseStarted ? req.status : 499, error: nil, reuse: false)
+        case .connecting:
+            finishRequest(status: 499, error: nil, reuse: false)
+        default: break
+        }
+        state = .closed
+        pending.removeAll()
+        loop.unregister(self)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        switch part {
+        case .head(let head):
+            guard case .idle = state else {
+                // HTTPServerPipelineHandler serialises requests; a head while busy is a bug upstream of us.
+                protocolFailure(.badRequest, context: context)
+                return
+            }
+            startRequest(head, context: context)
+        case .body, .end:
+            if case .end = part { req.requestEnded = true }
+            switch state {
+            case .connecting:
+                pending.append(part)
+            case .proxying(let upstream):
+                forward(part, to: upstream)
+            case .discarding:
+                if req.requestEnded { completeLocalReply(context: context) }
+            case .idle, .closed:
+                break
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if upstreamNeedsFlush, case .proxying(let upstream) = state {
+            upstreamNeedsFlush = false
+            upstream.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        switch state {
+        case .connecting:
+            readPending = true
+        case .proxying(let upstream) where !upstream.isWritable:
+            readPending = true
+        default:
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .proxying(let upstream) = state {
+            upstream.resumeReading()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let parserError = error as? HTTPParserError {
+            let kind: MeshError = parserError == .headerOverflow ? .headersTooLarge : .badRequest
+            loop.shared.logger.info(
+                "malformed request", metadata: ["direction": "\(direction.label)", "error": "\(parserError)", "client": "\(clientIP)"])
+            protocolFailure(kind, context: context)
+            return
+        }
+        if error is ByteToMessageDecoderError {
+            protocolFailure(.badRequest, context: context)
+            return
+        }
+        // I/O errors (connection reset by the client...): just close.
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: - Request start: route → balance → endpoint
+
+    private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        firstRequest = false
+        req = RequestState()
+        req.started = .now()
+        req.method = head.method
+        req.keepAlive = head.isKeepAlive
+        let snapshot = loop.snapshot
+
+        // Authority: absolute-form URI (as http_proxy clients send it) or the Host header.
+        var uri = Substring(head.uri)
+        var authority: Substring?
+        if let schemeEnd = uri.range(of: "://"), uri.first != "/" {
+            let afterScheme = uri[schemeEnd.upperBound...]
+            let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
+            authority = afterScheme[..<slash]
+            let rest = afterScheme[slash...]
+            uri = rest.isEmpty ? "/" : rest
+        }
+        let hostHeader = head.headers.first(name: "host")
+        if authority == nil, let hostHeader { authority = Substring(hostHeader) }
+        guard let authority, !authority.isEmpty else {
+            reply(.badRequest, context: context, detail: "request has no Host header")
+            return
+        }
+        if let at = authority.lastIndex(of: "@") { _ = at }  // userinfo is not valid in a Host header; kept as-is
+        req.authority = String(authority)
+        let path = uri.prefix { $0 != "?" }
+        req.path = String(path)
+
+        var outHead = head
+        outHead.uri = String(uri)
+        outHead.version = .http1_1
+
+        switch direction {
+        case .outbound:
+            let host = RouteTable.hostWithoutPort(authority)
+            let method = head.method.rawValue
+            guard
+                let route = snapshot.mesh.routes.match(
+                    host: host, path: path, method: method, header: { head.headers.first(name: $0) })
+            else {
+                reply(.noRoute, context: context, detail: "no route for authority '\(host)'")
+                return
+            }
+            req.routeName = route.name
+            req.deadline = req.started + .nanoseconds(route.timeout.nanoseconds)
+            guard let serviceIndex = RouteTable.pickBackend(route, using: &loop.rng) else {
+                reply(.noEndpoints, context: context, detail: "route '\(route.name)' has no backend with weight")
+                return
+            }
+            let service = loop.services[serviceIndex]
+            req.service = service
+            guard let endpointIndex = service.balancer.pick() else {
+                reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")
+                return
+            }
+            let endpoint = service.endpoints[endpointIndex]
+            req.endpoint = endpoint
+            req.target = endpoint.address
+            outHead.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        case .inbound:
+            req.service = loop.inboundService
+            req.deadline = req.started + .nanoseconds(snapshot.config.upstream.requestTimeout.nanoseconds)
+            if snapshot.config.mode == .node {
+                // A node proxy forwards to the pod the calling meshd picked, if it is one of this node's.
+                guard let dst = head.headers.first(name: HeaderPolicy.destinationHeader),
+                    case .success(let hp) = HostPort.parse(dst),
+                    let ip = IPAddress(hp.host),
+                    snapshot.config.effectiveInboundDestinations.contains(where: { $0.contains(ip) }),
+                    let addr = try? SocketAddress(ipAddress: hp.host, port: hp.port)
+                else {
+                    reply(
+                        .destinationNotAllowed, context: context,
+                        detail: "x-meshd-dst must name a pod address of this node (node.podCIDRs)")
+                    return
+                }
+                req.target = addr
+            } else {
+                req.target = snapshot.appAddress
+            }
+            outHead.headers.remove(name: HeaderPolicy.destinationHeader)
+        }
+
+        // Hop-by-hop headers go; framing is re-added by the encoder; x-forwarded-for grows.
+        let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+        req.expectContinue = head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
+        let remove = HeaderPolicy.namesToRemove(connectionHeaderValues: head.headers["connection"])
+        for name in remove { outHead.headers.remove(name: name) }
+        if req.expectContinue { outHead.headers.remove(name: "expect") }
+        if chunked { outHead.headers.add(name: "transfer-encoding", value: "chunked") }
+        let xff = HeaderPolicy.appendingForwardedFor(
+            existing: outHead.headers[canonicalForm: "x-forwarded-for"].joined(separator: ", "), client: clientIP)
+        outHead.headers.replaceOrAdd(name: "x-forwarded-for", value: xff)
+        if outHead.headers.first(name: "host") == nil { outHead.headers.add(name: "host", value: req.authority) }
+        req.head = outHead
+
+        req.endpoint?.inFlight += 1
+        req.endpoint?.requests += 1
+        dispatch(context: context)
+    }
+
+    /// Sends the request head to a pooled connection or opens a new one.
+    private func dispatch(context: ChannelHandlerContext) {
+        guard let target = req.target else { return }
+        if let conn = loop.pool.lease(target) {
+            req.reusedConnection = true
+            attach(conn, context: context)
+            return
+        }
+        req.reusedConnection = false
+        state = .connecting
+        let maxHeader = loop.snapshot.config.http.maxHeaderBytes
+        loop.pool.connect(target, maxHeaderBytes: maxHeader).assumeIsolated().whenComplete { [self] result in
+            guard case .connecting = self.state, let context = self.context else {
+                if case .success(let conn) = result { conn.close() }
+                return
+            }
+            switch result {
+            case .success(let conn):
+                self.attach(conn, context: context)
+            case .failure(let error):
+                self.loop.shared.logger.info(
+                    "upstream connect failed",
+                    metadata: ["target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)"])
+                self.pending.removeAll()
+                self.reply(.connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
+            }
+        }
+    }
+
+    private func attach(_ conn: UpstreamConnection, context: ChannelHandlerContext) {
+        conn.owner = self
+        conn.pool = loop.pool
+        conn.uses += 1
+        state = .proxying(conn)
+        if req.expectContinue && !req.requestEnded {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
+        }
+        conn.write(.head(req.head))
+        while let part = pending.popFirst() { forward(part, to: conn, flush: false) }
+        conn.flush()
+        if readPending {
+            readPending = false
+            if conn.isWritable { context.read() } else { readPending = true }
+        }
+    }
+
+    private func forward(_ part: HTTPServerRequestPart, to upstream: UpstreamConnection, flush: Bool = true) {
+        switch part {
+        case .head: break
+        case .body(let buffer):
+            req.bodyForwarded = true
+            upstream.write(.body(.byteBuffer(buffer)))
+            upstreamNeedsFlush = true
+        case .end(let trailers):
+            if flush { upstream.writeAndFlush(.end(trailers)) } else { upstream.write(.end(trailers)) }
+            upstreamNeedsFlush = false
+            if req.responseEnded { completeExchange() }
+        }
+    }
+
+    // MARK: - UpstreamOwner
+
+    var downstreamWritable: Bool { context?.channel.isWritable ?? false }
+
+    func upstreamRead(_ part: HTTPClientResponsePart) {
+        guard let context else { return }
+        switch part {
+        case .head(var head):
+            req.responseStarted = true
+            req.status = Int(head.status.code)
+            let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+            for name in HeaderPolicy.namesToRemove(connectionHeaderValues: head.headers["connection"]) {
+                head.headers.remove(name: name)
+            }
+            if chunked { head.headers.add(name: "transfer-encoding", value: "chunked") }
+            head.version = .http1_1
+            if !req.keepAlive { head.headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let buffer):
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            req.responseEnded = true
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            if req.requestEnded {
+                completeExchange()
+            } else if case .proxying(let upstream) = state {
+                // An early response (e.g. 413): the upstream will not read the rest; drop it.
+                upstream.close()
+                finishRequest(status: req.status, error: nil, reuse: false)
+                state = .discarding
+            }
+        }
+    }
+
+    func upstreamReadComplete() {
+        context?.flush()
+    }
+
+    func upstreamWritabilityChanged(writable: Bool) {
+        if writable && readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    func upstreamClosed(error: Error?) {
+        guard case .proxying(let upstream) = state, let context else { return }
+        if req.responseStarted {
+            if !req.responseEnded {
+                // The backend died mid-response: the client must see a broken response, never a
+                // silently truncated one.
+                loop.shared.logger.warning(
+                    "upstream closed mid-response", metadata: ["target": "\(upstream.address)", "error": "\(error.map { "\($0)" } ?? "eof")"])
+                loop.shared.metrics.error(.upstreamReset, direction).increment()
+                finishRequest(status: req.status, error: .upstreamReset, reuse: false)
+                state = .closed
+                context.close(promise: nil)
+            }
+            return
+        }
+        // A kept-alive connection the peer closed just as we reused it: safe to replay an idempotent
+        // request whose body we have not started sending, once, on a new connection.
+        if req.reusedConnection && !req.retried && !req.bodyForwarded && req.method.isIdempotent {
+            req.retried = true
+            loop.shared.metrics.upstreamStaleRetries.increment()
+            dispatchRetry(context: context)
+            return
+        }
+        let kind: MeshError = error.map { $0 is HTTPParserError } == true ? .upstreamProtocol : .upstreamReset
+        reply(kind, context: context, detail: "upstream \(upstream.address) closed before responding: \(error.map { "\($0)" } ?? "eof")")
+    }
+
+    private func dispatchRetry(context: ChannelHandlerContext) {
+        state = .connecting
+        if req.requestEnded { pending.append(.end(nil)) }
+        dispatch(context: context)
+    }
+
+    // MARK: - Completion
+
+    /// Request and response both complete: return the upstream connection and go idle.
+    private func completeExchange() {
+        guard case .proxying(let upstream) = state else { return }
+        upstream.owner = nil
+        finishRequest(status: req.status, error: nil, reuse: true)
+        loop.pool.release(upstream)
+        goIdleOrClose()
+    }
+
+    private func goIdleOrClose() {
+        connectionGuard.sawBytes = false
+        if req.keepAlive {
+            state = .idle(since: .now())
+        } else {
+            state = .closed
+            context?.close(promise: nil)
+        }
+    }
+
+    private func finishRequest(status: Int, error: MeshError?, reuse: Bool) {
+        if let endpoint = req.endpoint {
+            endpoint.inFlight -= 1
+            req.endpoint = nil
+        }
+        let elapsed = NIODeadline.now() - req.started
+        if let service = req.service {
+            service.requestCounters[MeshMetrics.statusClassIndex(status)].increment()
+            service.latency.record(nanoseconds: elapsed.nanoseconds)
+        }
+        if loop.snapshot.config.accessLog {
+            loop.accessLog.append(
+                AccessLog.line(
+                    direction: direction.label, method: req.method.rawValue, authority: req.authority, path: req.path,
+                    status: status, service: req.service?.name, target: req.target?.description,
+                    durationNanos: elapsed.nanoseconds, error: error?.rawValue, client: clientIP))
+        }
+        req.service = nil
+    }
+
+    /// meshd answers itself (no route, connect failure, timeout...): a small text body and the
+    /// `x-meshd-error` header; the connection stays open when the request has been read completely.
+    private func reply(_ error: MeshError, context: ChannelHandlerContext, detail: String) {
+        if case .proxying(let upstream) = state { upstream.close() }
+        loop.shared.metrics.error(error, direction).increment()
+        finishRequest(status: error.status, error: error, reuse: false)
+        if !req.requestEnded { req.keepAlive = false }
+        var headers = HTTPHeaders()
+        let body = "meshd: \(detail)\n"
+        headers.add(name: MeshError.headerName, value: error.rawValue)
+        headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+        headers.add(name: "content-length", value: String(body.utf8.count))
+        if !req.keepAlive { headers.add(name: "connection", value: "close") }
+        var head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: error.status), headers: headers)
+        head.status = HTTPResponseStatus(statusCode: error.status, reasonPhrase: error.reason)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        req.responseStarted = true
+        req.responseEnded = true
+        if req.requestEnded {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            goIdleOrClose()
+        } else {
+            // Close once the reply is out; the unread body is dropped with the connection.
+            state = .closed
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func completeLocalReply(context: ChannelHandlerContext) {
+        goIdleOrClose()
+    }
+
+    /// A request that cannot be parsed: reply if no response is under way, then close.
+    private func protocolFailure(_ error: MeshError, context: ChannelHandlerContext) {
+        switch state {
+        case .idle:
+            req = RequestState()
+            req.keepAlive = false
+            loop.shared.metrics.error(error, direction).increment()
+            var headers = HTTPHeaders()
+            let body = "meshd: \(error == .headersTooLarge ? "request head larger than http.maxHeaderBytes" : "malformed HTTP request")\n"
+            headers.add(name: MeshError.headerName, value: error.rawValue)
+            headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+            headers.add(name: "content-length", value: String(body.utf8.count))
+            headers.add(name: "connection", value: "close")
+            let head = HTTPResponseHead(
+                version: .http1_1, status: HTTPResponseStatus(statusCode: error.status, reasonPhrase: error.reason), headers: headers)
+            state = .closed
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        case .proxying(let upstream):
+            upstream.close()
+            loop.shared.metrics.error(error, direction).increment()
+            finishRequest(status: req.responseStarted ? req.status : error.status, error: error, reuse: false)
+            state = .closed
+            context.close(promise: nil)
+        case .connecting, .discarding:
+            loop.shared.metrics.error(error, direction).increment()
+            finishRequest(status: error.status, error: error, reuse: false)
+            state = .closed
+            context.close(promise: nil)
+        case .closed:
+            break
+        }
+    }
+
+    // MARK: - Timeouts (checked by the loop every tick)
+
+    func checkTimeouts(now: NIODeadline) {
+        guard let context else { return }
+        let http = loop.snapshot.config.http
+        switch state {
+        case .idle(let since):
+            if connectionGuard.sawBytes || firstRequest {
+                if now > since + .nanoseconds(http.headerReadTimeout.nanoseconds) {
+                    loop.shared.metrics.error(.headerTimeout, direction).increment()
+                    loop.shared.logger.info(
+                        "closing connection: request head not received in time",
+                        metadata: ["client": "\(clientIP)", "timeout": "\(http.headerReadTimeout)"])
+                    state = .closed
+                    if connectionGuard.sawBytes {
+                        protocolFailureTimeout(context: context)
+                    } else {
+                        context.close(promise: nil)
+                    }
+                }
+            } else if now > since + .nanoseconds(http.idleTimeout.nanoseconds) {
+                state = .closed
+                context.close(promise: nil)
+            }
+        case .connecting, .proxying:
+            if !req.responseStarted && now > req.deadline {
+                loop.shared.logger.info(
+                    "upstream timeout", metadata: ["target": "\(req.target?.description ?? "?")", "authority": "\(req.authority)"])
+                pending.removeAll()
+                reply(.upstreamTimeout, context: context, detail: "no response from \(req.target?.description ?? "upstream") in time")
+            }
+        case .discarding, .closed:
+            break
+        }
+    }
+
+    private func protocolFailureTimeout(context: ChannelHandlerContext) {
+        var headers = HTTPHeaders()
+        headers.add(name: MeshError.headerName, value: MeshError.headerTimeout.rawValue)
+        headers.add(name: "content-length", value: "0")
+        headers.add(name: "connection", value: "close")
+        let head = HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+}
+
+extension HTTPMethod {
+    /// RFC 9110 §9.2.2.
+    var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        default: return false
+        }
+    }
+}

@@ -1,0 +1,239 @@
+import Logging
+import MeshCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Keep-alive HTTP/1.1 connections to endpoints, owned by one event loop: the connections it holds
+/// live on that loop, like the downstream connections they serve, so leasing one is a plain array pop.
+///
+/// Bounds: at most `upstream.maxIdlePerEndpoint` idle connections per endpoint (extra ones are closed
+/// on release); idle ones are closed after `upstream.idleTimeout` (checked every tick).
+final class UpstreamPool {
+    let eventLoop: EventLoop
+    let shared: SharedRuntime
+    private var idle: [SocketAddress: [UpstreamConnection]] = [:]
+    private(set) var idleCount = 0
+    private var config = UpstreamConfig()
+
+    init(eventLoop: EventLoop, shared: SharedRuntime) {
+        self.eventLoop = eventLoop
+        self.shared = shared
+    }
+
+    func configure(_ config: UpstreamConfig) { self.config = config }
+
+    /// The most recently used idle connection to `address`, if one is still open.
+    func lease(_ address: SocketAddress) -> UpstreamConnection? {
+        while let conn = idle[address]?.popLast() {
+            idleCount -= 1
+            if conn.isUsable {
+                shared.metrics.upstreamPoolReuse.increment()
+                return conn
+            }
+            conn.close()
+        }
+        return nil
+    }
+
+    /// Gives a connection back after a complete exchange; it is kept if there is room.
+    func release(_ conn: UpstreamConnection) {
+        guard conn.isUsable, (idle[conn.address]?.count ?? 0) < config.maxIdlePerEndpoint else {
+            conn.close()
+            return
+        }
+        conn.idleSince = .now()
+        idle[conn.address, default: []].append(conn)
+        idleCount += 1
+    }
+
+    /// An idle connection closed by its peer leaves the pool.
+    func remove(_ conn: UpstreamConnection) {
+        guard var list = idle[conn.address], let i = list.firstIndex(where: { $0 === conn }) else { return }
+        list.remove(at: i)
+        idle[conn.address] = list.isEmpty ? nil : list
+        idleCount -= 1
+    }
+
+    func sweep(now: NIODeadline) {
+        guard idleCount > 0 else { return }
+        let limit = now - .nanoseconds(config.idleTimeout.nanoseconds)
+        for (address, list) in idle {
+            // Oldest first: the list is in release order.
+            var keep = list
+            while let first = keep.first, first.idleSince < limit {
+                keep.removeFirst()
+                idleCount -= 1
+                first.close()
+            }
+            if keep.count != list.count { idle[address] = keep.isEmpty ? nil : keep }
+        }
+    }
+
+    func closeAll() {
+        for list in idle.values { for c in list { c.close() } }
+        idle.removeAll()
+        idleCount = 0
+    }
+
+    /// Opens a new connection to `address` on this loop.
+    func connect(_ address: SocketAddress, maxHeaderBytes: Int) -> EventLoopFuture<UpstreamConnection> {
+        let shared = self.shared
+        let limits: NIOHTTPDecoderLimitConfiguration = {
+            var l = NIOHTTPDecoderLimitConfiguration()
+            l.maxHeaderFieldSize = maxHeaderBytes
+            l.maxHeaderListSize = maxHeaderBytes
+            return l
+        }()
+        let connectTimeout = TimeAmount.nanoseconds(config.connectTimeout.nanoseconds)
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(decoderLimitConfiguration: limits)
+                    try channel.pipeline.syncOperations.addHandler(UpstreamConnection(address: address, shared: shared))
+                }
+            }
+            .connect(to: address)
+            .flatMapThrowing { channel in
+                shared.metrics.upstreamConnectsOK.increment()
+                return try channel.pipeline.syncOperations.handler(type: UpstreamConnection.self)
+            }
+            .flatMapErrorThrowing { error in
+                shared.metrics.upstreamConnectsFailed.increment()
+                throw error
+            }
+    }
+}
+
+/// The receiving side of an upstream exchange: the downstream proxy handler that leased the connection.
+protocol UpstreamOwner: AnyObject {
+    func upstreamRead(_ part: HTTPClientResponsePart)
+    func upstreamReadComplete()
+    func upstreamWritabilityChanged(writable: Bool)
+    func upstreamClosed(error: Error?)
+    /// Whether the downstream can take more response bytes (else upstream reads are held).
+    var downstreamWritable: Bool { get }
+}
+
+/// The last handler of an upstream channel: forwards response parts to its current owner and holds
+/// reads while the owner's downstream cannot take more (backpressure).
+final class UpstreamConnection: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    let address: SocketAddress
+    let shared: SharedRuntime
+    private var context: ChannelHandlerContext?
+    weak var owner: UpstreamOwner?
+    weak var pool: UpstreamPool?
+    var idleSince = NIODeadline.now()
+    /// False once the peer said `Connection: close`, the exchange broke, or the channel closed.
+    var reusable = true
+    private var readPending = false
+    private(set) var active = false
+    /// Requests this connection carried (1 = fresh).
+    var uses = 0
+
+    init(address: SocketAddress, shared: SharedRuntime) {
+        self.address = address
+        self.shared = shared
+    }
+
+    var isUsable: Bool { active && reusable }
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.active = context.channel.isActive
+        if active { shared.metrics.upstreamConnectionsOpen.increment() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !active {
+            active = true
+            shared.metrics.upstreamConnectionsOpen.increment()
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if active { shared.metrics.upstreamConnectionsOpen.decrement() }
+        active = false
+        reusable = false
+        if let owner {
+            self.owner = nil
+            owner.upstreamClosed(error: nil)
+        } else {
+            pool?.remove(self)
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        reusable = false
+        if let owner {
+            self.owner = nil
+            owner.upstreamClosed(error: error)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .head(let head) = part, !head.isKeepAlive { reusable = false }
+        if let owner {
+            owner.upstreamRead(part)
+        } else {
+            // Bytes from an idle connection (or after the owner left): it cannot be reused.
+            reusable = false
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        owner?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        owner?.upstreamWritabilityChanged(writable: context.channel.isWritable)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let owner, !owner.downstreamWritable {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// The downstream became writable again: resume reading the response.
+    func resumeReading() {
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    func write(_ part: HTTPClientRequestPart) {
+        context?.write(wrapOutboundOut(part), promise: nil)
+    }
+
+    func writeAndFlush(_ part: HTTPClientRequestPart) {
+        context?.writeAndFlush(wrapOutboundOut(part), promise: nil)
+    }
+
+    func flush() { context?.flush() }
+
+    func close() {
+        reusable = false
+        owner = nil
+        context?.close(promise: nil)
+    }
+}

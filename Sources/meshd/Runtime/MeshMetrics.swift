@@ -1,0 +1,102 @@
+import Atomics
+import CoreMetrics
+import MeshCore
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// Direction of traffic through meshd: `outbound` (the app calls another service) or `inbound`
+/// (another meshd calls the local app / a pod of this node).
+enum Direction: Int, CaseIterable, Sendable {
+    case outbound = 0
+    case inbound = 1
+
+    var label: String { self == .outbound ? "outbound" : "inbound" }
+}
+
+/// All metrics meshd exposes. Counters and gauges go through swift-metrics into a swift-prometheus
+/// registry; each handle is created once (per service, on config install) and kept, so the request
+/// path only does an atomic add. Latency histograms are per event loop (see `LatencyHistogram`) and
+/// merged at scrape time, so recording one takes no lock.
+final class MeshMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    let errors: [[CoreMetrics.Counter]]  // [direction][MeshError.allCases index]
+    let connectionsOpen: [CoreMetrics.Meter]
+    let connectionsTotal: [CoreMetrics.Counter]
+    let connectionsRefused: [[CoreMetrics.Counter]]  // [direction][reason]
+    let upstreamConnectsOK: CoreMetrics.Counter
+    let upstreamConnectsFailed: CoreMetrics.Counter
+    let upstreamConnectionsOpen: CoreMetrics.Meter
+    let upstreamPoolReuse: CoreMetrics.Counter
+    let upstreamStaleRetries: CoreMetrics.Counter
+    let reloadsOK: CoreMetrics.Counter
+    let reloadsFailed: CoreMetrics.Counter
+    let configVersion: CoreMetrics.Gauge
+    let ready: CoreMetrics.Gauge
+
+    static let refusedReasons = ["source_not_allowed", "connection_limit"]
+    private let counterCache = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
+
+    init() {
+        let registry = PrometheusCollectorRegistry()
+        self.registry = registry
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = LatencyHistogram.bounds.map { .nanoseconds(Int64($0 * 1e9)) }
+        self.factory = factory
+        MetricsSystem.bootstrap(factory)
+        errors = Direction.allCases.map { d in
+            MeshError.allCases.map { e in
+                CoreMetrics.Counter(label: "meshd_errors_total", dimensions: [("direction", d.label), ("kind", e.rawValue)])
+            }
+        }
+        connectionsOpen = Direction.allCases.map {
+            CoreMetrics.Meter(label: "meshd_connections_open", dimensions: [("direction", $0.label)])
+        }
+        connectionsTotal = Direction.allCases.map {
+            CoreMetrics.Counter(label: "meshd_connections_total", dimensions: [("direction", $0.label)])
+        }
+        connectionsRefused = Direction.allCases.map { d in
+            Self.refusedReasons.map {
+                CoreMetrics.Counter(label: "meshd_connections_refused_total", dimensions: [("direction", d.label), ("reason", $0)])
+            }
+        }
+        upstreamConnectsOK = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "ok")])
+        upstreamConnectsFailed = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "failed")])
+        upstreamConnectionsOpen = CoreMetrics.Meter(label: "meshd_upstream_connections_open")
+        upstreamPoolReuse = CoreMetrics.Counter(label: "meshd_upstream_pool_reuse_total")
+        upstreamStaleRetries = CoreMetrics.Counter(label: "meshd_upstream_stale_retries_total")
+        reloadsOK = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "ok")])
+        reloadsFailed = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "failed")])
+        configVersion = CoreMetrics.Gauge(label: "meshd_config_version")
+        ready = CoreMetrics.Gauge(label: "meshd_ready")
+    }
+
+    func error(_ e: MeshError, _ d: Direction) -> CoreMetrics.Counter {
+        errors[d.rawValue][MeshError.allCases.firstIndex(of: e)!]
+    }
+
+    /// The 5 status-class request counters of one (direction, service); created on config install.
+    func requestCounters(direction: Direction, service: String) -> [CoreMetrics.Counter] {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"].map { cls in
+            let key = "\(direction.label)|\(service)|\(cls)"
+            return counterCache.withLockedValue { cache in
+                if let c = cache[key] { return c }
+                let c = CoreMetrics.Counter(
+                    label: "meshd_requests_total",
+                    dimensions: [("direction", direction.label), ("service", service), ("status_class", cls)])
+                cache[key] = c
+                return c
+            }
+        }
+    }
+
+    static func statusClassIndex(_ status: Int) -> Int {
+        switch status {
+        case ..<200: return 0
+        case 200..<300: return 1
+        case 300..<400: return 2
+        case 400..<500: return 3
+        default: return 4
+        }
+    }
+}

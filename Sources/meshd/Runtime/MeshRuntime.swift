@@ -1,0 +1,479 @@
+import Atomics
+import Logging
+import MeshCore
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOHTTP1
+import NIOPosix
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Owns meshd's moving parts: the event loops and their contexts, the listeners, the admin server,
+/// config reload and graceful drain.
+final class MeshRuntime: Sendable {
+    let group: MultiThreadedEventLoopGroup
+    let shared: SharedRuntime
+    let loops: [LoopContext]
+    private let loopByID: [ObjectIdentifier: LoopContext]
+    let configPath: String?
+    let overrides: ConfigLoader.Overrides
+    private let quiesce: ServerQuiescingHelper
+    private let channels = NIOLockedValueBox<[String: Channel]>([:])
+    private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?)>((1, nil))
+    let shutdownRequested: @Sendable () -> Void
+    let startedAt = NIODeadline.now()
+
+    init(
+        config: MeshConfig, configText: String?, configPath: String?, overrides: ConfigLoader.Overrides,
+        logger: Logger, metrics: MeshMetrics, shutdownRequested: @escaping @Sendable () -> Void
+    ) throws(ConfigError) {
+        let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
+        let threads = config.threads > 0 ? config.threads : System.coreCount
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.shared = SharedRuntime(metrics: metrics, logger: logger, snapshot: snapshot)
+        var loops: [LoopContext] = []
+        var seed = SplitMix64(seed: UInt64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds))
+        for (i, loop) in group.makeIterator().enumerated() {
+            loops.append(LoopContext(eventLoop: loop, index: i, shared: shared, snapshot: snapshot, seed: seed.next()))
+        }
+        self.loops = loops
+        self.loopByID = Dictionary(uniqueKeysWithValues: loops.map { (ObjectIdentifier($0.eventLoop), $0) })
+        self.configPath = configPath
+        self.overrides = overrides
+        self.quiesce = ServerQuiescingHelper(group: group)
+        self.shutdownRequested = shutdownRequested
+        self.reloadState.withLockedValue { $0.lastText = configText }
+        metrics.configVersion.record(1)
+    }
+
+    func loopContext(for loop: EventLoop) -> LoopContext { loopByID[ObjectIdentifier(loop)]! }
+
+    var config: MeshConfig { shared.snapshot.config }
+
+    /// Binds admin, outbound and inbound listeners; ready once all are bound.
+    func start() async throws {
+        for loop in loops { try await loop.eventLoop.submit { loop.start() }.get() }
+        let config = self.config
+        let admin = try await bindAdmin(config.admin.listen)
+        channels.withLockedValue { $0["admin"] = admin }
+        let outbound = try await bindProxy(.outbound, config.effectiveOutboundListen)
+        channels.withLockedValue { $0["outbound"] = outbound }
+        let inbound = try await bindProxy(.inbound, config.effectiveInboundListen)
+        channels.withLockedValue { $0["inbound"] = inbound }
+        shared.ready.store(true, ordering: .relaxed)
+        shared.metrics.ready.record(1)
+        shared.logger.info(
+            "meshd ready",
+            metadata: [
+                "outbound": "\(outbound.localAddress?.description ?? "?")",
+                "inbound": "\(inbound.localAddress?.description ?? "?")",
+                "admin": "\(admin.localAddress?.description ?? "?")",
+                "threads": "\(loops.count)", "mode": "\(config.mode.rawValue)",
+            ])
+    }
+
+    /// Bound addresses by listener name (`outbound`, `inbound`, `admin`).
+    func boundAddresses() -> [String: SocketAddress] {
+        channels.withLockedValue { $0.compactMapValues { $0.localAddress } }
+    }
+
+    private func bindProxy(_ direction: Direction, _ listen: HostPort) async throws -> Channel {
+        let config = self.config
+        let allowed: [CIDR]? = config.mode == .node && direction == .outbound ? config.effectiveAllowedSources : nil
+        let shared = self.shared
+        let openCount = direction == .outbound ? shared.outboundOpen : shared.inboundOpen
+        let quiesce = self.quiesce
+        let runtime = self
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let loop = runtime.loopContext(for: channel.eventLoop)
+                    let http = loop.snapshot.config.http
+                    var limits = NIOHTTPDecoderLimitConfiguration()
+                    limits.maxHeaderListSize = http.maxHeaderBytes
+                    limits.maxHeaderFieldSize = http.maxHeaderBytes
+                    let guardHandler = ConnectionGuard(
+                        direction: direction, shared: shared, allowedSources: allowed, openCount: openCount,
+                        maxConnections: http.maxConnections)
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(guardHandler)
+                    try sync.configureHTTPServerPipeline(
+                        withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
+                        withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
+                        withDecoderLimitConfiguration: limits)
+                    try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
+                }
+            }
+            .bind(host: listen.host, port: listen.port)
+            .get()
+    }
+
+    private func bindAdmin(_ listen: HostPort) async throws -> Channel {
+        let runtime = self
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(runtime: runtime))
+                }
+            }
+            .bind(host: listen.host, port: listen.port)
+            .get()
+    }
+
+    // MARK: - Reload
+
+    enum ReloadOutcome: Equatable {
+        case applied(version: Int)
+        case unchanged
+        case rejected(String)
+    }
+
+    /// Reads the config file again; applies it if valid, otherwise keeps the running config.
+    /// `force` re-applies even when the text did not change (SIGHUP).
+    @discardableResult
+    func reload(force: Bool, reason: String) -> ReloadOutcome {
+        guard let path = configPath else { return .unchanged }
+        let text: String
+        do {
+            text = try readFile(path)
+        } catch {
+            if force {
+                shared.metrics.reloadsFailed.increment()
+                shared.logger.error("config reload failed: cannot read file", metadata: ["path": "\(path)", "error": "\(error)"])
+                return .rejected("cannot read \(path): \(error)")
+            }
+            return .unchanged  // a ConfigMap swap in progress; try again next tick
+        }
+        let previous = reloadState.withLockedValue { $0.lastText }
+        if !force && text == previous { return .unchanged }
+        reloadState.withLockedValue { $0.lastText = text }
+        let old = config
+        var new: MeshConfig
+        do {
+            new = try ConfigLoader.load(yaml: text, overrides: overrides)
+        } catch {
+            shared.metrics.reloadsFailed.increment()
+            shared.logger.error(
+                "config reload rejected; the running config keeps serving",
+                metadata: ["path": "\(path)", "reason": "\(reason)", "problems": "\(error.description)"])
+            return .rejected(error.description)
+        }
+        // Listeners and threads are fixed for the life of the process.
+        var needsRestart: [String] = []
+        if new.mode != old.mode { needsRestart.append("mode") }
+        if new.effectiveOutboundListen != old.effectiveOutboundListen { needsRestart.append("outbound.listen") }
+        if new.effectiveInboundListen != old.effectiveInboundListen { needsRestart.append("inbound.listen") }
+        if new.admin != old.admin { needsRestart.append("admin.listen") }
+        if new.threads != old.threads { needsRestart.append("threads") }
+        if new.node.allowedSources != old.node.allowedSources || new.node.podCIDRs != old.node.podCIDRs {
+            needsRestart.append("node")
+        }
+        if !needsRestart.isEmpty {
+            shared.logger.warning(
+                "config keys that only apply at start changed; restart meshd to apply them",
+                metadata: ["keys": "\(needsRestart.joined(separator: ", "))"])
+            new.mode = old.mode
+            new.nodeIP = old.nodeIP
+            new.outbound = old.outbound
+            new.inbound.listen = old.inbound.listen
+            new.admin = old.admin
+            new.threads = old.threads
+            new.node = old.node
+        }
+        let version = reloadState.withLockedValue { state -> Int in
+            state.version += 1
+            return state.version
+        }
+        let snapshot: ResolvedSnapshot
+        do {
+            snapshot = try ResolvedSnapshot.resolve(new, version: version)
+        } catch {
+            shared.metrics.reloadsFailed.increment()
+            shared.logger.error("config reload rejected", metadata: ["problems": "\(error.description)"])
+            return .rejected(error.description)
+        }
+        shared.snapshot = snapshot
+        for loop in loops { loop.eventLoop.execute { loop.install(snapshot) } }
+        shared.metrics.reloadsOK.increment()
+        shared.metrics.configVersion.record(version)
+        shared.logger.info(
+            "config reloaded",
+            metadata: ["version": "\(version)", "reason": "\(reason)", "services": "\(new.services.count)", "routes": "\(new.routes.count)"])
+        return .applied(version: version)
+    }
+
+    // MARK: - Drain
+
+    /// Stops accepting, lets in-flight requests finish (up to `drainTimeout`), then stops the loops.
+    func drainAndStop() async {
+        shared.ready.store(false, ordering: .relaxed)
+        shared.metrics.ready.record(0)
+        let timeout = config.drainTimeout
+        shared.logger.info("draining: listeners closed, waiting for in-flight requests", metadata: ["drainTimeout": "\(timeout)"])
+        let promise = group.next().makePromise(of: Void.self)
+        quiesce.initiateShutdown(promise: promise)
+        let drained = ManagedAtomic<Bool>(false)
+        let timer = group.next().scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
+            if !drained.load(ordering: .relaxed) {
+                promise.succeed(())
+            }
+        }
+        promise.futureResult.whenComplete { _ in drained.store(true, ordering: .relaxed) }
+        try? await promise.futureResult.get()
+        timer.cancel()
+        let open = shared.outboundOpen.load(ordering: .relaxed) + shared.inboundOpen.load(ordering: .relaxed)
+        if open > 0 {
+            shared.logger.warning("drain timeout reached; closing remaining connections", metadata: ["open": "\(open)"])
+        }
+        if let admin = channels.withLockedValue({ $0["admin"] }) { try? await admin.close() }
+        for loop in loops { try? await loop.eventLoop.submit { loop.stop() }.get() }
+        try? await group.shutdownGracefully()
+        shared.logger.info("meshd stopped")
+    }
+
+    // MARK: - Admin API
+
+    typealias AdminReply = (HTTPResponseStatus, String, String)
+
+    /// Answers one admin request; the future completes on `loop` (the admin connection's loop).
+    func handleAdmin(on loop: EventLoop, method: HTTPMethod, uri: String, body: String, remote: SocketAddress?)
+        -> EventLoopFuture<AdminReply>
+    {
+        let path = String(uri.prefix { $0 != "?" })
+        let json = "application/json"
+        func ok(_ v: JSONValue) -> EventLoopFuture<AdminReply> {
+            loop.makeSucceededFuture((.ok, json, v.rendered(pretty: true) + "\n"))
+        }
+        switch (method, path) {
+        case (.GET, "/live"):
+            return loop.makeSucceededFuture((.ok, "text/plain", "live\n"))
+        case (.GET, "/ready"):
+            let ready = shared.ready.load(ordering: .relaxed)
+            return loop.makeSucceededFuture((ready ? .ok : .serviceUnavailable, "text/plain", ready ? "ready\n" : "not ready\n"))
+        case (.GET, "/config"):
+            var c = config.json
+            if case .object(var pairs) = c {
+                pairs.insert(("version", .int(Int64(shared.snapshot.mesh.version))), at: 0)
+                c = .object(pairs)
+            }
+            return ok(c)
+        case (.GET, "/routes"):
+            return ok(routesJSON())
+        case (.GET, "/services"):
+            return collectReports(on: loop).map { reports in
+                (.ok, json, self.servicesJSON(reports).rendered(pretty: true) + "\n")
+            }
+        case (.GET, "/metrics"):
+            return collectReports(on: loop).map { reports in
+                (.ok, "text/plain; version=0.0.4", self.metricsText(reports))
+            }
+        case (.GET, "/log-level"):
+            return loop.makeSucceededFuture((.ok, "text/plain", "\(LogLevelBox.shared.level.rawValue)\n"))
+        case (.PUT, "/log-level"), (.POST, "/log-level"):
+            guard let level = Logger.Level(rawValue: body.trimmingCharacters(in: " \n\r\t")) else {
+                return loop.makeSucceededFuture((.badRequest, "text/plain", "expected one of: trace debug info notice warning error critical\n"))
+            }
+            LogLevelBox.shared.level = level
+            return loop.makeSucceededFuture((.ok, "text/plain", "\(level.rawValue)\n"))
+        case (.POST, "/shutdown"):
+            guard let ip = remote?.ipAddress.flatMap({ IPAddress($0) }), ip.isLoopback else {
+                return loop.makeSucceededFuture((.forbidden, "text/plain", "shutdown is allowed from loopback only\n"))
+            }
+            shared.logger.info("shutdown requested through the admin API")
+            shutdownRequested()
+            return loop.makeSucceededFuture((.ok, "text/plain", "shutting down\n"))
+        case (.POST, "/reload"):
+            switch reload(force: true, reason: "admin") {
+            case .applied(let v): return loop.makeSucceededFuture((.ok, "text/plain", "applied version \(v)\n"))
+            case .unchanged: return loop.makeSucceededFuture((.ok, "text/plain", "no config file; nothing to reload\n"))
+            case .rejected(let why): return loop.makeSucceededFuture((.badRequest, "text/plain", why + "\n"))
+            }
+        default:
+            return loop.makeSucceededFuture(
+                (.notFound, "text/plain", "not found; try /live /ready /metrics /config /routes /services /log-level\n"))
+        }
+    }
+
+    private func collectReports(on loop: EventLoop) -> EventLoopFuture<[LoopReport]> {
+        let futures = loops.map { ctx in ctx.eventLoop.submit { ctx.report() } }
+        return EventLoopFuture.whenAllSucceed(futures, on: loop)
+    }
+
+    func routesJSON() -> JSONValue {
+        let snapshot = shared.snapshot
+        let routes = snapshot.mesh.routes.routes.map { r -> JSONValue in
+            let cfg = snapshot.config.routes[r.index]
+            var match: [(String, JSONValue)] = [("authority", .string(cfg.match.authority ?? "*"))]
+            match.append(("pathPrefix", .string(cfg.match.pathPrefix ?? "/")))
+            if let m = cfg.match.method { match.append(("method", .string(m))) }
+            if !cfg.match.headers.isEmpty { match.append(("headers", .object(cfg.match.headers.map { ($0.name, .string($0.value)) }))) }
+            return .object([
+                ("name", .string(r.name)),
+                ("match", .object(match)),
+                (
+                    "backends",
+                    .array(
+                        cfg.backends.map {
+                            .object([("service", .string($0.service)), ("weight", .int(Int64($0.weight)))])
+                        })
+                ),
+                ("timeout", .string(r.timeout.description)),
+            ])
+        }
+        return .object([("version", .int(Int64(snapshot.mesh.version))), ("routes", .array(routes))])
+    }
+
+    func servicesJSON(_ reports: [LoopReport]) -> JSONValue {
+        let snapshot = shared.snapshot
+        let services = snapshot.mesh.services.map { s -> JSONValue in
+            var latency = LatencyHistogram()
+            var inFlight: [String: Int] = [:]
+            var requests: [String: UInt64] = [:]
+            for r in reports {
+                guard let rs = r.services.first(where: { $0.name == s.name }) else { continue }
+                latency.merge(rs.latency)
+                for e in rs.endpoints {
+                    inFlight[e.address, default: 0] += e.inFlight
+                    requests[e.address, default: 0] += e.requests
+                }
+            }
+            let endpoints = s.endpoints.map { e -> JSONValue in
+                let a = e.address.description
+                var pairs: [(String, JSONValue)] = [("address", .string(a))]
+                if let via = e.via { pairs.append(("via", .string(via.description))) }
+                pairs += [
+                    ("weight", .int(Int64(e.weight))), ("state", "healthy"),
+                    ("inFlight", .int(Int64(inFlight[a] ?? 0))), ("requests", .int(Int64(requests[a] ?? 0))),
+                ]
+                return .object(pairs)
+            }
+            return .object([
+                ("name", .string(s.name)), ("balancer", .string(s.balancer.rawValue)),
+                ("requests", .int(Int64(latency.count))),
+                ("latencyP50Ms", latency.quantile(0.5).map { .double($0 * 1000) } ?? .null),
+                ("latencyP99Ms", latency.quantile(0.99).map { .double($0 * 1000) } ?? .null),
+                ("endpoints", .array(endpoints)),
+            ])
+        }
+        return .object([("version", .int(Int64(snapshot.mesh.version))), ("services", .array(services))])
+    }
+
+    func metricsText(_ reports: [LoopReport]) -> String {
+        var out = shared.metrics.registry.emitToString()
+        // Per-loop latency histograms, merged.
+        var byService: [(String, String, LatencyHistogram)] = []
+        var outboundMerged: [String: LatencyHistogram] = [:]
+        var inbound = LatencyHistogram()
+        for r in reports {
+            for s in r.services { outboundMerged[s.name, default: LatencyHistogram()].merge(s.latency) }
+            inbound.merge(r.inboundLatency)
+        }
+        for name in outboundMerged.keys.sorted() { byService.append(("outbound", name, outboundMerged[name]!)) }
+        byService.append(("inbound", "local", inbound))
+        out += "# HELP meshd_request_duration_seconds Time from request head to response end.\n"
+        out += "# TYPE meshd_request_duration_seconds histogram\n"
+        for (direction, service, h) in byService {
+            let labels = "direction=\"\(direction)\",service=\"\(service)\""
+            let cumulative = h.cumulative
+            for (i, bound) in LatencyHistogram.bounds.enumerated() {
+                out += "meshd_request_duration_seconds_bucket{\(labels),le=\"\(bound)\"} \(cumulative[i])\n"
+            }
+            out += "meshd_request_duration_seconds_bucket{\(labels),le=\"+Inf\"} \(h.count)\n"
+            out += "meshd_request_duration_seconds_sum{\(labels)} \(Double(h.sumNanos) / 1e9)\n"
+            out += "meshd_request_duration_seconds_count{\(labels)} \(h.count)\n"
+        }
+        let idle = reports.reduce(0) { $0 + $1.upstreamIdle }
+        out += "# TYPE meshd_upstream_pool_idle gauge\nmeshd_upstream_pool_idle \(idle)\n"
+        let p = ProcessStats.read()
+        out += "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes \(p.rssBytes)\n"
+        out += "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total \(p.cpuSeconds)\n"
+        out += "# TYPE process_open_fds gauge\nprocess_open_fds \(p.openFDs)\n"
+        out += "# TYPE meshd_uptime_seconds gauge\nmeshd_uptime_seconds \(Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9)\n"
+        return out
+    }
+}
+
+/// Resident memory and CPU time of this process, from /proc.
+enum ProcessStats {
+    struct Sample {
+        var rssBytes: Int = 0
+        var cpuSeconds: Double = 0
+        var openFDs: Int = 0
+    }
+
+    static func read() -> Sample {
+        var s = Sample()
+        if let statm = try? readFile("/proc/self/statm") {
+            let fields = statm.split(separator: " ")
+            if fields.count > 1, let pages = Int(fields[1]) { s.rssBytes = pages * Int(sysconf(Int32(_SC_PAGESIZE))) }
+        }
+        var usage = rusage()
+        if getrusage(RUSAGE_SELF_WHO, &usage) == 0 {
+            s.cpuSeconds =
+                Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
+                + Double(usage.ru_stime.tv_usec) / 1e6
+        }
+        if let dir = opendir("/proc/self/fd") {
+            while readdir(dir) != nil { s.openFDs += 1 }
+            closedir(dir)
+            s.openFDs = max(0, s.openFDs - 3)  // ., .. and the directory itself
+        }
+        return s
+    }
+}
+
+struct FileReadError: Error, CustomStringConvertible {
+    var path: String
+    var errno: Int32
+    var description: String { "\(path): \(String(cString: strerror(errno)))" }
+}
+
+/// Reads a whole (small) file. Used for config files and /proc, off the event loops.
+func readFile(_ path: String) throws -> String {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw FileReadError(path: path, errno: errno) }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+        if n < 0 { throw FileReadError(path: path, errno: errno) }
+        if n == 0 { break }
+        bytes.append(contentsOf: chunk[0..<n])
+        if bytes.count > 16 << 20 { throw FileReadError(path: path, errno: EFBIG) }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+#if canImport(Glibc)
+    let RUSAGE_SELF_WHO = __rusage_who_t(RUSAGE_SELF.rawValue)
+#else
+    let RUSAGE_SELF_WHO = RUSAGE_SELF
+#endif
