@@ -91,7 +91,7 @@ struct Meshd: AsyncParsableCommand {
             return
         }
 
-        let metrics = MeshMetrics()
+        let metrics = MeshMetrics(bootstrapGlobal: true)
         let groupBox = NIOLockedValueBox<ServiceGroup?>(nil)
         let runtime: MeshRuntime
         do {

@@ -26,6 +26,20 @@ final class ConnectionGuard: ChannelInboundHandler {
         self.maxConnections = maxConnections
     }
 
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Writes bytes below the HTTP codec and closes: for a reply when no request is in progress at
+    /// the HTTP layer (the 408 of a request head that never completed).
+    func writeRawAndClose(_ text: String) {
+        guard let context else { return }
+        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: text))).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         if let allowed = allowedSources {
             let ip = context.channel.remoteAddress?.ipAddress.flatMap { IPAddress($0) }

@@ -36,6 +36,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     private var upstreamNeedsFlush = false
     private var clientIP = "unknown"
     private var firstRequest = true
+    /// Request-body bytes read and dropped after meshd answered early.
+    private var discarded = 0
+    /// Past this, the rest of an answered request's body is not read: the connection is closed.
+    static let maxDiscardBytes = 1 << 20
 
     init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard) {
         self.direction = direction
@@ -113,6 +117,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             case .proxying(let upstream):
                 forward(part, to: upstream)
             case .discarding:
+                if case .body(let b) = part {
+                    discarded += b.readableBytes
+                    if discarded > Self.maxDiscardBytes {
+                        // Not worth reading a large body we will not use: close instead.
+                        state = .closed
+                        context.close(promise: nil)
+                        return
+                    }
+                }
                 if req.requestEnded { completeLocalReply(context: context) }
             case .idle, .closed:
                 break
@@ -358,6 +371,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 // An early response (e.g. 413): the upstream will not read the rest; drop it.
                 upstream.close()
                 finishRequest(status: req.status, error: nil, reuse: false)
+                discarded = 0
                 state = .discarding
             }
         }
@@ -454,7 +468,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         if case .proxying(let upstream) = state { upstream.close() }
         loop.shared.metrics.error(error, direction).increment()
         finishRequest(status: error.status, error: error, reuse: false)
-        if !req.requestEnded { req.keepAlive = false }
         var headers = HTTPHeaders()
         let body = "meshd: \(detail)\n"
         headers.add(name: MeshError.headerName, value: error.rawValue)
@@ -467,15 +480,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         req.responseStarted = true
         req.responseEnded = true
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         if req.requestEnded {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             goIdleOrClose()
         } else {
-            // Close once the reply is out; the unread body is dropped with the connection.
-            state = .closed
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
+            // The rest of the request body is read and dropped (up to maxDiscardBytes), then the
+            // connection serves the next request.
+            discarded = 0
+            state = .discarding
         }
     }
 
@@ -557,15 +569,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     }
 
     private func protocolFailureTimeout(context: ChannelHandlerContext) {
-        var headers = HTTPHeaders()
-        headers.add(name: MeshError.headerName, value: MeshError.headerTimeout.rawValue)
-        headers.add(name: "content-length", value: "0")
-        headers.add(name: "connection", value: "close")
-        let head = HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
-        }
+        connectionGuard.writeRawAndClose(
+            "HTTP/1.1 408 Request Timeout\r\n\(MeshError.headerName): \(MeshError.headerTimeout.rawValue)\r\n"
+                + "content-length: 0\r\nconnection: close\r\n\r\n")
     }
 }
 

@@ -37,38 +37,40 @@ final class MeshMetrics: Sendable {
     static let refusedReasons = ["source_not_allowed", "connection_limit"]
     private let counterCache = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
 
-    init() {
+    /// Handles are bound to this instance's registry; `bootstrapGlobal` also makes it the process's
+    /// swift-metrics backend (the binary does that once; tests do not).
+    init(bootstrapGlobal: Bool = false) {
         let registry = PrometheusCollectorRegistry()
         self.registry = registry
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultDurationHistogramBuckets = LatencyHistogram.bounds.map { .nanoseconds(Int64($0 * 1e9)) }
         self.factory = factory
-        MetricsSystem.bootstrap(factory)
         errors = Direction.allCases.map { d in
             MeshError.allCases.map { e in
-                CoreMetrics.Counter(label: "meshd_errors_total", dimensions: [("direction", d.label), ("kind", e.rawValue)])
+                CoreMetrics.Counter(label: "meshd_errors_total", dimensions: [("direction", d.label), ("kind", e.rawValue)], factory: factory)
             }
         }
         connectionsOpen = Direction.allCases.map {
-            CoreMetrics.Meter(label: "meshd_connections_open", dimensions: [("direction", $0.label)])
+            CoreMetrics.Meter(label: "meshd_connections_open", dimensions: [("direction", $0.label)], factory: factory)
         }
         connectionsTotal = Direction.allCases.map {
-            CoreMetrics.Counter(label: "meshd_connections_total", dimensions: [("direction", $0.label)])
+            CoreMetrics.Counter(label: "meshd_connections_total", dimensions: [("direction", $0.label)], factory: factory)
         }
         connectionsRefused = Direction.allCases.map { d in
             Self.refusedReasons.map {
-                CoreMetrics.Counter(label: "meshd_connections_refused_total", dimensions: [("direction", d.label), ("reason", $0)])
+                CoreMetrics.Counter(label: "meshd_connections_refused_total", dimensions: [("direction", d.label), ("reason", $0)], factory: factory)
             }
         }
-        upstreamConnectsOK = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "ok")])
-        upstreamConnectsFailed = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "failed")])
-        upstreamConnectionsOpen = CoreMetrics.Meter(label: "meshd_upstream_connections_open")
-        upstreamPoolReuse = CoreMetrics.Counter(label: "meshd_upstream_pool_reuse_total")
-        upstreamStaleRetries = CoreMetrics.Counter(label: "meshd_upstream_stale_retries_total")
-        reloadsOK = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "ok")])
-        reloadsFailed = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "failed")])
-        configVersion = CoreMetrics.Gauge(label: "meshd_config_version")
-        ready = CoreMetrics.Gauge(label: "meshd_ready")
+        upstreamConnectsOK = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "ok")], factory: factory)
+        upstreamConnectsFailed = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "failed")], factory: factory)
+        upstreamConnectionsOpen = CoreMetrics.Meter(label: "meshd_upstream_connections_open", factory: factory)
+        upstreamPoolReuse = CoreMetrics.Counter(label: "meshd_upstream_pool_reuse_total", factory: factory)
+        upstreamStaleRetries = CoreMetrics.Counter(label: "meshd_upstream_stale_retries_total", factory: factory)
+        reloadsOK = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "ok")], factory: factory)
+        reloadsFailed = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "failed")], factory: factory)
+        configVersion = CoreMetrics.Gauge(label: "meshd_config_version", factory: factory)
+        ready = CoreMetrics.Gauge(label: "meshd_ready", factory: factory)
+        if bootstrapGlobal { MetricsSystem.bootstrap(factory) }
     }
 
     func error(_ e: MeshError, _ d: Direction) -> CoreMetrics.Counter {
@@ -83,7 +85,7 @@ final class MeshMetrics: Sendable {
                 if let c = cache[key] { return c }
                 let c = CoreMetrics.Counter(
                     label: "meshd_requests_total",
-                    dimensions: [("direction", direction.label), ("service", service), ("status_class", cls)])
+                    dimensions: [("direction", direction.label), ("service", service), ("status_class", cls)], factory: self.factory)
                 cache[key] = c
                 return c
             }

@@ -72,11 +72,17 @@ final class MeshRuntime: Sendable {
         shared.logger.info(
             "meshd ready",
             metadata: [
-                "outbound": "\(outbound.localAddress?.description ?? "?")",
-                "inbound": "\(inbound.localAddress?.description ?? "?")",
-                "admin": "\(admin.localAddress?.description ?? "?")",
+                "outbound": "\(outbound.localAddress.map(Self.hostPort) ?? "?")",
+                "inbound": "\(inbound.localAddress.map(Self.hostPort) ?? "?")",
+                "admin": "\(admin.localAddress.map(Self.hostPort) ?? "?")",
                 "threads": "\(loops.count)", "mode": "\(config.mode.rawValue)",
             ])
+    }
+
+    /// `127.0.0.1:4140` / `[::1]:4140`.
+    static func hostPort(_ a: SocketAddress) -> String {
+        let ip = a.ipAddress ?? "?"
+        return ip.contains(":") ? "[\(ip)]:\(a.port ?? 0)" : "\(ip):\(a.port ?? 0)"
     }
 
     /// Bound addresses by listener name (`outbound`, `inbound`, `admin`).

@@ -1,0 +1,33 @@
+import Testing
+
+@testable import MeshCore
+
+@Suite("Header policy and meshd errors")
+struct HeaderPolicyTests {
+    @Test func hopByHopIncludesConnectionTokens() {
+        let names = HeaderPolicy.namesToRemove(connectionHeaderValues: ["keep-alive, X-Trace-Hop", " Foo "])
+        #expect(names.isSuperset(of: ["connection", "keep-alive", "transfer-encoding", "upgrade", "te", "proxy-connection"]))
+        #expect(names.contains("x-trace-hop") && names.contains("foo"))
+        #expect(!names.contains("content-length"))
+    }
+
+    @Test func forwardedForAppends() {
+        #expect(HeaderPolicy.appendingForwardedFor(existing: nil, client: "10.0.0.1") == "10.0.0.1")
+        #expect(HeaderPolicy.appendingForwardedFor(existing: "", client: "10.0.0.1") == "10.0.0.1")
+        #expect(HeaderPolicy.appendingForwardedFor(existing: "1.1.1.1", client: "10.0.0.1") == "1.1.1.1, 10.0.0.1")
+    }
+
+    @Test func errorsMapToStatuses() {
+        #expect(MeshError.noRoute.status == 404)
+        #expect(MeshError.connectFailed.status == 503)
+        #expect(MeshError.noEndpoints.status == 503)
+        #expect(MeshError.upstreamTimeout.status == 504)
+        #expect(MeshError.badRequest.status == 400)
+        #expect(MeshError.headersTooLarge.status == 431)
+        #expect(MeshError.headerTimeout.status == 408)
+        #expect(MeshError.upstreamReset.status == 502)
+        #expect(MeshError.sourceNotAllowed.status == 403)
+        #expect(Set(MeshError.allCases.map(\.rawValue)).count == MeshError.allCases.count)
+        #expect(HeaderPolicy.statusClass(204) == "2xx" && HeaderPolicy.statusClass(503) == "5xx")
+    }
+}

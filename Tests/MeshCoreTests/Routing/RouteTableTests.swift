@@ -1,0 +1,98 @@
+import Testing
+
+@testable import MeshCore
+
+@Suite("Route matching and weighted splits")
+struct RouteTableTests {
+    func table(_ yaml: String) throws -> MeshSnapshot {
+        MeshSnapshot(config: try ConfigLoader.load(yaml: yaml), version: 1)
+    }
+
+    static let yaml = """
+        services:
+          - { name: a, endpoints: ["10.0.0.1:80"] }
+          - { name: b, endpoints: ["10.0.0.2:80"] }
+          - { name: c, endpoints: ["10.0.0.3:80"] }
+          - { name: d, endpoints: ["10.0.0.4:80"] }
+        routes:
+          - name: canary
+            match: { authority: orders, headers: { x-canary: "1" } }
+            service: b
+          - name: writes
+            match: { authority: orders, method: POST, pathPrefix: /api }
+            service: c
+          - name: orders
+            match: { authority: orders }
+            service: a
+          - name: wild
+            match: { authority: "*.example.com" }
+            service: d
+        """
+
+    func match(_ s: MeshSnapshot, host: String, path: String = "/", method: String = "GET", headers: [String: String] = [:])
+        -> String?
+    {
+        s.routes.match(
+            host: RouteTable.hostWithoutPort(Substring(host)), path: Substring(path), method: method,
+            header: { headers[$0] })?.name
+    }
+
+    @Test func firstMatchWinsWithEveryMatcher() throws {
+        let s = try table(Self.yaml)
+        #expect(match(s, host: "orders") == "orders")
+        #expect(match(s, host: "ORDERS:8080") == "orders")
+        #expect(match(s, host: "orders", headers: ["x-canary": "1"]) == "canary")
+        #expect(match(s, host: "orders", headers: ["x-canary": "0"]) == "orders")
+        #expect(match(s, host: "orders", path: "/api/v1", method: "POST") == "writes")
+        #expect(match(s, host: "orders", path: "/web", method: "POST") == "orders")
+        #expect(match(s, host: "shop.example.com") == "wild")
+        #expect(match(s, host: "example.com") == nil)
+        #expect(match(s, host: "payments") == nil)
+    }
+
+    @Test func hostWithoutPort() {
+        #expect(RouteTable.hostWithoutPort("orders:8080") == "orders")
+        #expect(RouteTable.hostWithoutPort("orders") == "orders")
+        #expect(RouteTable.hostWithoutPort("[::1]:80") == "::1")
+    }
+
+    @Test func weightedSplitFollowsWeights() throws {
+        let s = try table("""
+            services: [ { name: a, endpoints: [] }, { name: b, endpoints: [] }, { name: z, endpoints: [] } ]
+            routes:
+              - match: { authority: x }
+                backends: [ { service: a, weight: 80 }, { service: b, weight: 20 }, { service: z, weight: 0 } ]
+            """)
+        let route = s.routes.routes[0]
+        var rng = SplitMix64(seed: 42)
+        var counts = [0, 0, 0]
+        let n = 100_000
+        for _ in 0..<n { counts[RouteTable.pickBackend(route, using: &rng)!] += 1 }
+        // Binomial σ = sqrt(n·0.8·0.2) ≈ 126: ±1 % is about 8σ.
+        #expect(abs(Double(counts[0]) / Double(n) - 0.8) < 0.01)
+        #expect(abs(Double(counts[1]) / Double(n) - 0.2) < 0.01)
+        #expect(counts[2] == 0)
+    }
+
+    @Test func seededSplitsAreRepeatable() throws {
+        let s = try table("""
+            services: [ { name: a, endpoints: [] }, { name: b, endpoints: [] } ]
+            routes: [ { match: { authority: x }, backends: [ { service: a, weight: 1 }, { service: b, weight: 1 } ] } ]
+            """)
+        var r1 = SplitMix64(seed: 7)
+        var r2 = SplitMix64(seed: 7)
+        let a = (0..<100).map { _ in RouteTable.pickBackend(s.routes.routes[0], using: &r1)! }
+        let b = (0..<100).map { _ in RouteTable.pickBackend(s.routes.routes[0], using: &r2)! }
+        #expect(a == b)
+    }
+
+    @Test func routeTimeoutDefaultsToUpstreamRequestTimeout() throws {
+        let s = try table("""
+            upstream: { requestTimeout: 7s }
+            services: [ { name: a, endpoints: [] } ]
+            routes: [ { match: { authority: x }, service: a }, { match: { authority: y }, service: a, timeout: 1s } ]
+            """)
+        #expect(s.routes.routes[0].timeout == .seconds(7))
+        #expect(s.routes.routes[1].timeout == .seconds(1))
+    }
+}

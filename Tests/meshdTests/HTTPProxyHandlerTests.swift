@@ -1,0 +1,165 @@
+import Atomics
+import Logging
+import MeshCore
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@testable import meshd
+
+/// The downstream handler's local decisions, driven through a real NIO HTTP pipeline on an
+/// EmbeddedChannel (no sockets): routing misses, malformed input, limits and timeouts.
+@Suite("HTTPProxyHandler local replies")
+struct HTTPProxyHandlerTests {
+    final class Harness {
+        let channel: EmbeddedChannel
+        let handler: HTTPProxyHandler
+        let metrics: MeshMetrics
+
+        init(yaml: String, direction: Direction = .outbound) throws {
+            let config = try ConfigLoader.load(yaml: yaml)
+            let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
+            metrics = MeshMetrics()
+            let shared = SharedRuntime(metrics: metrics, logger: Logger(label: "test"), snapshot: snapshot)
+            channel = EmbeddedChannel()
+            let loop = LoopContext(eventLoop: channel.eventLoop, index: 0, shared: shared, snapshot: snapshot, seed: 1)
+            let guardHandler = ConnectionGuard(
+                direction: direction, shared: shared, allowedSources: nil, openCount: ManagedAtomic(0),
+                maxConnections: config.http.maxConnections)
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderListSize = config.http.maxHeaderBytes
+            limits.maxHeaderFieldSize = config.http.maxHeaderBytes
+            handler = HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler)
+            let sync = channel.pipeline.syncOperations
+            try sync.addHandler(guardHandler)
+            try sync.configureHTTPServerPipeline(
+                withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
+                withOutboundHeaderValidation: true, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+            try sync.addHandler(handler)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        }
+
+        func send(_ text: String) throws {
+            try channel.writeInbound(channel.allocator.buffer(string: text))
+        }
+
+        func response() throws -> String {
+            var out = ""
+            while var buf = try channel.readOutbound(as: ByteBuffer.self) {
+                out += buf.readString(length: buf.readableBytes) ?? ""
+            }
+            return out
+        }
+
+        func errorCount(_ kind: MeshError, _ direction: Direction = .outbound) -> Int {
+            let text = metrics.registry.emitToString()
+            let prefix = "meshd_errors_total{direction=\"\(direction.label)\",kind=\"\(kind.rawValue)\"} "
+            guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) else { return 0 }
+            return Int(line.dropFirst(prefix.count)) ?? 0
+        }
+    }
+
+    static let config = """
+        services: [ { name: web, endpoints: ["127.0.0.1:9"] }, { name: empty, endpoints: [] } ]
+        routes:
+          - { match: { authority: web }, service: web }
+          - { match: { authority: empty }, service: empty }
+        http: { maxHeaderBytes: 1024, headerReadTimeout: 2s, idleTimeout: 30s }
+        """
+
+    @Test func noRouteIs404NamingTheAuthorityAndKeepsTheConnection() throws {
+        let h = try Harness(yaml: Self.config)
+        try h.send("GET /x HTTP/1.1\r\nHost: payments:8080\r\n\r\n")
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 404 Not Found\r\n"))
+        #expect(r.contains("x-meshd-error: no-route\r\n"))
+        #expect(r.contains("no route for authority 'payments'"))
+        #expect(!r.contains("connection: close"))
+        #expect(h.channel.isActive)
+        #expect(h.errorCount(.noRoute) == 1)
+        // The connection serves the next request.
+        try h.send("GET / HTTP/1.1\r\nHost: empty\r\n\r\n")
+        let r2 = try h.response()
+        #expect(r2.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"))
+        #expect(r2.contains("x-meshd-error: no-endpoints"))
+    }
+
+    @Test func absoluteFormAuthorityIsUsedForRouting() throws {
+        let h = try Harness(yaml: Self.config)
+        try h.send("GET http://payments:9999/x HTTP/1.1\r\nHost: web\r\n\r\n")
+        #expect(try h.response().contains("no route for authority 'payments'"))
+    }
+
+    @Test func missingHostIs400() throws {
+        let h = try Harness(yaml: Self.config)
+        try h.send("GET / HTTP/1.0\r\n\r\n")
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
+        #expect(r.contains("x-meshd-error: bad-request"))
+    }
+
+    @Test func malformedRequestIs400AndCloses() throws {
+        let h = try Harness(yaml: Self.config)
+        try? h.send("GARBAGE\r\n\r\n")
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
+        #expect(r.contains("x-meshd-error: bad-request"))
+        #expect(!h.channel.isActive)
+        #expect(h.errorCount(.badRequest) == 1)
+    }
+
+    @Test func oversizedHeadIs431() throws {
+        let h = try Harness(yaml: Self.config)
+        let big = String(repeating: "a", count: 2000)
+        try? h.send("GET / HTTP/1.1\r\nHost: web\r\nX-Big: \(big)\r\n\r\n")
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"))
+        #expect(r.contains("x-meshd-error: headers-too-large"))
+        #expect(!h.channel.isActive)
+        #expect(h.errorCount(.headersTooLarge) == 1)
+    }
+
+    @Test func halfSentHeadGets408AfterTheHeaderReadTimeout() throws {
+        let h = try Harness(yaml: Self.config)
+        try h.send("GET / HTTP/1.1\r\nHost: web\r\n")
+        h.handler.checkTimeouts(now: .now() + .seconds(1))
+        #expect(h.channel.isActive)
+        h.handler.checkTimeouts(now: .now() + .seconds(3))
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"))
+        #expect(r.contains("x-meshd-error: header-timeout"))
+        #expect(!h.channel.isActive)
+        #expect(h.errorCount(.headerTimeout) == 1)
+    }
+
+    @Test func silentNewConnectionIsClosedAfterTheHeaderReadTimeout() throws {
+        let h = try Harness(yaml: Self.config)
+        h.handler.checkTimeouts(now: .now() + .seconds(3))
+        #expect(!h.channel.isActive)
+        #expect(try h.response().isEmpty)
+    }
+
+    @Test func idleKeepAliveUsesTheIdleTimeoutNotTheHeaderTimeout() throws {
+        let h = try Harness(yaml: Self.config)
+        try h.send("GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        _ = try h.response()
+        h.handler.checkTimeouts(now: .now() + .seconds(5))
+        #expect(h.channel.isActive)
+        h.handler.checkTimeouts(now: .now() + .seconds(31))
+        #expect(!h.channel.isActive)
+        #expect(h.errorCount(.headerTimeout) == 0)
+    }
+
+    @Test func nodeInboundRefusesDestinationsOutsideThePodCIDRs() throws {
+        let yaml = "mode: node\nnodeIP: 127.0.0.2\nnode: { podCIDRs: [10.42.0.0/24] }\n"
+        let h = try Harness(yaml: yaml, direction: .inbound)
+        try h.send("GET / HTTP/1.1\r\nHost: web\r\nx-meshd-dst: 10.43.0.5:8080\r\n\r\n")
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 403 Forbidden\r\n"))
+        #expect(r.contains("x-meshd-error: destination-not-allowed"))
+        try h.send("GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        #expect(try h.response().contains("destination-not-allowed"))
+        #expect(h.errorCount(.destinationNotAllowed, .inbound) == 2)
+    }
+}

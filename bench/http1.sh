@@ -1,0 +1,597 @@
+#!/usr/bin/env bash
+# HTTP/1.1 proxy benchmark for meshd.
+#
+# In one run: starts an nginx backend, then measures with wrk (closed loop, keep-alive)
+#   a. direct          wrk -> nginx backend
+#   b. meshd           wrk -> meshd sidecar outbound (--threads 1) -> backend
+#   c. HAProxy         wrk -> haproxy (nbthread 1) -> backend
+#   d. nginx proxy     wrk -> nginx (1 worker, upstream keepalive) -> backend
+# interleaved a b c d a b c d ... for RUNS repetitions, each measurement after a 2 s warm-up.
+#
+# Usage: bench/http1.sh [--update-docs]
+# Env:   DURATION (s, default 10), RUNS (default 1), MESHD_BIN (default .build/release/meshd),
+#        KEEP_TMP=1 keeps the temp dir (configs, logs) after the run.
+# See bench/README.md.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bench/http1.sh [--update-docs]
+
+  --update-docs   replace the section between <!-- http1:begin --> and <!-- http1:end -->
+                  in docs/performance.md with the results (only if every candidate served
+                  without errors)
+
+environment: DURATION (seconds per measurement, default 10), RUNS (repetitions, default 1),
+             MESHD_BIN (default <repo>/.build/release/meshd), KEEP_TMP=1 (keep temp dir)
+EOF
+}
+
+UPDATE_DOCS=0
+for arg in "$@"; do
+    case "$arg" in
+        --update-docs) UPDATE_DOCS=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "http1.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-1}
+MESHD_BIN=${MESHD_BIN:-$REPO/.build/release/meshd}
+WARMUP=2
+CONNS=32
+WRK_THREADS=1
+HOST_HEADER=bench
+
+log() { printf '[http1] %s\n' "$*" >&2; }
+die() { printf '[http1] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[[ $DURATION =~ ^[0-9]+$ ]] && ((DURATION >= 1 && DURATION <= 3600)) || die "DURATION must be an integer in 1..3600 (got '$DURATION')"
+[[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1 && RUNS <= 100)) || die "RUNS must be an integer in 1..100 (got '$RUNS')"
+for tool in nginx haproxy wrk curl awk sort; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not installed"
+done
+[[ -x $MESHD_BIN ]] || die "meshd binary not found or not executable: $MESHD_BIN (build it or set MESHD_BIN)"
+NGINX_BIN=$(command -v nginx)
+HAPROXY_BIN=$(command -v haproxy)
+
+# ---------------------------------------------------------------------------------------------
+# CPU placement. Two cores: the proxy under test gets core 0 to itself; the backend nginx and
+# wrk share core 1. Every candidate (and the direct baseline) sees the same placement.
+NCPU=$(nproc)
+PIN_PROXY=()
+PIN_LOAD=()
+if command -v taskset >/dev/null 2>&1 && ((NCPU >= 2)); then
+    PIN_PROXY=(taskset -c 0)
+    PIN_LOAD=(taskset -c 1)
+    PLACEMENT="proxy under test pinned to CPU 0 (alone); nginx backend and wrk pinned to CPU 1 (shared); CPU 0 idle for the direct baseline"
+else
+    PLACEMENT="no CPU pinning (taskset missing or fewer than 2 CPUs): all processes share all CPUs"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping and cleanup (runs on every exit path, including failures and signals).
+TMP=$(mktemp -d /tmp/meshd-bench-http1.XXXXXX)
+chmod 755 "$TMP" # nginx workers run as 'nobody' when started as root
+PIDS=()
+CURRENT_WRK=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local all=() p c alive
+    if [[ -n $CURRENT_WRK ]]; then kill -TERM "$CURRENT_WRK" 2>/dev/null || true; fi
+    for p in "${PIDS[@]}"; do
+        all+=("$p")
+        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
+    done
+    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=0
+        for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${all[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            log "process $p ($(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-60)) did not exit within 5 s of SIGTERM; sending SIGKILL"
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    wait 2>/dev/null || true
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Allocate a free loopback TCP port (not in the ephemeral range, so wrk's client ports cannot
+# collide with it) into the named variable.
+USED_PORTS=" "
+free_port() {
+    local __var=$1 p
+    for _ in $(seq 500); do
+        p=$((20000 + RANDOM % 12000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if command -v ss >/dev/null 2>&1; then
+            [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] || continue
+        else
+            (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+        fi
+        USED_PORTS+="$p "
+        printf -v "$__var" '%s' "$p"
+        return 0
+    done
+    die "could not find a free loopback port"
+}
+
+# start_bg <logfile> <cmd...>: start in the background, remember the pid in LAST_PID.
+start_bg() {
+    local logfile=$1
+    shift
+    "$@" >"$logfile" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_http <name> <pid> <logfile> <url> <expected body>: poll (at most 15 s) until the URL
+# answers with the expected body (curl strips nothing; $(...) strips the trailing newline).
+wait_http() {
+    local name=$1 pid=$2 logfile=$3 url=$4 expect=$5 body deadline=$((SECONDS + 15))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited during startup; its output:"
+            sed 's/^/    /' "$logfile" >&2 || true
+            die "$name failed to start"
+        fi
+        if body=$(curl -sS -m 1 -H "Host: $HOST_HEADER" "$url" 2>/dev/null) && [[ $body == "$expect" ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "$name output so far:"
+    sed 's/^/    /' "$logfile" >&2 || true
+    die "$name did not answer '$expect' on $url within 15 s (last body: '${body:-}')"
+}
+
+# utime+stime (clock ticks) of a process and its direct children (nginx master + worker).
+proc_ticks() {
+    local total=0 p s f
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        s=${s##*) } # drop "pid (comm) ", comm may contain spaces
+        read -r -a f <<<"$s"
+        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+    done
+    echo "$total"
+}
+
+# proc_mem <pid> <VmRSS|VmHWM>: kB, summed over the process and its direct children.
+proc_mem() {
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(awk -v k="$2:" '$1 == k { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# Backend: nginx, one worker, returns "ok\n".
+free_port BACKEND_PORT
+mkdir -p "$TMP/backend"
+cat >"$TMP/backend/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/backend/nginx.pid;
+error_log $TMP/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/backend/client_body;
+    proxy_temp_path $TMP/backend/proxy;
+    fastcgi_temp_path $TMP/backend/fastcgi;
+    uwsgi_temp_path $TMP/backend/uwsgi;
+    scgi_temp_path $TMP/backend/scgi;
+    keepalive_requests 100000;
+    keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT default_server;
+        default_type text/plain;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+log "starting nginx backend on 127.0.0.1:$BACKEND_PORT"
+start_bg "$TMP/backend/stderr.log" "${PIN_LOAD[@]}" "$NGINX_BIN" -p "$TMP/backend" -e "$TMP/backend/error.log" -c "$TMP/backend/nginx.conf"
+BACKEND_PID=$LAST_PID
+wait_http "nginx backend" "$BACKEND_PID" "$TMP/backend/stderr.log" "http://127.0.0.1:$BACKEND_PORT/" "ok"
+
+# ---------------------------------------------------------------------------------------------
+# meshd sidecar: outbound listener routes authority "bench" to the backend.
+free_port MESHD_OUT_PORT
+free_port MESHD_IN_PORT
+free_port MESHD_ADMIN_PORT
+mkdir -p "$TMP/meshd"
+cat >"$TMP/meshd/meshd.yaml" <<EOF
+threads: 1
+mode: sidecar
+drainTimeout: 2s
+accessLog: false
+outbound:
+  listen: 127.0.0.1:$MESHD_OUT_PORT
+inbound:
+  listen: 127.0.0.1:$MESHD_IN_PORT
+  app: 127.0.0.1:$BACKEND_PORT
+admin:
+  listen: 127.0.0.1:$MESHD_ADMIN_PORT
+services:
+  - name: bench
+    endpoints:
+      - 127.0.0.1:$BACKEND_PORT
+routes:
+  - name: bench
+    match: {authority: bench}
+    service: bench
+EOF
+"$MESHD_BIN" --config "$TMP/meshd/meshd.yaml" --threads 1 --check >"$TMP/meshd/check.log" 2>&1 ||
+    { sed 's/^/    /' "$TMP/meshd/check.log" >&2; die "meshd --check rejected the benchmark config"; }
+log "starting meshd (outbound 127.0.0.1:$MESHD_OUT_PORT, admin 127.0.0.1:$MESHD_ADMIN_PORT)"
+start_bg "$TMP/meshd/stderr.log" "${PIN_PROXY[@]}" "$MESHD_BIN" --config "$TMP/meshd/meshd.yaml" --threads 1
+MESHD_PID=$LAST_PID
+# Ready = admin /ready answers 2xx.
+deadline=$((SECONDS + 15))
+until curl -fsS -m 1 -o /dev/null "http://127.0.0.1:$MESHD_ADMIN_PORT/ready" 2>/dev/null; do
+    if ! kill -0 "$MESHD_PID" 2>/dev/null; then
+        sed 's/^/    /' "$TMP/meshd/stderr.log" >&2 || true
+        die "meshd exited during startup"
+    fi
+    ((SECONDS < deadline)) || { sed 's/^/    /' "$TMP/meshd/stderr.log" >&2; die "meshd /ready not 2xx within 15 s"; }
+    sleep 0.1
+done
+sleep 1
+MESHD_RSS_IDLE_KB=$(proc_mem "$MESHD_PID" VmRSS)
+wait_http "meshd" "$MESHD_PID" "$TMP/meshd/stderr.log" "http://127.0.0.1:$MESHD_OUT_PORT/" "ok"
+
+# ---------------------------------------------------------------------------------------------
+# HAProxy: one thread, keep-alive both sides, idle server connections reused by any client.
+free_port HAPROXY_PORT
+mkdir -p "$TMP/haproxy"
+cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 30s
+
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+
+backend be
+    server backend 127.0.0.1:$BACKEND_PORT
+EOF
+"$HAPROXY_BIN" -c -q -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/check.log" 2>&1 ||
+    { sed 's/^/    /' "$TMP/haproxy/check.log" >&2; die "haproxy rejected its config"; }
+log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
+start_bg "$TMP/haproxy/stderr.log" "${PIN_PROXY[@]}" "$HAPROXY_BIN" -db -f "$TMP/haproxy/haproxy.cfg"
+HAPROXY_PID=$LAST_PID
+sleep 0.5
+HAPROXY_RSS_IDLE_KB=$(proc_mem "$HAPROXY_PID" VmRSS)
+wait_http "haproxy" "$HAPROXY_PID" "$TMP/haproxy/stderr.log" "http://127.0.0.1:$HAPROXY_PORT/" "ok"
+
+# ---------------------------------------------------------------------------------------------
+# nginx as reverse proxy: one worker, keep-alive upstream pool of 64.
+free_port NGXPROXY_PORT
+mkdir -p "$TMP/ngxproxy"
+cat >"$TMP/ngxproxy/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/ngxproxy/nginx.pid;
+error_log $TMP/ngxproxy/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/ngxproxy/client_body;
+    proxy_temp_path $TMP/ngxproxy/proxy;
+    fastcgi_temp_path $TMP/ngxproxy/fastcgi;
+    uwsgi_temp_path $TMP/ngxproxy/uwsgi;
+    scgi_temp_path $TMP/ngxproxy/scgi;
+    keepalive_requests 100000;
+    keepalive_timeout 75s;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 100000;
+    }
+    server {
+        listen 127.0.0.1:$NGXPROXY_PORT default_server;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+log "starting nginx proxy on 127.0.0.1:$NGXPROXY_PORT"
+start_bg "$TMP/ngxproxy/stderr.log" "${PIN_PROXY[@]}" "$NGINX_BIN" -p "$TMP/ngxproxy" -e "$TMP/ngxproxy/error.log" -c "$TMP/ngxproxy/nginx.conf"
+NGXPROXY_PID=$LAST_PID
+sleep 0.5
+NGXPROXY_RSS_IDLE_KB=$(proc_mem "$NGXPROXY_PID" VmRSS)
+wait_http "nginx proxy" "$NGXPROXY_PID" "$TMP/ngxproxy/stderr.log" "http://127.0.0.1:$NGXPROXY_PORT/" "ok"
+
+# ---------------------------------------------------------------------------------------------
+# Candidates: key, label, port, pid of the proxy (empty for direct).
+CANDS=(direct meshd haproxy nginx)
+declare -A LABEL PORT PPID_OF
+LABEL[direct]="direct (wrk → nginx backend)"
+LABEL[meshd]="meshd sidecar outbound (--threads 1)"
+LABEL[haproxy]="HAProxy (nbthread 1)"
+LABEL[nginx]="nginx proxy (1 worker)"
+PORT[direct]=$BACKEND_PORT
+PORT[meshd]=$MESHD_OUT_PORT
+PORT[haproxy]=$HAPROXY_PORT
+PORT[nginx]=$NGXPROXY_PORT
+PPID_OF[direct]=""
+PPID_OF[meshd]=$MESHD_PID
+PPID_OF[haproxy]=$HAPROXY_PID
+PPID_OF[nginx]=$NGXPROXY_PID
+
+TS=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_DIR=$REPO/bench/results
+mkdir -p "$RESULTS_DIR"
+RAW_DIR=$RESULTS_DIR/http1-$TS.raw
+mkdir -p "$RAW_DIR"
+
+# run_wrk <seconds> <port> <outfile>: bounded by timeout; returns wrk's (or timeout's) status.
+run_wrk() {
+    local secs=$1 port=$2 out=$3 rc=0
+    timeout -k 5 $((secs + 20)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency \
+        -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >"$out" 2>&1 &
+    CURRENT_WRK=$!
+    wait "$CURRENT_WRK" || rc=$?
+    CURRENT_WRK=""
+    return "$rc"
+}
+
+# parse_wrk <file>: "rps p50 p75 p90 p99 requests socket_errors status_errors" (latencies in ms).
+parse_wrk() {
+    awk '
+    function ms(v,   n, u) {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000; if (u == "ms") return n; if (u == "s") return n * 1000
+        if (u == "m") return n * 60000; if (u == "h") return n * 3600000; return -1
+    }
+    $1 == "50%" { p50 = ms($2) } $1 == "75%" { p75 = ms($2) }
+    $1 == "90%" { p90 = ms($2) } $1 == "99%" { p99 = ms($2) }
+    / requests in / { req = $1 }
+    /Socket errors:/ { gsub(/,/, ""); se = $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { st = $NF }
+    /^Requests\/sec:/ { rps = $2 }
+    END {
+        printf "%s %s %s %s %s %s %d %d\n", (rps == "" ? 0 : rps), (p50 == "" ? -1 : p50), (p75 == "" ? -1 : p75),
+            (p90 == "" ? -1 : p90), (p99 == "" ? -1 : p99), (req == "" ? 0 : req), se, st
+    }' "$1"
+}
+
+declare -A R_RPS R_P50 R_P75 R_P90 R_P99 R_REQ R_SERR R_STERR R_RC R_TICKS
+FAILURES=()
+
+for run in $(seq 1 "$RUNS"); do
+    for c in "${CANDS[@]}"; do
+        port=${PORT[$c]}
+        ppid=${PPID_OF[$c]}
+        if [[ -n $ppid ]] && ! kill -0 "$ppid" 2>/dev/null; then
+            log "run $run/$RUNS $c: process $ppid is gone"
+            FAILURES+=("$c run $run: proxy process exited before the measurement")
+            R_RPS[$c,$run]=0 R_P50[$c,$run]=-1 R_P75[$c,$run]=-1 R_P90[$c,$run]=-1 R_P99[$c,$run]=-1
+            R_REQ[$c,$run]=0 R_SERR[$c,$run]=0 R_STERR[$c,$run]=0 R_RC[$c,$run]=-1 R_TICKS[$c,$run]=0
+            continue
+        fi
+        log "run $run/$RUNS $c: warm-up ${WARMUP}s"
+        run_wrk "$WARMUP" "$port" "$RAW_DIR/$c-run$run-warmup.txt" || true
+        t0=0
+        [[ -n $ppid ]] && t0=$(proc_ticks "$ppid")
+        log "run $run/$RUNS $c: measuring ${DURATION}s"
+        rc=0
+        run_wrk "$DURATION" "$port" "$RAW_DIR/$c-run$run.txt" || rc=$?
+        t1=0
+        [[ -n $ppid ]] && t1=$(proc_ticks "$ppid")
+        read -r rps p50 p75 p90 p99 req serr sterr < <(parse_wrk "$RAW_DIR/$c-run$run.txt")
+        R_RPS[$c,$run]=$rps R_P50[$c,$run]=$p50 R_P75[$c,$run]=$p75 R_P90[$c,$run]=$p90 R_P99[$c,$run]=$p99
+        R_REQ[$c,$run]=$req R_SERR[$c,$run]=$serr R_STERR[$c,$run]=$sterr R_RC[$c,$run]=$rc
+        R_TICKS[$c,$run]=$((t1 - t0))
+        log "run $run/$RUNS $c: ${rps} req/s, p50 ${p50} ms, p99 ${p99} ms, requests $req, socket errors $serr, status errors $sterr, wrk exit $rc"
+        if ((rc != 0)); then FAILURES+=("$c run $run: wrk exited with status $rc"); fi
+        if ((req == 0)); then FAILURES+=("$c run $run: zero requests completed"); fi
+        if ((serr + sterr > 0)); then FAILURES+=("$c run $run: $serr socket errors, $sterr non-2xx/3xx responses"); fi
+    done
+done
+
+MESHD_RSS_AFTER_KB=$(proc_mem "$MESHD_PID" VmRSS)
+MESHD_HWM_KB=$(proc_mem "$MESHD_PID" VmHWM)
+HAPROXY_RSS_AFTER_KB=$(proc_mem "$HAPROXY_PID" VmRSS)
+HAPROXY_HWM_KB=$(proc_mem "$HAPROXY_PID" VmHWM)
+NGXPROXY_RSS_AFTER_KB=$(proc_mem "$NGXPROXY_PID" VmRSS)
+NGXPROXY_HWM_KB=$(proc_mem "$NGXPROXY_PID" VmHWM)
+MESHD_ALIVE=yes
+kill -0 "$MESHD_PID" 2>/dev/null || { MESHD_ALIVE=no; FAILURES+=("meshd exited during the benchmark"); }
+cp "$TMP/meshd/stderr.log" "$RAW_DIR/meshd-stderr.log" 2>/dev/null || true
+cp "$TMP/meshd/meshd.yaml" "$TMP/haproxy/haproxy.cfg" "$RAW_DIR/" 2>/dev/null || true
+cp "$TMP/ngxproxy/nginx.conf" "$RAW_DIR/nginx-proxy.conf" 2>/dev/null || true
+cp "$TMP/backend/nginx.conf" "$RAW_DIR/nginx-backend.conf" 2>/dev/null || true
+MESHD_WARN_LINES=$(grep -cE '"level":"(warning|error|critical)"' "$TMP/meshd/stderr.log" || true)
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation and report.
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 <= 0) print "n/a"; else printf "%.2f", a / b }'; }
+fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 0) print "n/a"; else printf "%.3f", v }'; }
+col() { # col <array name> <candidate>: values across runs
+    local -n arr=$1
+    local out=() r
+    for r in $(seq 1 "$RUNS"); do out+=("${arr[$2,$r]}"); done
+    printf '%s\n' "${out[@]}"
+}
+
+declare -A M_RPS M_P50 M_P90 M_P99 ERRS REQS TICKS
+for c in "${CANDS[@]}"; do
+    mapfile -t v < <(col R_RPS "$c"); M_RPS[$c]=$(median "${v[@]}")
+    mapfile -t v < <(col R_P50 "$c"); M_P50[$c]=$(median "${v[@]}")
+    mapfile -t v < <(col R_P90 "$c"); M_P90[$c]=$(median "${v[@]}")
+    mapfile -t v < <(col R_P99 "$c"); M_P99[$c]=$(median "${v[@]}")
+    e=0 n=0 t=0
+    for r in $(seq 1 "$RUNS"); do
+        e=$((e + R_SERR[$c,$r] + R_STERR[$c,$r])); n=$((n + R_REQ[$c,$r])); t=$((t + R_TICKS[$c,$r]))
+    done
+    ERRS[$c]=$e REQS[$c]=$n TICKS[$c]=$t
+done
+
+cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=""
+[[ -n $(git -C "$REPO" status --porcelain --untracked-files=no -- Sources Package.swift 2>/dev/null) ]] &&
+    GIT_DIRTY=" (uncommitted changes under Sources/ or Package.swift at benchmark time)"
+NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //' | head -1)
+HAPROXY_VER=$("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{ print $1, $2, $3 }')
+WRK_VER=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $1, $2 }')
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+MESHD_MTIME=$(date -u -r "$MESHD_BIN" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
+
+REPORT=$TMP/report.md
+{
+    echo "### HTTP/1.1 proxy overhead — $(date -u +%Y-%m-%d)"
+    echo
+    echo "Method: closed-loop wrk for throughput — the same client (wrk, ${WRK_THREADS} thread, ${CONNS} keep-alive connections, \`Host: bench\`, GET / → \"ok\\n\" from one nginx worker), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http1.sh\` with targets interleaved (direct, meshd, HAProxy, nginx) in each of ${RUNS} run(s)."
+    echo "Each proxy runs one thread/worker and keeps connections to the backend alive. Placement: ${PLACEMENT}."
+    if ((RUNS > 1)); then
+        echo "Figures are medians across the ${RUNS} runs; wrk cannot merge HDR histograms, so each latency percentile is the median of the per-run percentiles (not a percentile of merged samples). Errors are summed over all runs."
+    else
+        echo "One run; wrk cannot merge HDR histograms, so with RUNS > 1 latency percentiles are reported as the median of per-run percentiles."
+    fi
+    echo "Closed-loop latency is latency at saturation (it includes queueing in the client), not latency at a fixed request rate. Errors = wrk socket errors (connect/read/write/timeout) + responses with status ≥ 400."
+    echo
+    echo "| target | req/s | p50 (ms) | p90 (ms) | p99 (ms) | errors | req/s ÷ direct | meshd ÷ HAProxy (req/s) | meshd ÷ nginx (req/s) | added p50 vs direct (ms) | added p99 vs direct (ms) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for c in "${CANDS[@]}"; do
+        rvd=$(ratio "${M_RPS[$c]}" "${M_RPS[direct]}")
+        mh="—" mn="—" a50="—" a99="—"
+        if [[ $c == meshd ]]; then
+            mh=$(ratio "${M_RPS[meshd]}" "${M_RPS[haproxy]}")
+            mn=$(ratio "${M_RPS[meshd]}" "${M_RPS[nginx]}")
+        fi
+        if [[ $c != direct ]]; then
+            a50=$(awk -v a="${M_P50[$c]}" -v b="${M_P50[direct]}" 'BEGIN { if (a < 0 || b < 0) print "n/a"; else printf "%+.3f", a - b }')
+            a99=$(awk -v a="${M_P99[$c]}" -v b="${M_P99[direct]}" 'BEGIN { if (a < 0 || b < 0) print "n/a"; else printf "%+.3f", a - b }')
+        fi
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$c]}" \
+            "$(calc '%.0f' "${M_RPS[$c]}")" "$(fmt_ms "${M_P50[$c]}")" "$(fmt_ms "${M_P90[$c]}")" "$(fmt_ms "${M_P99[$c]}")" \
+            "${ERRS[$c]}" "$rvd" "$mh" "$mn" "$a50" "$a99"
+    done
+    echo
+    echo "Proxy resources (CPU = utime+stime of the proxy process(es) during the measured windows only, divided by the requests wrk completed in them; nginx figures are master + worker):"
+    echo
+    echo "| proxy | CPU s per 1000 req | RSS idle (MiB) | RSS after run (MiB) | peak RSS, VmHWM (MiB) |"
+    echo "|---|---:|---:|---:|---:|"
+    echo "| meshd | $(cpu_per_1k "${TICKS[meshd]}" "${REQS[meshd]}") | $(mib "$MESHD_RSS_IDLE_KB") | $(mib "$MESHD_RSS_AFTER_KB") | $(mib "$MESHD_HWM_KB") |"
+    echo "| HAProxy | $(cpu_per_1k "${TICKS[haproxy]}" "${REQS[haproxy]}") | $(mib "$HAPROXY_RSS_IDLE_KB") | $(mib "$HAPROXY_RSS_AFTER_KB") | $(mib "$HAPROXY_HWM_KB") |"
+    echo "| nginx proxy | $(cpu_per_1k "${TICKS[nginx]}" "${REQS[nginx]}") | $(mib "$NGXPROXY_RSS_IDLE_KB") | $(mib "$NGXPROXY_RSS_AFTER_KB") | $(mib "$NGXPROXY_HWM_KB") |"
+    echo
+    echo "Per run:"
+    echo
+    echo "| run | target | req/s | p50 (ms) | p75 (ms) | p90 (ms) | p99 (ms) | requests | socket errors | status ≥ 400 |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for r in $(seq 1 "$RUNS"); do
+        for c in "${CANDS[@]}"; do
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$c" "$(calc '%.0f' "${R_RPS[$c,$r]}")" \
+                "$(fmt_ms "${R_P50[$c,$r]}")" "$(fmt_ms "${R_P75[$c,$r]}")" "$(fmt_ms "${R_P90[$c,$r]}")" "$(fmt_ms "${R_P99[$c,$r]}")" \
+                "${R_REQ[$c,$r]}" "${R_SERR[$c,$r]}" "${R_STERR[$c,$r]}"
+        done
+    done
+    echo
+    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME; nginx $NGINX_VER; $HAPROXY_VER; $WRK_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
+    if ((${#FAILURES[@]} > 0)); then
+        echo
+        echo "**Failures:**"
+        for f in "${FAILURES[@]}"; do echo "- $f"; done
+    fi
+} >"$REPORT"
+
+RESULT_FILE=$RESULTS_DIR/http1-$TS.md
+{
+    echo "# meshd HTTP/1.1 benchmark — $TS"
+    echo
+    cat "$REPORT"
+    echo
+    echo "Raw wrk output, configs and meshd's stderr: \`bench/results/http1-$TS.raw/\`. meshd warning/error log lines: $MESHD_WARN_LINES; meshd still running at the end: $MESHD_ALIVE."
+} >"$RESULT_FILE"
+
+echo
+cat "$REPORT"
+echo
+log "results written to ${RESULT_FILE#"$REPO"/} (raw data in ${RAW_DIR#"$REPO"/}/)"
+if ((MESHD_WARN_LINES > 0)); then
+    log "meshd logged $MESHD_WARN_LINES warning/error lines; first 20:"
+    grep -E '"level":"(warning|error|critical)"' "$TMP/meshd/stderr.log" | head -20 | sed 's/^/    /' >&2 || true
+fi
+
+if ((UPDATE_DOCS)); then
+    if ((${#FAILURES[@]} > 0)); then
+        log "not updating docs/performance.md: some candidates failed (see below)"
+    else
+        DOC=$REPO/docs/performance.md
+        if [[ ! -f $DOC ]]; then
+            mkdir -p "$(dirname "$DOC")"
+            cat >"$DOC" <<'EOF'
+# Performance
+
+How meshd compares with no proxy and with HAProxy and nginx doing the same job on the same
+machine. The numbers below are generated by the scripts in `bench/` (see `bench/README.md`);
+re-run them with `--update-docs` to refresh the sections between the markers. Absolute numbers
+depend heavily on the machine; the ratios against the direct baseline and against the other
+proxies measured in the same run are the meaningful part.
+
+## HTTP/1.1
+
+<!-- http1:begin -->
+<!-- http1:end -->
+EOF
+        elif ! grep -q '^<!-- http1:begin -->' "$DOC" || ! grep -q '^<!-- http1:end -->' "$DOC"; then
+            printf '\n## HTTP/1.1\n\n<!-- http1:begin -->\n<!-- http1:end -->\n' >>"$DOC"
+        fi
+        awk -v f="$REPORT" '
+            /^<!-- http1:begin -->/ { print; while ((getline line < f) > 0) print line; skip = 1; next }
+            /^<!-- http1:end -->/ { skip = 0 }
+            !skip { print }' "$DOC" >"$TMP/performance.md"
+        cat "$TMP/performance.md" >"$DOC"
+        log "updated the http1 section of docs/performance.md"
+    fi
+fi
+
+if ((${#FAILURES[@]} > 0)); then
+    log "FAILED: at least one candidate did not serve cleanly:"
+    for f in "${FAILURES[@]}"; do log "  - $f"; done
+    exit 1
+fi
+log "all candidates served without errors"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests and benchmarks use, only when missing (Debian packages, PyPI).
+set -euo pipefail
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-test-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# nginx/dnsmasq packages may start system services; the tests run their own instances.
+if command -v service >/dev/null 2>&1; then
+  service nginx stop >/dev/null 2>&1 || true
+  service dnsmasq stop >/dev/null 2>&1 || true
+fi
+
+python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""A small HTTP/1.1 test backend for meshd's end-to-end tests (stdlib only).
+
+Run: python3 backend.py --host 127.0.0.1 --port 0 --name NAME
+It prints one line ``PORT <n>`` on stdout once it is listening.
+
+Endpoints (any method; every request body is read completely, Content-Length or chunked):
+  /echo-hash      -> JSON {"sha256", "bytes", "transfer_encoding", "content_length", "method"}
+  /headers        -> JSON {"method", "path", "version", "headers": [[name, value], ...]}
+  /slow?ms=N      -> sleeps N ms, then 200 "slow N\n"
+  /die            -> 200 with Content-Length 1000000, sends 100 bytes, then closes the socket
+  /close          -> reads the request, closes the socket without any response
+  /status?code=N  -> status N with a short body
+  anything else   -> 200 "NAME\n" (header x-backend: NAME)
+"""
+
+import argparse
+import hashlib
+import json
+import socket
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+MAX_SLOW_MS = 30_000
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "e2e-backend"
+    sys_version = ""
+    timeout = 60  # socket timeout per connection: a stuck peer cannot hold a thread forever
+    name = "backend"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    # -- body reading -------------------------------------------------------------------------
+    def _iter_body(self):
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise ConnectionError("eof in chunk size")
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    # trailers until the blank line
+                    while True:
+                        t = self.rfile.readline(65537)
+                        if not t or t in (b"\r\n", b"\n"):
+                            return
+                left = size
+                while left > 0:
+                    data = self.rfile.read(min(left, 1 << 20))
+                    if not data:
+                        raise ConnectionError("eof in chunk data")
+                    left -= len(data)
+                    yield data
+                self.rfile.readline(3)  # CRLF after the chunk
+        else:
+            n = int(self.headers.get("Content-Length") or 0)
+            while n > 0:
+                data = self.rfile.read(min(n, 1 << 20))
+                if not data:
+                    raise ConnectionError("eof in body")
+                n -= len(data)
+                yield data
+
+    def _drain(self):
+        for _ in self._iter_body():
+            pass
+
+    def _reply(self, code, body, ctype="text/plain"):
+        if isinstance(body, str):
+            body = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-backend", self.name)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def _handle(self):
+        url = urlsplit(self.path)
+        q = parse_qs(url.query)
+        path = url.path
+        if path == "/echo-hash":
+            h = hashlib.sha256()
+            n = 0
+            for chunk in self._iter_body():
+                h.update(chunk)
+                n += len(chunk)
+            out = {
+                "sha256": h.hexdigest(),
+                "bytes": n,
+                "transfer_encoding": self.headers.get("Transfer-Encoding"),
+                "content_length": self.headers.get("Content-Length"),
+                "method": self.command,
+            }
+            self._reply(200, json.dumps(out), "application/json")
+            return
+        self._drain()
+        if path == "/headers":
+            out = {
+                "method": self.command,
+                "path": self.path,
+                "version": self.request_version,
+                "headers": [[k, v] for k, v in self.headers.items()],
+            }
+            self._reply(200, json.dumps(out), "application/json")
+        elif path == "/slow":
+            ms = min(int(q.get("ms", ["1000"])[0]), MAX_SLOW_MS)
+            time.sleep(ms / 1000.0)
+            self._reply(200, f"slow {ms}\n")
+        elif path == "/die":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 100)
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        elif path == "/close":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        elif path == "/status":
+            code = int(q.get("code", ["200"])[0])
+            self._reply(code, f"status {code}\n")
+        else:
+            self._reply(200, f"{self.name}\n")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--name", default="backend")
+    args = ap.parse_args()
+    if not args.host.startswith("127."):
+        sys.exit("backend: loopback addresses only")
+    Handler.name = args.name
+    srv = Server((args.host, args.port), Handler)
+    print(f"PORT {srv.server_address[1]}", flush=True)
+    srv.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Every error meshd produces itself: status, x-meshd-error, body, meshd_errors_total, and that the
+process keeps serving afterwards. The tests in this module share one meshd and run in file order;
+the last one checks that meshd is still alive and serving."""
+
+import socket
+import time
+
+import pytest
+
+from meshlib import base_config, curl, free_port, http_request, metric_value, parse_response_head, raw_exchange
+
+
+@pytest.fixture(scope="module")
+def mesh(start_meshd_module, nginx, backend):
+    closed_port = free_port()  # nothing listens there
+    cfg = base_config(
+        threads=1,
+        http={"maxHeaderBytes": 65536, "headerReadTimeout": "1s", "idleTimeout": "60s"},
+        upstream={"connectTimeout": "1s", "requestTimeout": "15s"},
+        services=[
+            {"name": "web", "endpoints": [nginx.addr("web")]},
+            {"name": "empty", "endpoints": []},
+            {"name": "closed", "endpoints": [f"127.0.0.1:{closed_port}"]},
+            {"name": "py", "endpoints": [backend.addr]},
+        ],
+        routes=[
+            {"match": {"authority": "web"}, "service": "web"},
+            {"match": {"authority": "empty"}, "service": "empty"},
+            {"match": {"authority": "closed"}, "service": "closed"},
+            {"match": {"authority": "slow"}, "service": "py", "timeout": "500ms"},
+            {"match": {"authority": "py"}, "service": "py"},
+        ],
+    )
+    m = start_meshd_module(cfg, name="errors")
+    m.closed_port = closed_port
+    return m
+
+
+def errors_total(mesh, kind):
+    return metric_value(mesh.metrics_text(), "meshd_errors_total", direction="outbound", kind=kind) or 0.0
+
+
+class ErrorCounter:
+    def __init__(self, mesh, kind):
+        self.mesh, self.kind = mesh, kind
+
+    def __enter__(self):
+        self.before = errors_total(self.mesh, self.kind)
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.delta = errors_total(self.mesh, self.kind) - self.before
+
+
+def test_404_no_route(mesh):
+    with ErrorCounter(mesh, "no-route") as c:
+        status, h, body = http_request(mesh.outbound, "GET", "/", headers={"Host": "nowhere.example"})
+    assert status == 404
+    assert h.get("x-meshd-error") == "no-route"
+    assert b"nowhere.example" in body, body
+    assert c.delta == 1
+
+
+def test_404_no_route_absolute_form(mesh):
+    with ErrorCounter(mesh, "no-route") as c:
+        r = curl("-i", "-x", mesh.out_url, "http://unknown-svc/x")
+    out = r.stdout.decode()
+    assert out.startswith("HTTP/1.1 404"), out
+    assert "x-meshd-error: no-route" in out.lower()
+    assert "unknown-svc" in out.split("\r\n\r\n", 1)[1]
+    assert c.delta == 1
+
+
+def test_503_no_endpoints(mesh):
+    with ErrorCounter(mesh, "no-endpoints") as c:
+        status, h, body = http_request(mesh.outbound, "GET", "/", headers={"Host": "empty"})
+    assert status == 503
+    assert h.get("x-meshd-error") == "no-endpoints"
+    assert c.delta == 1
+
+
+def test_503_connect_failed_closed_port(mesh):
+    with ErrorCounter(mesh, "connect-failed") as c:
+        t0 = time.monotonic()
+        status, h, body = http_request(mesh.outbound, "GET", "/", headers={"Host": "closed"}, timeout=10)
+        elapsed = time.monotonic() - t0
+    assert status == 503
+    assert h.get("x-meshd-error") == "connect-failed"
+    assert elapsed < 3.0
+    assert c.delta == 1
+
+
+def test_504_route_timeout(mesh):
+    with ErrorCounter(mesh, "upstream-timeout") as c:
+        t0 = time.monotonic()
+        status, h, body = http_request(mesh.outbound, "GET", "/slow?ms=3000", headers={"Host": "slow"}, timeout=10)
+        elapsed = time.monotonic() - t0
+    assert status == 504
+    assert h.get("x-meshd-error") == "upstream-timeout"
+    assert 0.45 <= elapsed < 2.0, f"504 after {elapsed:.2f}s with a 500ms route timeout"
+    assert c.delta == 1
+
+
+def test_502_upstream_reset(mesh):
+    with ErrorCounter(mesh, "upstream-reset") as c:
+        status, h, body = http_request(mesh.outbound, "GET", "/close", headers={"Host": "py"})
+    assert status == 502
+    assert h.get("x-meshd-error") == "upstream-reset"
+    assert c.delta == 1
+
+
+def test_400_malformed_request(mesh):
+    with ErrorCounter(mesh, "bad-request") as c:
+        got, closed, _ = raw_exchange(mesh.outbound, b"GARBAGE\r\n\r\n", timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 400
+    assert h.get("x-meshd-error") == "bad-request"
+    assert closed, "connection must be closed after a malformed request"
+    assert c.delta == 1
+
+
+def test_431_headers_too_large(mesh):
+    big = b"a" * (100 * 1024)
+    req = b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: " + big + b"\r\n\r\n"
+    with ErrorCounter(mesh, "headers-too-large") as c:
+        got, closed, _ = raw_exchange(mesh.outbound, req, timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 431
+    assert h.get("x-meshd-error") == "headers-too-large"
+    assert closed
+    assert c.delta == 1
+
+
+def test_431_headers_too_large_curl(mesh):
+    big = "b" * (100 * 1024)
+    with ErrorCounter(mesh, "headers-too-large") as c:
+        r = curl("-i", "-H", "Host: web", "-H", f"X-Big: {big}", mesh.out_url + "/")
+    out = r.stdout.decode()
+    assert out.startswith("HTTP/1.1 431"), (out[:300], r.stderr)
+    assert "x-meshd-error: headers-too-large" in out.lower()
+    assert c.delta == 1
+
+
+def test_408_header_read_timeout_partial_head(mesh):
+    with ErrorCounter(mesh, "header-timeout") as c:
+        got, closed, elapsed = raw_exchange(mesh.outbound, b"GET / HTTP/1.1\r\nHost: web\r\n", timeout=6)
+    assert got, f"no response after {elapsed:.2f}s"
+    status, h = parse_response_head(got)
+    assert status == 408
+    assert h.get("x-meshd-error") == "header-timeout"
+    assert closed, "connection must be closed after the 408"
+    assert 0.9 <= elapsed <= 3.0, f"408 after {elapsed:.2f}s with headerReadTimeout 1s"
+    assert c.delta == 1
+
+
+def test_silent_connection_closed_after_header_timeout(mesh):
+    got, closed, elapsed = raw_exchange(mesh.outbound, b"", timeout=6)
+    assert closed, f"a connection that sends nothing was still open after {elapsed:.2f}s"
+    assert got == b"" or got.startswith(b"HTTP/1.1 408"), got
+    assert 0.9 <= elapsed <= 3.0, f"closed after {elapsed:.2f}s with headerReadTimeout 1s"
+
+
+def test_backend_dies_mid_response(mesh):
+    errors = lambda: metric_value(mesh.metrics_text(), "meshd_errors_total", direction="outbound") or 0.0
+    e0 = errors()
+    r = curl("-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-H", "Host: py", mesh.out_url + "/die",
+             timeout=10)
+    # curl: 18 = partial file (Content-Length not reached), 56 = recv failure, 52 = empty reply
+    assert r.returncode in (18, 56, 52), f"curl exit {r.returncode}, stderr {r.stderr!r}, out {r.stdout!r}"
+    code, size = r.stdout.decode().split()
+    assert int(size) < 1_000_000
+    assert errors() - e0 >= 1, "a response cut by the backend must be counted in meshd_errors_total"
+
+
+def test_die_mid_response_raw_socket_sees_no_complete_response(mesh):
+    got, closed, _ = raw_exchange(mesh.outbound, b"GET /die HTTP/1.1\r\nHost: py\r\n\r\n", timeout=5)
+    assert closed, "connection must be closed when the backend dies mid-response"
+    status, h = parse_response_head(got)
+    assert status == 200
+    body = got.split(b"\r\n\r\n", 1)[1]
+    if "content-length" in h:
+        assert int(h["content-length"]) == 1_000_000
+        assert len(body) < 1_000_000
+    else:  # chunked: there must be no terminating 0-chunk
+        assert not body.endswith(b"0\r\n\r\n"), "meshd faked a complete chunked response"
+
+
+def test_meshd_still_alive_and_serving(mesh):
+    assert mesh.alive(), mesh.stderr_text()[-3000:]
+    for _ in range(3):
+        status, h, body = http_request(mesh.outbound, "GET", "/", headers={"Host": "web"})
+        assert (status, body) == (200, b"web\n")
+    status, _, body = mesh.admin_request("GET", "/ready")
+    assert status == 200
