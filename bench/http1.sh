@@ -242,10 +242,13 @@ routes:
     match: {authority: bench}
     service: bench
 EOF
-"$MESHD_BIN" --config "$TMP/meshd/meshd.yaml" --threads 1 --check >"$TMP/meshd/check.log" 2>&1 ||
+# Run a private copy so a concurrent rebuild cannot swap the binary in the middle of the run.
+cp "$MESHD_BIN" "$TMP/meshd/meshd"
+MESHD_SHA=$(sha256sum "$TMP/meshd/meshd" | cut -c1-12)
+"$TMP/meshd/meshd" --config "$TMP/meshd/meshd.yaml" --threads 1 --check >"$TMP/meshd/check.log" 2>&1 ||
     { sed 's/^/    /' "$TMP/meshd/check.log" >&2; die "meshd --check rejected the benchmark config"; }
 log "starting meshd (outbound 127.0.0.1:$MESHD_OUT_PORT, admin 127.0.0.1:$MESHD_ADMIN_PORT)"
-start_bg "$TMP/meshd/stderr.log" "${PIN_PROXY[@]}" "$MESHD_BIN" --config "$TMP/meshd/meshd.yaml" --threads 1
+start_bg "$TMP/meshd/stderr.log" "${PIN_PROXY[@]}" "$TMP/meshd/meshd" --config "$TMP/meshd/meshd.yaml" --threads 1
 MESHD_PID=$LAST_PID
 # Ready = admin /ready answers 2xx.
 deadline=$((SECONDS + 15))
@@ -530,7 +533,7 @@ REPORT=$TMP/report.md
         done
     done
     echo
-    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME; nginx $NGINX_VER; $HAPROXY_VER; $WRK_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME (sha256 $MESHD_SHA…); nginx $NGINX_VER; $HAPROXY_VER; $WRK_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
     if ((${#FAILURES[@]} > 0)); then
         echo
         echo "**Failures:**"

@@ -1,0 +1,146 @@
+"""Process lifecycle: graceful drain on SIGTERM/SIGINT, the built-in default, JSON logs."""
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from meshlib import base_config, curl, http_request, wait_for
+
+
+def slow_config(backend, drain="10s"):
+    return base_config(
+        drainTimeout=drain,
+        services=[{"name": "py", "endpoints": [backend.addr]}],
+        routes=[{"match": {"authority": "py"}, "service": "py"}],
+    )
+
+
+def in_flight(mesh):
+    svc = mesh.admin_json("/services")["services"][0]
+    return sum(e["inFlight"] for e in svc["endpoints"])
+
+
+def start_slow_request(mesh, ms):
+    result = {}
+
+    def go():
+        try:
+            result["resp"] = http_request(mesh.outbound, "GET", f"/slow?ms={ms}", headers={"Host": "py"}, timeout=15)
+        except Exception as e:  # noqa: BLE001
+            result["error"] = e
+        result["done_at"] = time.monotonic()
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    wait_for(lambda: in_flight(mesh) == 1, 5, what="slow request in flight")
+    return t, result
+
+
+def connect_refused(addr) -> bool:
+    try:
+        with socket.create_connection(addr, timeout=1) as s:
+            # accepted: a listener that is closing may still hand out a connection, but it must not serve
+            s.sendall(b"GET / HTTP/1.1\r\nHost: py\r\n\r\n")
+            s.settimeout(1)
+            return s.recv(100) == b""
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except socket.timeout:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_drains_in_flight_request(start_meshd, backend, sig):
+    mesh = start_meshd(slow_config(backend))
+    t, result = start_slow_request(mesh, 2000)
+    t_sig = time.monotonic()
+    mesh.signal(sig)
+    # new connections are refused while the slow request is still draining
+    wait_for(lambda: connect_refused(mesh.outbound), 1.5, interval=0.05, what="outbound refusing new connections")
+    assert mesh.alive(), "meshd exited before the in-flight request finished"
+    t.join(timeout=10)
+    assert "error" not in result, f"in-flight request failed during drain: {result.get('error')!r}"
+    status, h, body = result["resp"]
+    assert (status, body) == (200, b"slow 2000\n")
+    rc = mesh.wait_exit(10)
+    exited_at = time.monotonic()
+    assert rc == 0, f"exit status {rc}; stderr:\n{mesh.stderr_text()[-3000:]}"
+    assert exited_at - t_sig < 10, "meshd did not exit within drainTimeout"
+    assert result["done_at"] <= exited_at
+
+
+def test_drain_timeout_bounds_shutdown(start_meshd, backend):
+    mesh = start_meshd(slow_config(backend, drain="1s"))
+    t, result = start_slow_request(mesh, 5000)
+    t0 = time.monotonic()
+    mesh.signal(signal.SIGTERM)
+    rc = mesh.wait_exit(8)
+    took = time.monotonic() - t0
+    assert rc == 0, f"exit status {rc}"
+    assert took < 3.5, f"shutdown took {took:.2f}s with drainTimeout 1s"
+    t.join(timeout=10)
+    # the request could not finish in time: the client must see a failure, not a fake success
+    assert "error" in result or result["resp"][0] != 200, result
+
+
+def test_stderr_is_json_lines_through_lifecycle(start_meshd, nginx):
+    mesh = start_meshd(base_config(
+        services=[{"name": "web", "endpoints": [nginx.addr("web")]}],
+        routes=[{"match": {"authority": "web"}, "service": "web"}],
+    ))
+    for _ in range(3):
+        assert http_request(mesh.outbound, "GET", "/", headers={"Host": "web"})[0] == 200
+    mesh.signal(signal.SIGTERM)
+    assert mesh.wait_exit(10) == 0
+    bad = [line for line in mesh.stderr_text().splitlines() if line.strip() and not _is_json_obj(line)]
+    assert not bad, f"non-JSON lines on stderr: {bad}"
+    msgs = [json.loads(line)["msg"] for line in mesh.stderr_text().splitlines() if line.strip()]
+    assert "meshd ready" in msgs
+
+
+def _is_json_obj(line):
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+DEFAULT_PORTS = [("127.0.0.1", 4140), ("0.0.0.0", 4143), ("127.0.0.1", 4191)]
+
+
+def _ports_free():
+    busy = []
+    for host, port in DEFAULT_PORTS:
+        s = socket.socket()
+        try:
+            s.bind((host, port))
+        except OSError:
+            busy.append(f"{host}:{port}")
+        finally:
+            s.close()
+    return busy
+
+
+def test_builtin_default_starts_and_shuts_down(start_meshd):
+    busy = _ports_free()
+    if busy:
+        pytest.skip(f"built-in default needs ports 4140/4143/4191 but {', '.join(busy)} in use on this machine")
+    mesh = start_meshd(None, wait_ready=False)
+    mesh.wait_ready()
+    first = mesh.log_lines()[0]
+    assert first.get("msg") == "no --config given: starting with the built-in sidecar default", first
+    assert mesh.outbound == ("127.0.0.1", 4140)
+    assert mesh.inbound[1] == 4143
+    assert mesh.admin == ("127.0.0.1", 4191)
+    status, _, body = mesh.admin_request("GET", "/ready")
+    assert status == 200, body
+    cfg = mesh.admin_json("/config")
+    assert cfg["mode"] == "sidecar" and cfg["inbound"]["app"] == "127.0.0.1:8080"
+    status, _, body = mesh.admin_request("POST", "/shutdown")
+    assert status == 200, body
+    assert mesh.wait_exit(10) == 0

@@ -1,0 +1,103 @@
+"""Node mode: listeners on the node IP, allowed sources on outbound, pod CIDRs on inbound, and the
+full sidecar → node proxy → app path through an endpoint's `via`."""
+
+import json
+
+import pytest
+
+from meshlib import base_config, curl, http_request, metric_value, raw_exchange
+
+NODE_IP = "127.0.0.2"
+POD_SOURCE = "127.0.0.3"
+
+
+@pytest.fixture(scope="module")
+def node(start_meshd_module, nginx):
+    cfg = {
+        "mode": "node",
+        "nodeIP": NODE_IP,
+        "threads": 1,
+        "outbound": {"listen": f"{NODE_IP}:0"},
+        "inbound": {"listen": f"{NODE_IP}:0"},
+        "admin": {"listen": "127.0.0.1:0"},
+        "node": {"podCIDRs": ["127.0.0.1/32"], "allowedSources": [f"{POD_SOURCE}/32"]},
+        "drainTimeout": "5s",
+        "services": [{"name": "web", "endpoints": [nginx.addr("web")]}],
+        "routes": [{"match": {"authority": "web"}, "service": "web"}],
+    }
+    return start_meshd_module(cfg, name="node")
+
+
+def refused(node):
+    return metric_value(node.metrics_text(), "meshd_connections_refused_total",
+                        direction="outbound", reason="source_not_allowed") or 0.0
+
+
+def test_node_listeners_bind_node_ip(node):
+    assert node.outbound[0] == NODE_IP and node.inbound[0] == NODE_IP, node.ready_line
+    cfg = node.admin_json("/config")
+    assert cfg["mode"] == "node" and cfg["nodeIP"] == NODE_IP
+
+
+def test_outbound_from_allowed_source(node):
+    r = curl("-i", "--interface", POD_SOURCE, "-x", node.out_url, "http://web/")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.startswith("HTTP/1.1 200") and out.endswith("\r\n\r\nweb\n"), out
+
+
+def test_outbound_from_disallowed_source_refused(node):
+    before = refused(node)
+    r = curl("-i", "--interface", "127.0.0.1", "-x", node.out_url, "http://web/")
+    assert r.returncode in (52, 56), f"curl exit {r.returncode}: {r.stdout!r} {r.stderr!r}"
+    assert r.stdout == b""
+    # and on a raw socket: closed without a byte
+    got, closed, _ = raw_exchange(node.outbound, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n", source="127.0.0.1", timeout=5)
+    assert closed and got == b"", got
+    assert refused(node) - before == 2
+
+
+def test_inbound_forwards_to_pod_in_cidr(node, backend):
+    status, h, body = http_request(node.inbound, "GET", "/headers",
+                                   headers={"Host": "app", "x-meshd-dst": backend.addr})
+    assert status == 200, body
+    got = json.loads(body)
+    names = [k.lower() for k, _ in got["headers"]]
+    assert "x-meshd-dst" not in names, got
+    assert h.get("x-backend") == "py"
+
+
+def test_inbound_destination_outside_pod_cidrs_403(node):
+    e0 = metric_value(node.metrics_text(), "meshd_errors_total", direction="inbound", kind="destination-not-allowed") or 0
+    status, h, body = http_request(node.inbound, "GET", "/", headers={"Host": "app", "x-meshd-dst": "127.0.0.9:80"})
+    assert status == 403
+    assert h.get("x-meshd-error") == "destination-not-allowed"
+    e1 = metric_value(node.metrics_text(), "meshd_errors_total", direction="inbound", kind="destination-not-allowed")
+    assert e1 - e0 == 1
+
+
+def test_inbound_without_destination_403(node):
+    status, h, _ = http_request(node.inbound, "GET", "/", headers={"Host": "app"})
+    assert status == 403
+    assert h.get("x-meshd-error") == "destination-not-allowed"
+
+
+def test_sidecar_via_node_to_app(node, backend, start_meshd_module):
+    sidecar = start_meshd_module(base_config(
+        services=[{"name": "app", "endpoints": [{"address": backend.addr, "via": f"{NODE_IP}:{node.inbound[1]}"}]}],
+        routes=[{"match": {"authority": "app"}, "service": "app"}],
+    ), name="sidecar-a")
+    r = curl("-i", "-x", sidecar.out_url, "http://app/headers")
+    assert r.returncode == 0, r.stderr
+    head, body = r.stdout.decode().split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 200"), head
+    got = json.loads(body)
+    hdr = {k.lower(): v for k, v in got["headers"]}
+    assert "x-meshd-dst" not in hdr, got  # the node removed it before the app
+    assert "127.0.0.1" in hdr.get("x-forwarded-for", ""), got
+    # it went through the node's inbound
+    inbound_2xx = metric_value(node.metrics_text(), "meshd_requests_total", direction="inbound", status_class="2xx")
+    assert inbound_2xx and inbound_2xx >= 1
+    eps = sidecar.admin_json("/services")["services"][0]["endpoints"]
+    assert eps[0]["address"] == backend.addr and eps[0].get("via") == f"{NODE_IP}:{node.inbound[1]}", eps
+    assert eps[0]["requests"] == 1
