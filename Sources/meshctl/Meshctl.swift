@@ -144,7 +144,10 @@ struct Metrics: AsyncParsableCommand {
         printTable(
             ["DIRECTION", "SERVICE", "REQUESTS", "SUCCESS", "P50-MS", "P90-MS", "P99-MS"],
             summary.map {
-                [$0.direction, $0.service, String($0.requests), String(format: "%.2f%%", $0.successRate * 100), ms($0.p50Ms), ms($0.p90Ms), ms($0.p99Ms)]
+                [
+                    $0.direction, $0.service, String($0.requests), String(format: "%.2f%%", $0.successRate * 100), ms($0.p50Ms),
+                    ms($0.p90Ms), ms($0.p99Ms),
+                ]
             })
     }
 }
@@ -191,7 +194,9 @@ struct MetricsSummary {
             }
             byKey[key] = m
         }
-        return byKey.values.filter { $0.requests > 0 || $0.histogram.total > 0 }.sorted { ($0.direction, $0.service) < ($1.direction, $1.service) }
+        return byKey.values.filter { $0.requests > 0 || $0.histogram.total > 0 }.sorted {
+            ($0.direction, $0.service) < ($1.direction, $1.service)
+        }
     }
 }
 

@@ -172,7 +172,8 @@ extension RouteConfig {
         var pairs: [(String, JSONValue)] = []
         if let name { pairs.append(("name", .string(name))) }
         pairs.append(("match", .object(match)))
-        pairs.append(("backends", .array(backends.map { .object([("service", .string($0.service)), ("weight", .int(Int64($0.weight)))]) })))
+        pairs.append(
+            ("backends", .array(backends.map { .object([("service", .string($0.service)), ("weight", .int(Int64($0.weight)))]) })))
         if let timeout { pairs.append(("timeout", .string(timeout.description))) }
         return .object(pairs)
     }

@@ -212,7 +212,9 @@ struct Decoder {
                 }
             case "nodeIP":
                 if let text = string(value, key) {
-                    if IPAddress(text) != nil { config.nodeIP = text } else {
+                    if IPAddress(text) != nil {
+                        config.nodeIP = text
+                    } else {
                         fail(key, value, .invalidValue(text, expected: "an IP address"))
                     }
                 }
@@ -307,7 +309,9 @@ struct Decoder {
                 marks[p] = v.mark
                 if let name = string(v, p) {
                     sawName = true
-                    if isValidName(name) { service.name = name } else {
+                    if isValidName(name) {
+                        service.name = name
+                    } else {
                         fail(p, v, .invalidValue(name, expected: "a name of letters, digits, '.', '-', '_'"))
                     }
                 }
@@ -319,7 +323,9 @@ struct Decoder {
                 service.endpoints = items.enumerated().compactMap { decodeEndpoint($1, "\(p)[\($0)]") }
             case "balancer":
                 if let text = string(v, p) {
-                    if let kind = BalancerKind(rawValue: text) { service.balancer = kind } else {
+                    if let kind = BalancerKind(rawValue: text) {
+                        service.balancer = kind
+                    } else {
                         fail(p, v, .invalidValue(text, expected: BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")))
                     }
                 }
@@ -392,7 +398,9 @@ struct Decoder {
                         }
                         if bk == "weight", let w = int(bv, bp + ".weight", range: 0...10_000) { weight = w }
                     }
-                    if let service { backends.append(.init(service: service, weight: weight)) } else {
+                    if let service {
+                        backends.append(.init(service: service, weight: weight))
+                    } else {
                         fail(bp, item, .missingKey("service"))
                     }
                 }
@@ -418,7 +426,9 @@ struct Decoder {
             case "authority": match.authority = string(v, p)?.lowercased()
             case "pathPrefix":
                 if let s = string(v, p) {
-                    if s.hasPrefix("/") { match.pathPrefix = s } else {
+                    if s.hasPrefix("/") {
+                        match.pathPrefix = s
+                    } else {
                         fail(p, v, .invalidValue(s, expected: "a path starting with '/'"))
                     }
                 }
@@ -446,22 +456,30 @@ struct Decoder {
 
     mutating func apply(_ o: ConfigLoader.Overrides, to config: inout MeshConfig) {
         if let mode = o.mode {
-            if let m = MeshConfig.Mode(rawValue: mode) { config.mode = m } else {
+            if let m = MeshConfig.Mode(rawValue: mode) {
+                config.mode = m
+            } else {
                 fail("mode", nil, .invalidValue(mode, expected: "sidecar or node (from MESHD_MODE or --mode)"))
             }
         }
         if let ip = o.nodeIP {
-            if IPAddress(ip) != nil { config.nodeIP = ip } else {
+            if IPAddress(ip) != nil {
+                config.nodeIP = ip
+            } else {
                 fail("nodeIP", nil, .invalidValue(ip, expected: "an IP address (from MESHD_NODE_IP or --node-ip)"))
             }
         }
         if let port = o.appPort {
-            if let p = Int(port), (1...65535).contains(p) { config.inbound.app.port = p } else {
+            if let p = Int(port), (1...65535).contains(p) {
+                config.inbound.app.port = p
+            } else {
                 fail("inbound.app", nil, .invalidValue(port, expected: "a port 1...65535 (from MESHD_APP_PORT)"))
             }
         }
         if let t = o.threads {
-            if (0...256).contains(t) { config.threads = t } else {
+            if (0...256).contains(t) {
+                config.threads = t
+            } else {
                 fail("threads", nil, .invalidValue("\(t)", expected: "0...256 (from --threads)"))
             }
         }

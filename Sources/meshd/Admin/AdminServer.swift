@@ -43,7 +43,8 @@ final class AdminHandler: ChannelInboundHandler {
                     headers.add(name: "content-type", value: contentType)
                     headers.add(name: "content-length", value: String(text.utf8.count))
                     if !keepAlive { headers.add(name: "connection", value: "close") }
-                    context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+                    context.write(
+                        self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
                     context.write(self.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))), promise: nil)
                     let done = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
                     if !keepAlive { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }

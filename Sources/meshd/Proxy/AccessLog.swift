@@ -6,7 +6,7 @@ enum AccessLog {
         direction: String, method: String, authority: String, path: String, status: Int, service: String?,
         target: String?, durationNanos: Int64, error: String?, client: String
     ) -> String {
-        var s = "{\"ts\":\(Int64(NIODeadline.now().uptimeNanoseconds / 1000)),\"wall\":\(wallClockMillis())"
+        var s = "{\"ts_ms\":\(wallClockMillis())"
         s += ",\"direction\":\"\(direction)\",\"method\":\(quote(method)),\"authority\":\(quote(authority))"
         s += ",\"path\":\(quote(path)),\"status\":\(status),\"duration_ms\":\(Double(durationNanos) / 1e6)"
         s += ",\"client\":\(quote(client))"

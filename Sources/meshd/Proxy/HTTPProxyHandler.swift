@@ -395,7 +395,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 // The backend died mid-response: the client must see a broken response, never a
                 // silently truncated one.
                 loop.shared.logger.warning(
-                    "upstream closed mid-response", metadata: ["target": "\(upstream.address)", "error": "\(error.map { "\($0)" } ?? "eof")"])
+                    "upstream closed mid-response",
+                    metadata: ["target": "\(upstream.address)", "error": "\(error.map { "\($0)" } ?? "eof")"])
                 loop.shared.metrics.error(.upstreamReset, direction).increment()
                 finishRequest(status: req.status, error: .upstreamReset, reuse: false)
                 state = .closed
@@ -456,7 +457,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             loop.accessLog.append(
                 AccessLog.line(
                     direction: direction.label, method: req.method.rawValue, authority: req.authority, path: req.path,
-                    status: status, service: req.service?.name, target: req.target?.description,
+                    status: status, service: req.service?.name, target: req.target.map(MeshRuntime.hostPort),
                     durationNanos: elapsed.nanoseconds, error: error?.rawValue, client: clientIP))
         }
         req.service = nil

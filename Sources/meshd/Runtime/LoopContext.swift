@@ -136,7 +136,9 @@ final class LoopContext: @unchecked Sendable {
             services: services.map { s in
                 LoopReport.Service(
                     name: s.name, latency: s.latency,
-                    endpoints: s.endpoints.map { .init(address: $0.config.address.description, inFlight: $0.inFlight, requests: $0.requests) })
+                    endpoints: s.endpoints.map {
+                        .init(address: $0.config.address.description, inFlight: $0.inFlight, requests: $0.requests)
+                    })
             },
             inboundLatency: inboundService.latency,
             upstreamIdle: pool.idleCount)

@@ -47,7 +47,8 @@ final class MeshMetrics: Sendable {
         self.factory = factory
         errors = Direction.allCases.map { d in
             MeshError.allCases.map { e in
-                CoreMetrics.Counter(label: "meshd_errors_total", dimensions: [("direction", d.label), ("kind", e.rawValue)], factory: factory)
+                CoreMetrics.Counter(
+                    label: "meshd_errors_total", dimensions: [("direction", d.label), ("kind", e.rawValue)], factory: factory)
             }
         }
         connectionsOpen = Direction.allCases.map {
@@ -58,11 +59,13 @@ final class MeshMetrics: Sendable {
         }
         connectionsRefused = Direction.allCases.map { d in
             Self.refusedReasons.map {
-                CoreMetrics.Counter(label: "meshd_connections_refused_total", dimensions: [("direction", d.label), ("reason", $0)], factory: factory)
+                CoreMetrics.Counter(
+                    label: "meshd_connections_refused_total", dimensions: [("direction", d.label), ("reason", $0)], factory: factory)
             }
         }
         upstreamConnectsOK = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "ok")], factory: factory)
-        upstreamConnectsFailed = CoreMetrics.Counter(label: "meshd_upstream_connects_total", dimensions: [("result", "failed")], factory: factory)
+        upstreamConnectsFailed = CoreMetrics.Counter(
+            label: "meshd_upstream_connects_total", dimensions: [("result", "failed")], factory: factory)
         upstreamConnectionsOpen = CoreMetrics.Meter(label: "meshd_upstream_connections_open", factory: factory)
         upstreamPoolReuse = CoreMetrics.Counter(label: "meshd_upstream_pool_reuse_total", factory: factory)
         upstreamStaleRetries = CoreMetrics.Counter(label: "meshd_upstream_stale_retries_total", factory: factory)

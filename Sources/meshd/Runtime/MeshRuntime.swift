@@ -222,7 +222,9 @@ final class MeshRuntime: Sendable {
         shared.metrics.configVersion.record(version)
         shared.logger.info(
             "config reloaded",
-            metadata: ["version": "\(version)", "reason": "\(reason)", "services": "\(new.services.count)", "routes": "\(new.routes.count)"])
+            metadata: [
+                "version": "\(version)", "reason": "\(reason)", "services": "\(new.services.count)", "routes": "\(new.routes.count)",
+            ])
         return .applied(version: version)
     }
 
@@ -295,7 +297,8 @@ final class MeshRuntime: Sendable {
             return loop.makeSucceededFuture((.ok, "text/plain", "\(LogLevelBox.shared.level.rawValue)\n"))
         case (.PUT, "/log-level"), (.POST, "/log-level"):
             guard let level = Logger.Level(rawValue: body.trimmingCharacters(in: " \n\r\t")) else {
-                return loop.makeSucceededFuture((.badRequest, "text/plain", "expected one of: trace debug info notice warning error critical\n"))
+                return loop.makeSucceededFuture(
+                    (.badRequest, "text/plain", "expected one of: trace debug info notice warning error critical\n"))
             }
             LogLevelBox.shared.level = level
             return loop.makeSucceededFuture((.ok, "text/plain", "\(level.rawValue)\n"))

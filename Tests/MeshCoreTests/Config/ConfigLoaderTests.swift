@@ -43,8 +43,10 @@ struct ConfigLoaderTests {
         #expect(c.drainTimeout == .seconds(10))
         #expect(c.accessLog)
         #expect(c.services.count == 2)
-        #expect(c.services[0].endpoints[1] == EndpointConfig(
-            address: HostPort(host: "10.0.0.8", port: 8080), via: HostPort(host: "10.1.2.3", port: 4143), weight: 3))
+        #expect(
+            c.services[0].endpoints[1]
+                == EndpointConfig(
+                    address: HostPort(host: "10.0.0.8", port: 8080), via: HostPort(host: "10.1.2.3", port: 4143), weight: 3))
         #expect(c.services[0].endpoints[1].connectAddress == HostPort(host: "10.1.2.3", port: 4143))
         #expect(c.services[1].endpoints[0].address.host == "fd00::1")
         #expect(c.routes[0].match.method == "POST")
@@ -89,23 +91,24 @@ struct ConfigLoaderTests {
     }
 
     /// Each bad file gives a problem naming the key path and the line.
-    @Test(arguments: [
-        ("outbound:\n  listn: 1.2.3.4:5\n", "outbound.listn", 2, "unknown key"),
-        ("services:\n  - name: a\n    endpoints: [\"10.0.0.1\"]\n", "services[0].endpoints[0]", 3, "missing ':PORT'"),
-        ("services:\n  - name: a\n    endpoints: [\"10.0.0.1:99999\"]\n", "services[0].endpoints[0]", 3, "port must be"),
-        ("routes:\n  - match: { authority: x }\n    service: nope\n", "routes[0].service", 3, "unknown service 'nope'"),
-        ("mode: node\n", "nodeIP", nil, "missing required key"),
-        ("mode: mesh\n", "mode", 1, "sidecar or node"),
-        ("http:\n  headerReadTimeout: soon\n", "http.headerReadTimeout", 2, "a duration"),
-        ("http:\n  maxHeaderBytes: 10\n", "http.maxHeaderBytes", 2, "an integer in"),
-        ("services:\n  - endpoints: []\n", "services[0]", 2, "missing required key 'name'"),
-        ("services:\n  - name: a\n  - name: a\n", "services[1].name", 3, "duplicate service"),
-        ("routes:\n  - match: {}\n", "routes[0]", 2, "missing required key 'service'"),
-        ("node:\n  podCIDRs: [\"10.0.0.0/33\"]\n", "node.podCIDRs[0]", 2, "address block"),
-        ("threads: lots\n", "threads", 1, "an integer"),
-        ("services: {}\n", "services", 1, "a list of services"),
-        ("a: [1, 2\n", "", 2, "YAML syntax error"),
-    ] as [(String, String, Int?, String)])
+    @Test(
+        arguments: [
+            ("outbound:\n  listn: 1.2.3.4:5\n", "outbound.listn", 2, "unknown key"),
+            ("services:\n  - name: a\n    endpoints: [\"10.0.0.1\"]\n", "services[0].endpoints[0]", 3, "missing ':PORT'"),
+            ("services:\n  - name: a\n    endpoints: [\"10.0.0.1:99999\"]\n", "services[0].endpoints[0]", 3, "port must be"),
+            ("routes:\n  - match: { authority: x }\n    service: nope\n", "routes[0].service", 3, "unknown service 'nope'"),
+            ("mode: node\n", "nodeIP", nil, "missing required key"),
+            ("mode: mesh\n", "mode", 1, "sidecar or node"),
+            ("http:\n  headerReadTimeout: soon\n", "http.headerReadTimeout", 2, "a duration"),
+            ("http:\n  maxHeaderBytes: 10\n", "http.maxHeaderBytes", 2, "an integer in"),
+            ("services:\n  - endpoints: []\n", "services[0]", 2, "missing required key 'name'"),
+            ("services:\n  - name: a\n  - name: a\n", "services[1].name", 3, "duplicate service"),
+            ("routes:\n  - match: {}\n", "routes[0]", 2, "missing required key 'service'"),
+            ("node:\n  podCIDRs: [\"10.0.0.0/33\"]\n", "node.podCIDRs[0]", 2, "address block"),
+            ("threads: lots\n", "threads", 1, "an integer"),
+            ("services: {}\n", "services", 1, "a list of services"),
+            ("a: [1, 2\n", "", 2, "YAML syntax error"),
+        ] as [(String, String, Int?, String)])
     func badFilesNamePathAndLine(yaml: String, path: String, line: Int?, message: String) {
         do {
             _ = try ConfigLoader.load(yaml: yaml)

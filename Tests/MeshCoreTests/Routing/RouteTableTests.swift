@@ -57,7 +57,8 @@ struct RouteTableTests {
     }
 
     @Test func weightedSplitFollowsWeights() throws {
-        let s = try table("""
+        let s = try table(
+            """
             services: [ { name: a, endpoints: [] }, { name: b, endpoints: [] }, { name: z, endpoints: [] } ]
             routes:
               - match: { authority: x }
@@ -75,7 +76,8 @@ struct RouteTableTests {
     }
 
     @Test func seededSplitsAreRepeatable() throws {
-        let s = try table("""
+        let s = try table(
+            """
             services: [ { name: a, endpoints: [] }, { name: b, endpoints: [] } ]
             routes: [ { match: { authority: x }, backends: [ { service: a, weight: 1 }, { service: b, weight: 1 } ] } ]
             """)
@@ -87,7 +89,8 @@ struct RouteTableTests {
     }
 
     @Test func routeTimeoutDefaultsToUpstreamRequestTimeout() throws {
-        let s = try table("""
+        let s = try table(
+            """
             upstream: { requestTimeout: 7s }
             services: [ { name: a, endpoints: [] } ]
             routes: [ { match: { authority: x }, service: a }, { match: { authority: y }, service: a, timeout: 1s } ]
