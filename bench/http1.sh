@@ -161,6 +161,7 @@ wait_http() {
 # utime+stime (clock ticks) of a process and its direct children (nginx master + worker).
 proc_ticks() {
     local total=0 p s f
+    [[ -r /proc/$1/stat ]] || return 0
     for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
         s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         s=${s##*) } # drop "pid (comm) ", comm may contain spaces
@@ -178,6 +179,19 @@ proc_mem() {
         total=$((total + ${v:-0}))
     done
     echo "$total"
+}
+
+# Busy ticks of the whole machine (all CPUs) from /proc/stat.
+machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# CPU time (ticks) of this shell's reaped children: includes wrk, reaped through timeout.
+children_ticks() {
+    local t
+    t=$(times | sed -n 2p)
+    awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        n = split(t, a, " "); s = 0
+        for (i = 1; i <= n; i++) { split(a[i], b, "m"); sub(/s$/, "", b[2]); s += b[1] * 60 + b[2] }
+        printf "%d\n", s * hz + 0.5 }'
 }
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -395,7 +409,7 @@ parse_wrk() {
     }' "$1"
 }
 
-declare -A R_RPS R_P50 R_P75 R_P90 R_P99 R_REQ R_SERR R_STERR R_RC R_TICKS
+declare -A R_RPS R_P50 R_P75 R_P90 R_P99 R_REQ R_SERR R_STERR R_RC R_TICKS R_BG
 FAILURES=()
 
 for run in $(seq 1 "$RUNS"); do
@@ -406,22 +420,28 @@ for run in $(seq 1 "$RUNS"); do
             log "run $run/$RUNS $c: process $ppid is gone"
             FAILURES+=("$c run $run: proxy process exited before the measurement")
             R_RPS[$c,$run]=0 R_P50[$c,$run]=-1 R_P75[$c,$run]=-1 R_P90[$c,$run]=-1 R_P99[$c,$run]=-1
-            R_REQ[$c,$run]=0 R_SERR[$c,$run]=0 R_STERR[$c,$run]=0 R_RC[$c,$run]=-1 R_TICKS[$c,$run]=0
+            R_REQ[$c,$run]=0 R_SERR[$c,$run]=0 R_STERR[$c,$run]=0 R_RC[$c,$run]=-1 R_TICKS[$c,$run]=-1 R_BG[$c,$run]=-1
             continue
         fi
         log "run $run/$RUNS $c: warm-up ${WARMUP}s"
         run_wrk "$WARMUP" "$port" "$RAW_DIR/$c-run$run-warmup.txt" || true
         t0=0
         [[ -n $ppid ]] && t0=$(proc_ticks "$ppid")
+        m0=$(machine_busy_ticks) w0=$(children_ticks) b0=$(proc_ticks "$BACKEND_PID")
         log "run $run/$RUNS $c: measuring ${DURATION}s"
         rc=0
         run_wrk "$DURATION" "$port" "$RAW_DIR/$c-run$run.txt" || rc=$?
         t1=0
         [[ -n $ppid ]] && t1=$(proc_ticks "$ppid")
+        m1=$(machine_busy_ticks) w1=$(children_ticks) b1=$(proc_ticks "$BACKEND_PID")
         read -r rps p50 p75 p90 p99 req serr sterr < <(parse_wrk "$RAW_DIR/$c-run$run.txt")
         R_RPS[$c,$run]=$rps R_P50[$c,$run]=$p50 R_P75[$c,$run]=$p75 R_P90[$c,$run]=$p90 R_P99[$c,$run]=$p99
         R_REQ[$c,$run]=$req R_SERR[$c,$run]=$serr R_STERR[$c,$run]=$sterr R_RC[$c,$run]=$rc
-        R_TICKS[$c,$run]=$((t1 - t0))
+        if [[ -z $t1 ]]; then R_TICKS[$c,$run]=-1; else R_TICKS[$c,$run]=$((t1 - t0)); fi
+        # Background load: machine busy time not accounted for by wrk, the backend or the proxy
+        # under test, as a percentage of one CPU over the measured window.
+        R_BG[$c,$run]=$(awk -v m=$((m1 - m0)) -v w=$((w1 - w0)) -v b=$((${b1:-0} - ${b0:-0})) -v t=$((${t1:-0} - t0)) \
+            -v hz="$CLK_TCK" -v d="$DURATION" 'BEGIN { x = (m - w - b - t) / hz / d * 100; if (x < 0) x = 0; printf "%.0f", x }')
         log "run $run/$RUNS $c: ${rps} req/s, p50 ${p50} ms, p99 ${p99} ms, requests $req, socket errors $serr, status errors $sterr, wrk exit $rc"
         if ((rc != 0)); then FAILURES+=("$c run $run: wrk exited with status $rc"); fi
         if ((req == 0)); then FAILURES+=("$c run $run: zero requests completed"); fi
@@ -464,13 +484,14 @@ for c in "${CANDS[@]}"; do
     mapfile -t v < <(col R_P99 "$c"); M_P99[$c]=$(median "${v[@]}")
     e=0 n=0 t=0
     for r in $(seq 1 "$RUNS"); do
-        e=$((e + R_SERR[$c,$r] + R_STERR[$c,$r])); n=$((n + R_REQ[$c,$r])); t=$((t + R_TICKS[$c,$r]))
+        e=$((e + R_SERR[$c,$r] + R_STERR[$c,$r])); n=$((n + R_REQ[$c,$r]))
+        if ((t >= 0 && R_TICKS[$c,$r] >= 0)); then t=$((t + R_TICKS[$c,$r])); else t=-1; fi
     done
     ERRS[$c]=$e REQS[$c]=$n TICKS[$c]=$t
 done
 
-cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0 || t < 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
+mib() { awk -v k="$1" 'BEGIN { if (k <= 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
 
 GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=""
@@ -493,6 +514,7 @@ REPORT=$TMP/report.md
     else
         echo "One run; wrk cannot merge HDR histograms, so with RUNS > 1 latency percentiles are reported as the median of per-run percentiles."
     fi
+    echo "Background CPU (per-run table) is machine busy time not used by wrk, the backend or the proxy under test during the measured window; anything well above a few % means other work on the machine disturbed that measurement."
     echo "Closed-loop latency is latency at saturation (it includes queueing in the client), not latency at a fixed request rate. Errors = wrk socket errors (connect/read/write/timeout) + responses with status ≥ 400."
     echo
     echo "| target | req/s | p50 (ms) | p90 (ms) | p99 (ms) | errors | req/s ÷ direct | meshd ÷ HAProxy (req/s) | meshd ÷ nginx (req/s) | added p50 vs direct (ms) | added p99 vs direct (ms) |"
@@ -523,13 +545,13 @@ REPORT=$TMP/report.md
     echo
     echo "Per run:"
     echo
-    echo "| run | target | req/s | p50 (ms) | p75 (ms) | p90 (ms) | p99 (ms) | requests | socket errors | status ≥ 400 |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| run | target | req/s | p50 (ms) | p75 (ms) | p90 (ms) | p99 (ms) | requests | socket errors | status ≥ 400 | background CPU (% of one CPU) |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for r in $(seq 1 "$RUNS"); do
         for c in "${CANDS[@]}"; do
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$c" "$(calc '%.0f' "${R_RPS[$c,$r]}")" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$c" "$(calc '%.0f' "${R_RPS[$c,$r]}")" \
                 "$(fmt_ms "${R_P50[$c,$r]}")" "$(fmt_ms "${R_P75[$c,$r]}")" "$(fmt_ms "${R_P90[$c,$r]}")" "$(fmt_ms "${R_P99[$c,$r]}")" \
-                "${R_REQ[$c,$r]}" "${R_SERR[$c,$r]}" "${R_STERR[$c,$r]}"
+                "${R_REQ[$c,$r]}" "${R_SERR[$c,$r]}" "${R_STERR[$c,$r]}" "$(awk -v x="${R_BG[$c,$r]}" 'BEGIN { print (x < 0 ? "n/a" : x) }')"
         done
     done
     echo
