@@ -118,6 +118,9 @@ struct Meshd: AsyncParsableCommand {
             logger.error("meshd failed", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+        // Everything is drained and the event loops are stopped. Exit here rather than tearing the
+        // runtime down: NIO objects released after their loops stopped would try to schedule work.
+        withExtendedLifetime(runtime) { processExit(0) }
     }
 }
 
@@ -158,4 +161,9 @@ struct MeshdService: Service {
 
 func printErr(_ s: String) {
     writeStderr(s)
+}
+
+/// `exit(3)`: flushes stdio and ends the process.
+func processExit(_ code: Int32) -> Never {
+    exit(code)
 }

@@ -11,6 +11,7 @@ Endpoints (any method; every request body is read completely, Content-Length or 
   /die            -> 200 with Content-Length 1000000, sends 100 bytes, then closes the socket
   /close          -> reads the request, closes the socket without any response
   /status?code=N  -> status N with a short body
+  /chunked?n=N    -> 200 with a chunked body of N chunks "chunk <i>\n"
   anything else   -> 200 "NAME\n" (header x-backend: NAME)
 """
 
@@ -134,6 +135,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        elif path == "/chunked":
+            n = int(q.get("n", ["3"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(n):
+                data = f"chunk {i}\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
         elif path == "/status":
             code = int(q.get("code", ["200"])[0])
             self._reply(code, f"status {code}\n")

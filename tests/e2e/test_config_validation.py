@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from meshlib import Meshd, meshd_bin, run
+from meshlib import meshd_bin, run
 
 GOOD = """\
 threads: 1

@@ -193,3 +193,28 @@ def test_meshd_still_alive_and_serving(mesh):
         assert (status, body) == (200, b"web\n")
     status, _, body = mesh.admin_request("GET", "/ready")
     assert status == 200
+
+
+def test_max_connections(start_meshd, nginx):
+    import socket
+
+    m = start_meshd(base_config(
+        http={"maxConnections": 2},
+        services=[{"name": "web", "endpoints": [nginx.addr("web")]}],
+        routes=[{"match": {"authority": "web"}, "service": "web"}],
+    ))
+    held = [socket.create_connection(m.outbound, timeout=5) for _ in range(2)]
+    try:
+        for s in held:  # both are served
+            s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        got, closed, _ = raw_exchange(m.outbound, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n", timeout=3)
+        assert closed and not got.startswith(b"HTTP/1.1 200"), got
+        assert m.metric("meshd_connections_refused_total", direction="outbound", reason="connection_limit") == 1
+    finally:
+        for s in held:
+            s.close()
+    # capacity comes back once they are closed
+    import time
+    time.sleep(0.3)
+    assert http_request(m.outbound, "GET", "/", headers={"Host": "web"})[0] == 200

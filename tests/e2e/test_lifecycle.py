@@ -3,18 +3,18 @@
 import json
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from meshlib import base_config, curl, http_request, wait_for
+from meshlib import base_config, http_request, metric_value, raw_exchange, wait_for
 
 
 def slow_config(backend, drain="10s"):
     return base_config(
         drainTimeout=drain,
+        inbound={"listen": "127.0.0.1:0", "app": backend.addr},
         services=[{"name": "py", "endpoints": [backend.addr]}],
         routes=[{"match": {"authority": "py"}, "service": "py"}],
     )
@@ -63,6 +63,12 @@ def test_signal_drains_in_flight_request(start_meshd, backend, sig):
     # new connections are refused while the slow request is still draining
     wait_for(lambda: connect_refused(mesh.outbound), 1.5, interval=0.05, what="outbound refusing new connections")
     assert mesh.alive(), "meshd exited before the in-flight request finished"
+    # while draining, /ready must not say ready (the admin listener may also be closed already)
+    try:
+        ready_status = mesh.admin_request("GET", "/ready", timeout=2)[0]
+    except OSError:
+        ready_status = None
+    assert ready_status != 200, "/ready answered 200 while draining"
     t.join(timeout=10)
     assert "error" not in result, f"in-flight request failed during drain: {result.get('error')!r}"
     status, h, body = result["resp"]
@@ -72,6 +78,49 @@ def test_signal_drains_in_flight_request(start_meshd, backend, sig):
     assert rc == 0, f"exit status {rc}; stderr:\n{mesh.stderr_text()[-3000:]}"
     assert exited_at - t_sig < 10, "meshd did not exit within drainTimeout"
     assert result["done_at"] <= exited_at
+
+
+def test_sigterm_inbound_listener_stops_accepting(start_meshd, backend):
+    """SIGTERM → stop accepting on every proxy listener, not only outbound."""
+    mesh = start_meshd(slow_config(backend))
+    assert http_request(mesh.inbound, "GET", "/", headers={"Host": "app"})[0] == 200
+    t, result = start_slow_request(mesh, 2000)
+    mesh.signal(signal.SIGTERM)
+    wait_for(lambda: connect_refused(mesh.outbound), 1.5, interval=0.05, what="outbound refusing new connections")
+    time.sleep(0.2)
+    assert mesh.alive(), "meshd exited before the in-flight request finished"
+    try:
+        got = raw_exchange(mesh.inbound, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n", timeout=1.5)[0]
+    except ConnectionRefusedError:
+        got = b""
+    assert got == b"", f"inbound listener served a new connection after SIGTERM: {got[:200]!r}"
+    t.join(timeout=10)
+    assert result.get("resp", (None,))[0] == 200, result
+    assert mesh.wait_exit(10) == 0
+
+
+def test_sigterm_drains_in_flight_inbound_request(start_meshd, backend):
+    """An in-flight request on the inbound listener is drained like an outbound one."""
+    mesh = start_meshd(slow_config(backend))
+    res = {}
+
+    def go():
+        try:
+            res["resp"] = http_request(mesh.inbound, "GET", "/slow?ms=2000", headers={"Host": "app"}, timeout=15)
+        except Exception as e:  # noqa: BLE001
+            res["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    wait_for(lambda: metric_value(mesh.metrics_text(), "meshd_connections_open", direction="inbound") == 1, 5,
+             what="inbound connection open")
+    time.sleep(0.3)  # the request is at the app now
+    mesh.signal(signal.SIGTERM)
+    t.join(timeout=12)
+    rc = mesh.wait_exit(10)
+    assert "error" not in res, f"in-flight inbound request failed during drain: {res.get('error')!r}"
+    assert res["resp"][::2] == (200, b"slow 2000\n")
+    assert rc == 0
 
 
 def test_drain_timeout_bounds_shutdown(start_meshd, backend):

@@ -17,6 +17,7 @@ def mesh(start_meshd_module, nginx, backend):
     cfg = base_config(
         threads=2,
         accessLog=True,
+        inbound={"listen": "127.0.0.1:0", "app": backend.addr},
         services=[
             {"name": "web", "endpoints": [nginx.addr("web")]},
             {"name": "py", "endpoints": [backend.addr]},
@@ -214,3 +215,39 @@ def test_access_log_json_on_stdout(mesh):
     assert rec["direction"] == "outbound"
     assert rec["method"] == "GET"
     assert rec["authority"] == "web"
+
+
+def test_chunked_response_stays_chunked(mesh):
+    got, closed, _ = raw_exchange(mesh.outbound, b"GET /chunked?n=5 HTTP/1.1\r\nHost: py\r\nConnection: close\r\n\r\n",
+                                  timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 200
+    assert h.get("transfer-encoding", "").lower() == "chunked", h
+    assert "content-length" not in h
+    body = got.split(b"\r\n\r\n", 1)[1]
+    assert body.endswith(b"0\r\n\r\n"), body
+    r = curl("-x", mesh.out_url, "http://py/chunked?n=5")
+    assert r.stdout.decode() == "".join(f"chunk {i}\n" for i in range(5))
+
+
+def test_backend_status_passed_through(mesh):
+    for code in (201, 202, 302, 404, 500, 503):
+        status, h, body = http_request(mesh.outbound, "GET", f"/status?code={code}", headers={"Host": "py"})
+        assert status == code
+        assert "x-meshd-error" not in h, f"backend's {code} must not look like a meshd error"
+
+
+def test_sidecar_inbound_forwards_to_app(mesh, backend):
+    # whatever the Host and x-meshd-dst, a sidecar's inbound goes to inbound.app, without x-meshd-dst
+    status, h, body = http_request(mesh.inbound, "POST", "/headers?from=peer", body=b"hello",
+                                   headers={"Host": "orders", "x-meshd-dst": "127.0.0.1:1",
+                                            "Connection": "keep-alive, X-Hop", "X-Hop": "1"})
+    assert status == 200, body
+    got = json.loads(body)
+    hdr = {k.lower(): v for k, v in got["headers"]}
+    assert got["method"] == "POST" and got["path"] == "/headers?from=peer"
+    assert hdr.get("host") == "orders"
+    assert "x-meshd-dst" not in hdr and "x-hop" not in hdr and "connection" not in hdr, got
+    assert h.get("x-backend") == "py"
+    inbound = mesh.metric("meshd_requests_total", direction="inbound", status_class="2xx")
+    assert inbound and inbound >= 1

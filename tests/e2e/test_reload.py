@@ -6,9 +6,8 @@ import re
 import signal
 import time
 
-import pytest
 
-from meshlib import base_config, http_request, metric_value, run, to_yaml, wait_for
+from meshlib import base_config, http_request, metric_value, to_yaml, wait_for
 
 
 def web_config(nginx, extra_routes=(), endpoints=None):

@@ -203,6 +203,7 @@ struct Decoder {
         for (key, value) in entries {
             switch key {
             case "mode":
+                marks["mode"] = value.mark
                 if let text = string(value, key) {
                     if let mode = MeshConfig.Mode(rawValue: text) {
                         config.mode = mode
@@ -487,7 +488,12 @@ struct Decoder {
 
     mutating func validate(_ config: inout MeshConfig) {
         if config.mode == .node && config.nodeIP == nil && config.outbound.listen == nil {
-            fail("nodeIP", nil, .missingKey("nodeIP (node mode binds the node's host IP; set nodeIP, MESHD_NODE_IP or --node-ip)"))
+            // Pointed at the `mode: node` line that makes the key required.
+            let mark = marks["mode"]
+            problems.append(
+                ConfigProblem(
+                    path: "nodeIP", line: mark?.line, column: mark?.column,
+                    reason: .missingKey("nodeIP (node mode binds the node's host IP; set nodeIP, MESHD_NODE_IP or --node-ip)")))
         }
         var seen: [String: Int] = [:]
         for (i, service) in config.services.enumerated() where !service.name.isEmpty {

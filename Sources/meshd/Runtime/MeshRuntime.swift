@@ -24,7 +24,8 @@ final class MeshRuntime: Sendable {
     private let loopByID: [ObjectIdentifier: LoopContext]
     let configPath: String?
     let overrides: ConfigLoader.Overrides
-    private let quiesce: ServerQuiescingHelper
+    /// One per proxy listener: a helper tracks the connections of exactly one server channel.
+    private let quiesce: [Direction: ServerQuiescingHelper]
     private let channels = NIOLockedValueBox<[String: Channel]>([:])
     private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?)>((1, nil))
     let shutdownRequested: @Sendable () -> Void
@@ -47,7 +48,7 @@ final class MeshRuntime: Sendable {
         self.loopByID = Dictionary(uniqueKeysWithValues: loops.map { (ObjectIdentifier($0.eventLoop), $0) })
         self.configPath = configPath
         self.overrides = overrides
-        self.quiesce = ServerQuiescingHelper(group: group)
+        self.quiesce = [.outbound: ServerQuiescingHelper(group: group), .inbound: ServerQuiescingHelper(group: group)]
         self.shutdownRequested = shutdownRequested
         self.reloadState.withLockedValue { $0.lastText = configText }
         metrics.configVersion.record(1)
@@ -95,7 +96,7 @@ final class MeshRuntime: Sendable {
         let allowed: [CIDR]? = config.mode == .node && direction == .outbound ? config.effectiveAllowedSources : nil
         let shared = self.shared
         let openCount = direction == .outbound ? shared.outboundOpen : shared.inboundOpen
-        let quiesce = self.quiesce
+        let quiesce = self.quiesce[direction]!
         let runtime = self
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -237,7 +238,12 @@ final class MeshRuntime: Sendable {
         let timeout = config.drainTimeout
         shared.logger.info("draining: listeners closed, waiting for in-flight requests", metadata: ["drainTimeout": "\(timeout)"])
         let promise = group.next().makePromise(of: Void.self)
-        quiesce.initiateShutdown(promise: promise)
+        let perListener = quiesce.values.map { helper in
+            let p = group.next().makePromise(of: Void.self)
+            helper.initiateShutdown(promise: p)
+            return p.futureResult
+        }
+        EventLoopFuture.andAllComplete(perListener, on: group.next()).cascade(to: promise)
         let drained = ManagedAtomic<Bool>(false)
         let timer = group.next().scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
             if !drained.load(ordering: .relaxed) {

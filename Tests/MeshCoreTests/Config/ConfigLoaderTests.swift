@@ -97,7 +97,7 @@ struct ConfigLoaderTests {
             ("services:\n  - name: a\n    endpoints: [\"10.0.0.1\"]\n", "services[0].endpoints[0]", 3, "missing ':PORT'"),
             ("services:\n  - name: a\n    endpoints: [\"10.0.0.1:99999\"]\n", "services[0].endpoints[0]", 3, "port must be"),
             ("routes:\n  - match: { authority: x }\n    service: nope\n", "routes[0].service", 3, "unknown service 'nope'"),
-            ("mode: node\n", "nodeIP", nil, "missing required key"),
+            ("mode: node\n", "nodeIP", 1, "missing required key"),
             ("mode: mesh\n", "mode", 1, "sidecar or node"),
             ("http:\n  headerReadTimeout: soon\n", "http.headerReadTimeout", 2, "a duration"),
             ("http:\n  maxHeaderBytes: 10\n", "http.maxHeaderBytes", 2, "an integer in"),
