@@ -181,17 +181,21 @@ proc_mem() {
     echo "$total"
 }
 
-# Busy ticks of the whole machine (all CPUs) from /proc/stat.
-machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+# Busy ticks of the whole machine (all CPUs) from /proc/stat: user + nice + system + steal.
+# irq/softirq time is left out: loopback packet processing lands there and is charged to no
+# process, so it cannot be told apart from our own traffic.
+machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9; exit }' /proc/stat; }
 
 # CPU time (ticks) of this shell's reaped children: includes wrk, reaped through timeout.
+# 'times' must run in this shell (a $(...) subshell has no reaped children), hence the file.
 children_ticks() {
     local t
-    t=$(times | sed -n 2p)
-    awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    times >"$TMP/times"
+    t=$(sed -n 2p "$TMP/times")
+    CHILD_TICKS=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN {
         n = split(t, a, " "); s = 0
         for (i = 1; i <= n; i++) { split(a[i], b, "m"); sub(/s$/, "", b[2]); s += b[1] * 60 + b[2] }
-        printf "%d\n", s * hz + 0.5 }'
+        printf "%d\n", s * hz + 0.5 }')
 }
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -259,6 +263,11 @@ EOF
 # Run a private copy so a concurrent rebuild cannot swap the binary in the middle of the run.
 cp "$MESHD_BIN" "$TMP/meshd/meshd"
 MESHD_SHA=$(sha256sum "$TMP/meshd/meshd" | cut -c1-12)
+MESHD_MTIME=$(date -u -r "$MESHD_BIN" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
+GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=""
+[[ -n $(git -C "$REPO" status --porcelain --untracked-files=no -- Sources Package.swift 2>/dev/null) ]] &&
+    GIT_DIRTY=" (uncommitted changes under Sources/ or Package.swift at benchmark time)"
 "$TMP/meshd/meshd" --config "$TMP/meshd/meshd.yaml" --threads 1 --check >"$TMP/meshd/check.log" 2>&1 ||
     { sed 's/^/    /' "$TMP/meshd/check.log" >&2; die "meshd --check rejected the benchmark config"; }
 log "starting meshd (outbound 127.0.0.1:$MESHD_OUT_PORT, admin 127.0.0.1:$MESHD_ADMIN_PORT)"
@@ -427,13 +436,13 @@ for run in $(seq 1 "$RUNS"); do
         run_wrk "$WARMUP" "$port" "$RAW_DIR/$c-run$run-warmup.txt" || true
         t0=0
         [[ -n $ppid ]] && t0=$(proc_ticks "$ppid")
-        m0=$(machine_busy_ticks) w0=$(children_ticks) b0=$(proc_ticks "$BACKEND_PID")
+        children_ticks; w0=$CHILD_TICKS m0=$(machine_busy_ticks) b0=$(proc_ticks "$BACKEND_PID")
         log "run $run/$RUNS $c: measuring ${DURATION}s"
         rc=0
         run_wrk "$DURATION" "$port" "$RAW_DIR/$c-run$run.txt" || rc=$?
         t1=0
         [[ -n $ppid ]] && t1=$(proc_ticks "$ppid")
-        m1=$(machine_busy_ticks) w1=$(children_ticks) b1=$(proc_ticks "$BACKEND_PID")
+        children_ticks; w1=$CHILD_TICKS m1=$(machine_busy_ticks) b1=$(proc_ticks "$BACKEND_PID")
         read -r rps p50 p75 p90 p99 req serr sterr < <(parse_wrk "$RAW_DIR/$c-run$run.txt")
         R_RPS[$c,$run]=$rps R_P50[$c,$run]=$p50 R_P75[$c,$run]=$p75 R_P90[$c,$run]=$p90 R_P99[$c,$run]=$p99
         R_REQ[$c,$run]=$req R_SERR[$c,$run]=$serr R_STERR[$c,$run]=$sterr R_RC[$c,$run]=$rc
@@ -493,26 +502,21 @@ done
 cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0 || t < 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
 mib() { awk -v k="$1" 'BEGIN { if (k <= 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
 
-GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=""
-[[ -n $(git -C "$REPO" status --porcelain --untracked-files=no -- Sources Package.swift 2>/dev/null) ]] &&
-    GIT_DIRTY=" (uncommitted changes under Sources/ or Package.swift at benchmark time)"
 NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //' | head -1)
 HAPROXY_VER=$("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{ print $1, $2, $3 }')
 WRK_VER=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $1, $2 }')
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-MESHD_MTIME=$(date -u -r "$MESHD_BIN" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
 
 REPORT=$TMP/report.md
 {
     echo "### HTTP/1.1 proxy overhead — $(date -u +%Y-%m-%d)"
     echo
-    echo "Method: closed-loop wrk for throughput — the same client (wrk, ${WRK_THREADS} thread, ${CONNS} keep-alive connections, \`Host: bench\`, GET / → \"ok\\n\" from one nginx worker), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http1.sh\` with targets interleaved (direct, meshd, HAProxy, nginx) in each of ${RUNS} run(s)."
+    echo "Method: closed-loop wrk for throughput — the same client (wrk, ${WRK_THREADS} thread, ${CONNS} keep-alive connections, \`Host: bench\`, GET / → \"ok\\n\" from one nginx worker), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http1.sh\` $(if ((RUNS > 1)); then echo "with targets interleaved (direct, meshd, HAProxy, nginx) in each of ${RUNS} runs"; else echo "one after the other (direct, meshd, HAProxy, nginx), once each"; fi)."
     echo "Each proxy runs one thread/worker and keeps connections to the backend alive. Placement: ${PLACEMENT}."
     if ((RUNS > 1)); then
         echo "Figures are medians across the ${RUNS} runs; wrk cannot merge HDR histograms, so each latency percentile is the median of the per-run percentiles (not a percentile of merged samples). Errors are summed over all runs."
     else
-        echo "One run; wrk cannot merge HDR histograms, so with RUNS > 1 latency percentiles are reported as the median of per-run percentiles."
+        echo "Single run (RUNS=1): figures are that run's. With RUNS > 1 the summary reports medians across runs; wrk cannot merge HDR histograms, so latency percentiles would be the median of per-run percentiles."
     fi
     echo "Background CPU (per-run table) is machine busy time not used by wrk, the backend or the proxy under test during the measured window; anything well above a few % means other work on the machine disturbed that measurement."
     echo "Closed-loop latency is latency at saturation (it includes queueing in the client), not latency at a fixed request rate. Errors = wrk socket errors (connect/read/write/timeout) + responses with status ≥ 400."
@@ -556,6 +560,16 @@ REPORT=$TMP/report.md
     done
     echo
     echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME (sha256 $MESHD_SHA…); nginx $NGINX_VER; $HAPROXY_VER; $WRK_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
+    DISTURBED=()
+    for r in $(seq 1 "$RUNS"); do
+        for c in "${CANDS[@]}"; do
+            if ((${R_BG[$c,$r]} > 10)); then DISTURBED+=("$c run $r (${R_BG[$c,$r]} %)"); fi
+        done
+    done
+    if ((${#DISTURBED[@]} > 0)); then
+        echo
+        echo "**Warning:** other work used more than 10 % of a CPU during: ${DISTURBED[*]}. Those figures are disturbed; re-run on a quiet machine before drawing conclusions."
+    fi
     if ((${#FAILURES[@]} > 0)); then
         echo
         echo "**Failures:**"
@@ -575,6 +589,7 @@ RESULT_FILE=$RESULTS_DIR/http1-$TS.md
 echo
 cat "$REPORT"
 echo
+if ((${#DISTURBED[@]} > 0)); then log "warning: disturbed measurements (background CPU > 10 %): ${DISTURBED[*]}"; fi
 log "results written to ${RESULT_FILE#"$REPO"/} (raw data in ${RAW_DIR#"$REPO"/}/)"
 if ((MESHD_WARN_LINES > 0)); then
     log "meshd logged $MESHD_WARN_LINES warning/error lines; first 20:"
