@@ -34,8 +34,8 @@ struct HTTPProxyHandlerTests {
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(guardHandler)
             try sync.configureHTTPServerPipeline(
-                withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
-                withOutboundHeaderValidation: true, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+                withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
+                withOutboundHeaderValidation: false, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
             try sync.addHandler(handler)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         }
@@ -83,6 +83,27 @@ struct HTTPProxyHandlerTests {
         let r2 = try h.response()
         #expect(r2.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"))
         #expect(r2.contains("x-meshd-error: no-endpoints"))
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrder() throws {
+        let h = try Harness(yaml: Self.config)
+        try h.send(
+            "GET /1 HTTP/1.1\r\nHost: first\r\n\r\nGET /2 HTTP/1.1\r\nHost: empty\r\n\r\nGET /3 HTTP/1.1\r\nHost: third\r\n\r\n")
+        let r = try h.response()
+        let first = r.range(of: "no route for authority 'first'")
+        let second = r.range(of: "x-meshd-error: no-endpoints")
+        let third = r.range(of: "no route for authority 'third'")
+        #expect(first != nil && second != nil && third != nil, "\(r)")
+        if let first, let second, let third {
+            #expect(first.lowerBound < second.lowerBound && second.lowerBound < third.lowerBound)
+        }
+        #expect(h.channel.isActive)
+    }
+
+    @Test func quiescingClosesAnIdleConnection() throws {
+        let h = try Harness(yaml: Self.config)
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        #expect(!h.channel.isActive)
     }
 
     @Test func absoluteFormAuthorityIsUsedForRouting() throws {

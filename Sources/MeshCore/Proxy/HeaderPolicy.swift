@@ -39,3 +39,70 @@ public enum HeaderPolicy {
         }
     }
 }
+
+extension HeaderPolicy {
+    /// Whether `name` is one of the fixed hop-by-hop headers, compared ASCII-case-insensitively
+    /// without allocating.
+    public static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return equalsIgnoringASCIICase(name, "te")
+        case 7: return equalsIgnoringASCIICase(name, "upgrade") || equalsIgnoringASCIICase(name, "trailer")
+        case 10: return equalsIgnoringASCIICase(name, "connection") || equalsIgnoringASCIICase(name, "keep-alive")
+        case 16: return equalsIgnoringASCIICase(name, "proxy-connection")
+        case 17: return equalsIgnoringASCIICase(name, "transfer-encoding")
+        case 18: return equalsIgnoringASCIICase(name, "proxy-authenticate")
+        case 19: return equalsIgnoringASCIICase(name, "proxy-authorization")
+        default: return false
+        }
+    }
+
+    /// ASCII case-insensitive equality; `lowercase` must already be lowercase. Concrete (not
+    /// generic) and inlinable: it runs for every header of every message.
+    @inlinable
+    public static func equalsIgnoringASCIICase(_ s: String, _ lowercase: String) -> Bool {
+        equalsIgnoringASCIICase(s.utf8, lowercase.utf8)
+    }
+
+    @inlinable
+    public static func equalsIgnoringASCIICase(_ s: Substring, _ lowercase: String) -> Bool {
+        equalsIgnoringASCIICase(s.utf8, lowercase.utf8)
+    }
+
+    @inlinable
+    static func equalsIgnoringASCIICase(_ a: Substring.UTF8View, _ b: String.UTF8View) -> Bool {
+        guard a.count == b.count else { return false }
+        var ia = a.makeIterator()
+        var ib = b.makeIterator()
+        while let x = ia.next(), let y = ib.next() {
+            if (x >= 65 && x <= 90 ? x | 0x20 : x) != y { return false }
+        }
+        return true
+    }
+
+    @inlinable
+    static func equalsIgnoringASCIICase(_ a: String.UTF8View, _ b: String.UTF8View) -> Bool {
+        guard a.count == b.count else { return false }
+        var ia = a.makeIterator()
+        var ib = b.makeIterator()
+        while let x = ia.next(), let y = ib.next() {
+            if (x >= 65 && x <= 90 ? x | 0x20 : x) != y { return false }
+        }
+        return true
+    }
+
+    /// Whether a comma-separated header value lists `token` (lowercase), e.g. `chunked` in
+    /// `Transfer-Encoding: gzip, chunked`.
+    public static func listContains(_ value: String, token: String) -> Bool {
+        for item in value.utf8.split(separator: UInt8(ascii: ",")) {
+            var slice = item[...]
+            while let f = slice.first, f == 32 || f == 9 { slice = slice.dropFirst() }
+            while let l = slice.last, l == 32 || l == 9 { slice = slice.dropLast() }
+            if slice.count == token.utf8.count
+                && zip(slice, token.utf8).allSatisfy({ ($0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0) == $1 })
+            {
+                return true
+            }
+        }
+        return false
+    }
+}

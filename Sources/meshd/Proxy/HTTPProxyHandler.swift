@@ -32,6 +32,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     private(set) var state: State = .idle(since: .now())
     private var req = RequestState()
     private var pending = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
+    /// Parts of pipelined requests read while an earlier request was in progress (bounded: reads stop
+    /// as soon as one is queued, so at most one read's worth).
+    private var pipelined = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 0)
+    /// Set by a graceful drain: close after the current exchange.
+    private var quiescing = false
     private var readPending = false
     private var upstreamNeedsFlush = false
     private var clientIP = "unknown"
@@ -51,8 +56,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     struct RequestState {
         var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
         var method = HTTPMethod.GET
-        var authority = ""
-        var path = ""
+        var authority: Substring = ""
+        var path: Substring = ""
         var service: LoopService?
         var endpoint: LoopEndpoint?
         var target: SocketAddress?
@@ -101,11 +106,23 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        if !pipelined.isEmpty {
+            // Parts of a pipelined request keep their order behind the ones already queued.
+            pipelined.append(part)
+            return
+        }
+        handle(part, context: context)
+    }
+
+    /// One request part, in order. A head that arrives while a request is still in progress (a
+    /// pipelining client) is queued with what follows it, and reads stop until the current exchange
+    /// completes; clients that do not pipeline never pay for this.
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
             guard case .idle = state else {
-                // HTTPServerPipelineHandler serialises requests; a head while busy is a bug upstream of us.
-                protocolFailure(.badRequest, context: context)
+                if case .closed = state { return }
+                pipelined.append(part)
                 return
             }
             startRequest(head, context: context)
@@ -133,6 +150,24 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         }
     }
 
+    /// After an exchange completes: serve queued pipelined requests, then resume reading.
+    private func drainPipelined(context: ChannelHandlerContext) {
+        while let next = pipelined.first {
+            if case .head = next, !isIdle { return }
+            pipelined.removeFirst()
+            handle(next, context: context)
+        }
+        if readPending && isIdle {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
         if upstreamNeedsFlush, case .proxying(let upstream) = state {
             upstreamNeedsFlush = false
@@ -142,6 +177,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     }
 
     func read(context: ChannelHandlerContext) {
+        if !pipelined.isEmpty {
+            readPending = true
+            return
+        }
         switch state {
         case .connecting:
             readPending = true
@@ -176,6 +215,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Graceful drain: an idle connection closes now; a busy one after its response (which
+            // carries `connection: close` if its head is not out yet).
+            quiescing = true
+            if isIdle {
+                state = .closed
+                context.close(promise: nil)
+            }
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -192,12 +241,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         // Authority: absolute-form URI (as http_proxy clients send it) or the Host header.
         var uri = Substring(head.uri)
         var authority: Substring?
-        if let schemeEnd = uri.range(of: "://"), uri.first != "/" {
-            let afterScheme = uri[schemeEnd.upperBound...]
-            let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
-            authority = afterScheme[..<slash]
-            let rest = afterScheme[slash...]
-            uri = rest.isEmpty ? "/" : rest
+        var rewroteURI = false
+        if uri.utf8.first != UInt8(ascii: "/"), let (hostPart, rest) = Self.splitAbsoluteForm(uri) {
+            authority = hostPart
+            uri = rest
+            rewroteURI = true
         }
         let hostHeader = head.headers.first(name: "host")
         if authority == nil, let hostHeader { authority = Substring(hostHeader) }
@@ -205,13 +253,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             reply(.badRequest, context: context, detail: "request has no Host header")
             return
         }
-        if let at = authority.lastIndex(of: "@") { _ = at }  // userinfo is not valid in a Host header; kept as-is
-        req.authority = String(authority)
+        req.authority = authority
         let path = uri.prefix { $0 != "?" }
-        req.path = String(path)
+        req.path = path
 
         var outHead = head
-        outHead.uri = String(uri)
+        if rewroteURI { outHead.uri = String(uri) }
         outHead.version = .http1_1
 
         switch direction {
@@ -265,16 +312,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         }
 
         // Hop-by-hop headers go; framing is re-added by the encoder; x-forwarded-for grows.
-        let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
-        req.expectContinue = head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
-        let remove = HeaderPolicy.namesToRemove(connectionHeaderValues: head.headers["connection"])
-        for name in remove { outHead.headers.remove(name: name) }
-        if req.expectContinue { outHead.headers.remove(name: "expect") }
-        if chunked { outHead.headers.add(name: "transfer-encoding", value: "chunked") }
-        let xff = HeaderPolicy.appendingForwardedFor(
-            existing: outHead.headers[canonicalForm: "x-forwarded-for"].joined(separator: ", "), client: clientIP)
-        outHead.headers.replaceOrAdd(name: "x-forwarded-for", value: xff)
-        if outHead.headers.first(name: "host") == nil { outHead.headers.add(name: "host", value: req.authority) }
+        let scan = head.headers.meshScan()
+        req.expectContinue = scan.expectContinue
+        outHead.headers.meshStripHopByHop(scan, removeExpect: scan.expectContinue)
+        if let existing = scan.forwardedFor {
+            let all = scan.forwardedForCount == 1 ? existing : head.headers["x-forwarded-for"].joined(separator: ", ")
+            outHead.headers.replaceOrAdd(
+                name: "x-forwarded-for", value: HeaderPolicy.appendingForwardedFor(existing: all, client: clientIP))
+        } else {
+            outHead.headers.add(name: "x-forwarded-for", value: clientIP)
+        }
+        if hostHeader == nil { outHead.headers.add(name: "host", value: String(req.authority)) }
         req.head = outHead
 
         req.endpoint?.inFlight += 1
@@ -352,13 +400,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         case .head(var head):
             req.responseStarted = true
             req.status = Int(head.status.code)
-            let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
-            for name in HeaderPolicy.namesToRemove(connectionHeaderValues: head.headers["connection"]) {
-                head.headers.remove(name: name)
-            }
-            if chunked { head.headers.add(name: "transfer-encoding", value: "chunked") }
+            head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
             head.version = .http1_1
-            if !req.keepAlive { head.headers.add(name: "connection", value: "close") }
+            if !req.keepAlive || quiescing { head.headers.add(name: "connection", value: "close") }
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let buffer):
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
@@ -434,11 +478,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     }
 
     private func goIdleOrClose() {
-        connectionGuard.sawBytes = false
-        if req.keepAlive {
+        connectionGuard.sawBytes = !pipelined.isEmpty
+        if req.keepAlive && !quiescing {
             state = .idle(since: .now())
+            if !pipelined.isEmpty, let context { drainPipelined(context: context) }
         } else {
             state = .closed
+            pipelined.removeAll()
             context?.close(promise: nil)
         }
     }
@@ -456,7 +502,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         if loop.snapshot.config.accessLog {
             loop.accessLog.append(
                 AccessLog.line(
-                    direction: direction.label, method: req.method.rawValue, authority: req.authority, path: req.path,
+                    direction: direction.label, method: req.method.rawValue, authority: String(req.authority),
+                    path: String(req.path),
                     status: status, service: req.service?.name, target: req.target.map(MeshRuntime.hostPort),
                     durationNanos: elapsed.nanoseconds, error: error?.rawValue, client: clientIP))
         }
@@ -474,7 +521,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         headers.add(name: MeshError.headerName, value: error.rawValue)
         headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         headers.add(name: "content-length", value: String(body.utf8.count))
-        if !req.keepAlive { headers.add(name: "connection", value: "close") }
+        if !req.keepAlive || quiescing { headers.add(name: "connection", value: "close") }
         var head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: error.status), headers: headers)
         head.status = HTTPResponseStatus(statusCode: error.status, reasonPhrase: error.reason)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
@@ -573,6 +620,29 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         connectionGuard.writeRawAndClose(
             "HTTP/1.1 408 Request Timeout\r\n\(MeshError.headerName): \(MeshError.headerTimeout.rawValue)\r\n"
                 + "content-length: 0\r\nconnection: close\r\n\r\n")
+    }
+}
+
+extension HTTPProxyHandler {
+    /// `http://host:port/path?q` → (`host:port`, `/path?q`); nil when `uri` is not absolute-form.
+    static func splitAbsoluteForm(_ uri: Substring) -> (Substring, Substring)? {
+        let bytes = uri.utf8
+        var i = bytes.startIndex
+        // scheme ":" "//"
+        while i != bytes.endIndex, bytes[i] != UInt8(ascii: ":") {
+            let c = bytes[i]
+            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 43 || c == 45 || c == 46
+            if !ok { return nil }
+            i = bytes.index(after: i)
+        }
+        guard i != bytes.endIndex else { return nil }
+        let afterColon = bytes.index(after: i)
+        guard bytes[afterColon...].starts(with: "//".utf8) else { return nil }
+        let hostStart = bytes.index(afterColon, offsetBy: 2)
+        let slash = bytes[hostStart...].firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) ?? bytes.endIndex
+        let host = uri[hostStart..<slash]
+        let rest = uri[slash...]
+        return (host, rest.isEmpty ? "/" : (rest.first == "?" ? Substring("/" + rest) : rest))
     }
 }
 

@@ -91,7 +91,8 @@ final class UpstreamPool {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(decoderLimitConfiguration: limits)
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        enableOutboundHeaderValidation: false, decoderLimitConfiguration: limits)
                     try channel.pipeline.syncOperations.addHandler(UpstreamConnection(address: address, shared: shared))
                 }
             }

@@ -120,8 +120,8 @@ final class MeshRuntime: Sendable {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(guardHandler)
                     try sync.configureHTTPServerPipeline(
-                        withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
-                        withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
+                        withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
+                        withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
                         withDecoderLimitConfiguration: limits)
                     try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
                 }

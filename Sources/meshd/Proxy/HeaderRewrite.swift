@@ -1,0 +1,57 @@
+import MeshCore
+import NIOHTTP1
+
+/// What one pass over a message's headers found.
+struct HeaderScan {
+    var chunked = false
+    var expectContinue = false
+    /// Some header must be removed before forwarding.
+    var hasHopByHop = false
+    var forwardedFor: String?
+    var forwardedForCount = 0
+}
+
+extension HTTPHeaders {
+    /// One pass over the headers, no allocation: framing, `Expect`, hop-by-hop presence, XFF.
+    func meshScan() -> HeaderScan {
+        var scan = HeaderScan()
+        for (name, value) in self {
+            switch name.utf8.count {
+            case 6 where HeaderPolicy.equalsIgnoringASCIICase(name, "expect"):
+                scan.expectContinue = scan.expectContinue || HeaderPolicy.listContains(value, token: "100-continue")
+            case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):
+                scan.forwardedFor = value
+                scan.forwardedForCount += 1
+            case 17 where HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding"):
+                scan.chunked = scan.chunked || HeaderPolicy.listContains(value, token: "chunked")
+                scan.hasHopByHop = true
+            default:
+                if HeaderPolicy.isHopByHop(name) { scan.hasHopByHop = true }
+            }
+        }
+        return scan
+    }
+
+    /// Removes hop-by-hop headers (the fixed set, names listed in `Connection`, and `Expect` when
+    /// asked) in one rebuild, and re-applies chunked framing when the message had it.
+    mutating func meshStripHopByHop(_ scan: HeaderScan, removeExpect: Bool) {
+        guard scan.hasHopByHop || removeExpect else { return }
+        var listed: [String] = []
+        for value in self["connection"] {
+            for token in value.split(separator: ",") {
+                let t = String(token).trimmingCharacters(in: " \t").lowercased()
+                if !t.isEmpty { listed.append(t) }
+            }
+        }
+        var kept: [(String, String)] = []
+        kept.reserveCapacity(self.count)
+        for (name, value) in self {
+            if HeaderPolicy.isHopByHop(name) { continue }
+            if removeExpect && HeaderPolicy.equalsIgnoringASCIICase(name, "expect") { continue }
+            if !listed.isEmpty && listed.contains(where: { HeaderPolicy.equalsIgnoringASCIICase(name, $0) }) { continue }
+            kept.append((name, value))
+        }
+        if scan.chunked { kept.append(("transfer-encoding", "chunked")) }
+        self = HTTPHeaders(kept)
+    }
+}
