@@ -146,6 +146,18 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+        elif path == "/zeros":
+            n = int(q.get("bytes", ["1048576"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = bytes(1 << 16)
+            sent = 0
+            while sent < n:
+                k = min(len(block), n - sent)
+                self.wfile.write(block[:k])
+                sent += k
         elif path == "/status":
             code = int(q.get("code", ["200"])[0])
             self._reply(code, f"status {code}\n")

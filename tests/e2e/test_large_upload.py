@@ -50,3 +50,27 @@ def test_1gib_chunked_upload_constant_memory(start_meshd, backend):
     print(f"1 GiB upload: {took:.1f}s, rss={rss / 1e6:.1f} MB, VmHWM={hwm / 1e6:.1f} MB")
     assert rss < LIMIT, f"resident memory {rss / 1e6:.1f} MB after a 1 GiB upload"
     assert hwm < LIMIT, f"peak resident memory (VmHWM) {hwm / 1e6:.1f} MB during a 1 GiB upload"
+
+
+def test_slow_reader_download_is_backpressured(start_meshd, backend):
+    """A 256 MiB response read at ~64 MB/s by curl: meshd must hold the backend back instead of
+    buffering the difference (the backend on loopback can send far faster)."""
+    n = 256 << 20
+    mesh = start_meshd(base_config(
+        threads=1,
+        services=[{"name": "py", "endpoints": [backend.addr]}],
+        routes=[{"match": {"authority": "py"}, "service": "py"}],
+    ))
+    t0 = time.monotonic()
+    r = subprocess.run(
+        ["bash", "-c",
+         f"curl -sS --max-time 60 --limit-rate 64M -x {mesh.out_url} 'http://py/zeros?bytes={n}' | sha256sum"],
+        capture_output=True, text=True, timeout=90)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    digest = hashlib.sha256(bytes(n)).hexdigest()
+    assert r.stdout.split()[0] == digest
+    hwm = mesh.vm_hwm_bytes()
+    print(f"256 MiB slow download: {took:.1f}s, VmHWM={hwm / 1e6:.1f} MB")
+    assert took > 2.5, "the rate limit did not slow the reader; the test proves nothing"
+    assert hwm < 80 * 1000 * 1000, f"peak resident memory {hwm / 1e6:.1f} MB: the response was buffered"
