@@ -23,7 +23,7 @@ usage: bench/http1.sh [--update-docs]
                   without errors)
 
 environment: DURATION (seconds per measurement, default 10), RUNS (repetitions, default 1),
-             MESHD_BIN (default <repo>/.build/release/meshd), KEEP_TMP=1 (keep temp dir)
+             MESHD_BIN (default <repo>/.build/release/meshd, built by scripts/build-release.sh), KEEP_TMP=1 (keep temp dir)
 EOF
 }
 

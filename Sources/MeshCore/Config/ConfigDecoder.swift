@@ -37,7 +37,9 @@ public enum ConfigLoader {
         var config = MeshConfig()
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            // The basic resolver tags every scalar as a string: meshd interprets values itself, and
+            // Yams' default resolver would run NSRegularExpression (and load ICU) for every scalar.
+            root = try Yams.compose(yaml: text, .basic)
         } catch let error as YamlError {
             throw ConfigError(problems: [Self.problem(from: error)])
         } catch {
