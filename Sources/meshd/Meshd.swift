@@ -51,7 +51,7 @@ struct Meshd: AsyncParsableCommand {
         let logger = Logger(label: "meshd")
 
         var env: [String: String] = [:]
-        for key in ["MESHD_MODE", "MESHD_NODE_IP", "MESHD_APP_PORT"] {
+        for key in ["MESHD_MODE", "MESHD_NODE_IP", "MESHD_APP_PORT", "MESHD_ZONE", "MESHD_NODE_NAME"] {
             if let v = getenv(key) { env[key] = String(cString: v) }
         }
         let overrides = ConfigLoader.Overrides.environment(env)

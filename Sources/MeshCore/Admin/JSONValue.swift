@@ -146,7 +146,7 @@ extension ServiceConfig {
     public var json: JSONValue {
         .object([
             ("name", .string(name)),
-            ("balancer", .string(balancer.rawValue)),
+            ("balancer", .string(balancer.algorithm.rawValue)),
             ("endpoints", .array(endpoints.map(\.json))),
         ])
     }

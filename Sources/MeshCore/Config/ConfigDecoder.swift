@@ -9,15 +9,24 @@ public enum ConfigLoader {
         public var nodeIP: String?
         public var appPort: String?
         public var threads: Int?
-        public init(mode: String? = nil, nodeIP: String? = nil, appPort: String? = nil, threads: Int? = nil) {
+        public var zone: String?
+        public var nodeName: String?
+        public init(
+            mode: String? = nil, nodeIP: String? = nil, appPort: String? = nil, threads: Int? = nil, zone: String? = nil,
+            nodeName: String? = nil
+        ) {
             self.mode = mode
             self.nodeIP = nodeIP
             self.appPort = appPort
             self.threads = threads
+            self.zone = zone
+            self.nodeName = nodeName
         }
 
         public static func environment(_ env: [String: String]) -> Overrides {
-            Overrides(mode: env["MESHD_MODE"], nodeIP: env["MESHD_NODE_IP"], appPort: env["MESHD_APP_PORT"])
+            Overrides(
+                mode: env["MESHD_MODE"], nodeIP: env["MESHD_NODE_IP"], appPort: env["MESHD_APP_PORT"], zone: env["MESHD_ZONE"],
+                nodeName: env["MESHD_NODE_NAME"])
         }
 
         /// Later values win: `other`'s set fields replace ours.
@@ -26,7 +35,9 @@ public enum ConfigLoader {
                 mode: other.mode ?? mode,
                 nodeIP: other.nodeIP ?? nodeIP,
                 appPort: other.appPort ?? appPort,
-                threads: other.threads ?? threads
+                threads: other.threads ?? threads,
+                zone: other.zone ?? zone,
+                nodeName: other.nodeName ?? nodeName
             )
         }
     }
@@ -54,6 +65,40 @@ public enum ConfigLoader {
             throw ConfigError(problems: decoder.problems)
         }
         return config
+    }
+
+    /// Parses an endpoints file (file discovery): a list of endpoints, or `{endpoints: [...]}`; each
+    /// entry is `"HOST:PORT"` or `{address, via, weight, zone, node}`.
+    public static func loadEndpoints(yaml text: String) throws(ConfigError) -> [EndpointConfig] {
+        var decoder = Decoder()
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text, .basic)
+        } catch let error as YamlError {
+            throw ConfigError(problems: [Self.problem(from: error)])
+        } catch {
+            throw ConfigError(problems: [ConfigProblem(path: "", reason: .syntax("\(error)"))])
+        }
+        var list: [Node] = []
+        switch root {
+        case .sequence(let seq)?: list = Array(seq)
+        case .mapping?:
+            if let entries = decoder.mapping(root!, "", allowed: ["endpoints"]) {
+                for (_, v) in entries {
+                    if case .sequence(let seq) = v {
+                        list = Array(seq)
+                    } else {
+                        decoder.fail("endpoints", v, .wrongType(expected: "a list of endpoints"))
+                    }
+                }
+            }
+        case .scalar(let s)? where s.string.isEmpty: break
+        case nil: break
+        default: decoder.fail("", root, .wrongType(expected: "a list of endpoints or {endpoints: [...]}"))
+        }
+        let endpoints = list.enumerated().compactMap { decoder.decodeEndpoint($1, "endpoints[\($0)]") }
+        if !decoder.problems.isEmpty { throw ConfigError(problems: decoder.problems) }
+        return endpoints
     }
 
     /// The built-in default with overrides applied and validated.
@@ -196,7 +241,7 @@ struct Decoder {
 
     static let rootKeys = [
         "mode", "nodeIP", "threads", "outbound", "inbound", "admin", "node", "http", "upstream", "drainTimeout",
-        "accessLog", "services", "routes",
+        "accessLog", "services", "routes", "locality",
     ]
 
     mutating func decodeRoot(_ root: Node, into config: inout MeshConfig) {
@@ -248,6 +293,13 @@ struct Decoder {
                         if k == "allowedSources", let c = cidrs(v, "node.allowedSources") {
                             config.node.allowedSources = c
                         }
+                    }
+                }
+            case "locality":
+                if let e = mapping(value, key, allowed: ["zone", "node"]) {
+                    for (k, v) in e {
+                        if k == "zone" { config.locality.zone = string(v, "locality.zone") }
+                        if k == "node" { config.locality.node = string(v, "locality.node") }
                     }
                 }
             case "http": decodeHTTP(value, into: &config.http)
@@ -302,7 +354,8 @@ struct Decoder {
     }
 
     mutating func decodeService(_ node: Node, _ path: String) -> ServiceConfig? {
-        guard let entries = mapping(node, path, allowed: ["name", "endpoints", "balancer"]) else { return nil }
+        let allowed = ["name", "endpoints", "discovery", "balancer", "locality"]
+        guard let entries = mapping(node, path, allowed: allowed) else { return nil }
         var service = ServiceConfig(name: "")
         var sawName = false
         for (k, v) in entries {
@@ -324,14 +377,32 @@ struct Decoder {
                     continue
                 }
                 service.endpoints = items.enumerated().compactMap { decodeEndpoint($1, "\(p)[\($0)]") }
-            case "balancer":
-                if let text = string(v, p) {
-                    if let kind = BalancerKind(rawValue: text) {
-                        service.balancer = kind
-                    } else {
-                        fail(p, v, .invalidValue(text, expected: BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")))
+            case "balancer": decodeBalancer(v, p, into: &service.balancer)
+            case "discovery": service.discovery = decodeDiscovery(v, p)
+            case "locality":
+                marks[p] = v.mark
+                guard let e = mapping(v, p, allowed: ["prefer", "minHealthyShare"]) else { continue }
+                var pref = LocalityPreference(prefer: .zone)
+                var sawPrefer = false
+                for (lk, lv) in e {
+                    let lp = join(p, lk)
+                    if lk == "prefer", let text = string(lv, lp) {
+                        sawPrefer = true
+                        if let scope = LocalityPreference.Scope(rawValue: text) {
+                            pref.prefer = scope
+                        } else {
+                            fail(lp, lv, .invalidValue(text, expected: "node or zone"))
+                        }
+                    }
+                    if lk == "minHealthyShare", let text = string(lv, lp) {
+                        if let d = Double(text), d >= 0, d <= 1 {
+                            pref.minHealthyShare = d
+                        } else {
+                            fail(lp, lv, .invalidValue(text, expected: "a number in 0...1"))
+                        }
                     }
                 }
+                if sawPrefer { service.locality = pref } else { fail(p, v, .missingKey("prefer")) }
             default: break
             }
         }
@@ -339,21 +410,134 @@ struct Decoder {
         return service
     }
 
+    mutating func decodeBalancer(_ node: Node, _ path: String, into b: inout BalancerConfig) {
+        let expected = BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")
+        if case .scalar = node {
+            guard let text = string(node, path) else { return }
+            if let kind = BalancerKind(rawValue: text) {
+                b.algorithm = kind
+            } else {
+                fail(path, node, .invalidValue(text, expected: expected))
+            }
+            return
+        }
+        let allowed = ["algorithm", "hashKey", "decay", "defaultRTT", "minimumRingSize", "tableSize"]
+        guard let entries = mapping(node, path, allowed: allowed) else { return }
+        var sawAlgorithm = false
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "algorithm":
+                sawAlgorithm = true
+                if let text = string(v, p) {
+                    if let kind = BalancerKind(rawValue: text) {
+                        b.algorithm = kind
+                    } else {
+                        fail(p, v, .invalidValue(text, expected: expected))
+                    }
+                }
+            case "hashKey":
+                if case .scalar = v {
+                    if let text = string(v, p) {
+                        if text == "sourceIP" {
+                            b.hashKey = .sourceIP
+                        } else {
+                            fail(p, v, .invalidValue(text, expected: "sourceIP, {header: NAME} or {cookie: NAME}"))
+                        }
+                    }
+                } else if let e = mapping(v, p, allowed: ["header", "cookie", "sourceIP"]), let (hk, hv) = e.first {
+                    if e.count > 1 { fail(p, v, .invalid("give one of header, cookie or sourceIP")) }
+                    switch hk {
+                    case "header": if let h = string(hv, join(p, hk)) { b.hashKey = .header(h.lowercased()) }
+                    case "cookie": if let c = string(hv, join(p, hk)) { b.hashKey = .cookie(c) }
+                    default: b.hashKey = .sourceIP
+                    }
+                }
+            case "decay": if let d = duration(v, p, max: .seconds(3600)) { b.decay = d }
+            case "defaultRTT": if let d = duration(v, p, max: .seconds(60)) { b.defaultRTT = d }
+            case "minimumRingSize": if let i = int(v, p, range: 1...(1 << 23)) { b.minimumRingSize = i }
+            case "tableSize":
+                if let i = int(v, p, range: 3...5_000_011) {
+                    if Self.isPrime(i) {
+                        b.tableSize = i
+                    } else {
+                        fail(p, v, .invalidValue(String(i), expected: "a prime number (such as 65537)"))
+                    }
+                }
+            default: break
+            }
+        }
+        if !sawAlgorithm { fail(path, node, .missingKey("algorithm")) }
+    }
+
+    static func isPrime(_ n: Int) -> Bool {
+        if n < 2 { return false }
+        var d = 2
+        while d * d <= n {
+            if n % d == 0 { return false }
+            d += 1
+        }
+        return true
+    }
+
+    mutating func decodeDiscovery(_ node: Node, _ path: String) -> DiscoveryConfig? {
+        guard let entries = mapping(node, path, allowed: ["file", "dns", "port", "refresh", "allowEmpty"]) else { return nil }
+        var file: String?
+        var dns: String?
+        var port: Int?
+        var refresh: MeshDuration?
+        var allowEmpty = false
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "file": file = string(v, p)
+            case "dns": dns = string(v, p)
+            case "port": port = int(v, p, range: 1...65535)
+            case "refresh": refresh = duration(v, p, max: .seconds(3600))
+            case "allowEmpty": allowEmpty = bool(v, p) ?? false
+            default: break
+            }
+        }
+        if let r = refresh, r < .milliseconds(100) {
+            fail(join(path, "refresh"), node, .invalidValue(r.description, expected: "at least 100ms"))
+        }
+        switch (file, dns) {
+        case (let f?, nil):
+            if port != nil { fail(join(path, "port"), node, .invalid("'port' applies to dns discovery only")) }
+            return DiscoveryConfig(source: .file(path: f), refresh: refresh ?? .seconds(1), allowEmpty: allowEmpty)
+        case (nil, let name?):
+            guard let port else {
+                fail(path, node, .missingKey("port"))
+                return nil
+            }
+            return DiscoveryConfig(source: .dns(name: name, port: port), refresh: refresh ?? .seconds(5), allowEmpty: allowEmpty)
+        case (nil, nil):
+            fail(path, node, .missingKey("file or dns"))
+        default:
+            fail(path, node, .invalid("give either 'file' or 'dns', not both"))
+        }
+        return nil
+    }
+
     mutating func decodeEndpoint(_ node: Node, _ path: String) -> EndpointConfig? {
         if case .scalar = node {
             guard let address = address(node, path) else { return nil }
             return EndpointConfig(address: address)
         }
-        guard let entries = mapping(node, path, allowed: ["address", "via", "weight"]) else { return nil }
+        guard let entries = mapping(node, path, allowed: ["address", "via", "weight", "zone", "node"]) else { return nil }
         var address: HostPort?
         var via: HostPort?
         var weight = 1
+        var zone: String?
+        var nodeName: String?
         for (k, v) in entries {
             let p = join(path, k)
             switch k {
             case "address": address = self.address(v, p)
             case "via": via = self.address(v, p)
             case "weight": if let w = int(v, p, range: 1...10_000) { weight = w }
+            case "zone": zone = string(v, p)
+            case "node": nodeName = string(v, p)
             default: break
             }
         }
@@ -361,7 +545,7 @@ struct Decoder {
             if !entries.contains(where: { $0.0 == "address" }) { fail(path, node, .missingKey("address")) }
             return nil
         }
-        return EndpointConfig(address: address, via: via, weight: weight)
+        return EndpointConfig(address: address, via: via, weight: weight, zone: zone, node: nodeName)
     }
 
     mutating func decodeRoute(_ node: Node, _ path: String) -> RouteConfig? {
@@ -479,6 +663,8 @@ struct Decoder {
                 fail("inbound.app", nil, .invalidValue(port, expected: "a port 1...65535 (from MESHD_APP_PORT)"))
             }
         }
+        if let z = o.zone { config.locality.zone = z }
+        if let n = o.nodeName { config.locality.node = n }
         if let t = o.threads {
             if (0...256).contains(t) {
                 config.threads = t
@@ -496,6 +682,15 @@ struct Decoder {
                 ConfigProblem(
                     path: "nodeIP", line: mark?.line, column: mark?.column,
                     reason: .missingKey("nodeIP (node mode binds the node's host IP; set nodeIP, MESHD_NODE_IP or --node-ip)")))
+        }
+        for (i, service) in config.services.enumerated() {
+            if let pref = service.locality {
+                let known = pref.prefer == .zone ? config.locality.zone : config.locality.node
+                if known == nil {
+                    let key = pref.prefer == .zone ? "locality.zone (or MESHD_ZONE)" : "locality.node (or MESHD_NODE_NAME)"
+                    fail(at: "services[\(i)].locality", .invalid("prefer: \(pref.prefer.rawValue) needs this meshd's \(key)"))
+                }
+            }
         }
         var seen: [String: Int] = [:]
         for (i, service) in config.services.enumerated() where !service.name.isEmpty {

@@ -23,6 +23,9 @@ public struct MeshConfig: Sendable, Equatable {
     public var accessLog: Bool = false
     public var services: [ServiceConfig] = []
     public var routes: [RouteConfig] = []
+    /// Where this meshd runs, for locality preference: `zone` and `node` (node name). Environment:
+    /// `MESHD_ZONE`, `MESHD_NODE_NAME`.
+    public var locality = SelfLocality()
 
     public init() {}
 
@@ -59,6 +62,15 @@ public struct MeshConfig: Sendable, Equatable {
     /// Node mode: the destinations the inbound listener may forward to (the pods of this node).
     public var effectiveInboundDestinations: [CIDR] {
         node.podCIDRs.isEmpty ? [CIDR.loopbackV4, CIDR.loopbackV6] : node.podCIDRs
+    }
+}
+
+public struct SelfLocality: Sendable, Equatable {
+    public var zone: String?
+    public var node: String?
+    public init(zone: String? = nil, node: String? = nil) {
+        self.zone = zone
+        self.node = node
     }
 }
 
@@ -122,11 +134,16 @@ public struct EndpointConfig: Sendable, Equatable, Hashable {
     /// names `address` in the `x-meshd-dst` header; otherwise it connects to `address`.
     public var via: HostPort?
     public var weight: Int = 1
+    /// Locality labels, for `services[].locality`.
+    public var zone: String?
+    public var node: String?
 
-    public init(address: HostPort, via: HostPort? = nil, weight: Int = 1) {
+    public init(address: HostPort, via: HostPort? = nil, weight: Int = 1, zone: String? = nil, node: String? = nil) {
         self.address = address
         self.via = via
         self.weight = weight
+        self.zone = zone
+        self.node = node
     }
 
     /// Where the TCP connection goes.
@@ -135,18 +152,97 @@ public struct EndpointConfig: Sendable, Equatable, Hashable {
 
 public struct ServiceConfig: Sendable, Equatable {
     public var name: String
+    /// Static endpoints; with `discovery`, the initial set until the source answers.
     public var endpoints: [EndpointConfig] = []
-    public var balancer: BalancerKind = .roundRobin
+    public var discovery: DiscoveryConfig?
+    public var balancer = BalancerConfig()
+    public var locality: LocalityPreference?
 
-    public init(name: String, endpoints: [EndpointConfig] = [], balancer: BalancerKind = .roundRobin) {
+    public init(name: String, endpoints: [EndpointConfig] = [], balancer: BalancerConfig = BalancerConfig()) {
         self.name = name
         self.endpoints = endpoints
         self.balancer = balancer
     }
 }
 
+/// Where a service's endpoints come from besides the static list.
+public struct DiscoveryConfig: Sendable, Equatable {
+    public enum Source: Sendable, Equatable {
+        /// A YAML/JSON file of endpoints, re-read when it changes (checked every `interval`).
+        case file(path: String)
+        /// A and AAAA records of `name`, re-resolved every `refresh`, each with `port`.
+        case dns(name: String, port: Int)
+    }
+
+    public var source: Source
+    /// File: how often the file is checked. DNS: how often the name is resolved again.
+    public var refresh: MeshDuration
+    /// Apply an update with no endpoints (default: ignore it and keep the last good set).
+    public var allowEmpty = false
+
+    public init(source: Source, refresh: MeshDuration, allowEmpty: Bool = false) {
+        self.source = source
+        self.refresh = refresh
+        self.allowEmpty = allowEmpty
+    }
+}
+
 public enum BalancerKind: String, Sendable, Equatable, CaseIterable {
     case roundRobin = "round_robin"
+    case random
+    case leastRequest = "least_request"
+    case ewma
+    case ringHash = "ring_hash"
+    case maglev
+
+    public var usesHashKey: Bool { self == .ringHash || self == .maglev }
+}
+
+public struct BalancerConfig: Sendable, Equatable {
+    public enum HashKey: Sendable, Equatable, CustomStringConvertible {
+        case header(String)
+        case cookie(String)
+        case sourceIP
+
+        public var description: String {
+            switch self {
+            case .header(let h): return "header:\(h)"
+            case .cookie(let c): return "cookie:\(c)"
+            case .sourceIP: return "sourceIP"
+            }
+        }
+    }
+
+    public var algorithm: BalancerKind = .roundRobin
+    /// ring_hash / maglev: what is hashed (default: the source IP).
+    public var hashKey: HashKey = .sourceIP
+    /// ewma: how fast old latency observations fade (linkerd's default).
+    public var decay: MeshDuration = .seconds(10)
+    /// ewma: the latency assumed for an endpoint with no observation yet (linkerd's default).
+    public var defaultRTT: MeshDuration = .milliseconds(30)
+    /// ring_hash: minimum number of points on the ring.
+    public var minimumRingSize = 1024
+    /// maglev: lookup table size (a prime).
+    public var tableSize = 65537
+
+    public init(algorithm: BalancerKind = .roundRobin) { self.algorithm = algorithm }
+}
+
+/// Prefer endpoints on the same node or zone as this meshd, falling back to all endpoints when fewer
+/// than `minHealthyShare` of the local ones are healthy (or there are none).
+public struct LocalityPreference: Sendable, Equatable {
+    public enum Scope: String, Sendable, Equatable {
+        case node
+        case zone
+    }
+
+    public var prefer: Scope
+    public var minHealthyShare: Double = 0.5
+
+    public init(prefer: Scope, minHealthyShare: Double = 0.5) {
+        self.prefer = prefer
+        self.minHealthyShare = minHealthyShare
+    }
 }
 
 public struct RouteConfig: Sendable, Equatable {

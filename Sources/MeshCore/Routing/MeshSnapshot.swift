@@ -6,7 +6,8 @@ public final class MeshSnapshot: Sendable {
         public let index: Int
         public let name: String
         public let endpoints: [EndpointConfig]
-        public let balancer: BalancerKind
+        public let balancer: BalancerConfig
+        public let locality: LocalityPreference?
     }
 
     public let version: Int
@@ -22,7 +23,8 @@ public final class MeshSnapshot: Sendable {
         var services: [Service] = []
         for s in config.services {
             index[s.name] = services.count
-            services.append(Service(index: services.count, name: s.name, endpoints: s.endpoints, balancer: s.balancer))
+            services.append(
+                Service(index: services.count, name: s.name, endpoints: s.endpoints, balancer: s.balancer, locality: s.locality))
         }
         self.services = services
         self.serviceIndex = index

@@ -73,6 +73,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         var bodyForwarded = false
         var reusedConnection = false
         var retried = false
+        /// When the response head arrived (uptime nanoseconds), for the balancer's latency EWMA.
+        var responseHeadNanos: Int64?
     }
 
     // MARK: - Channel events
@@ -280,7 +282,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             }
             let service = loop.services[serviceIndex]
             req.service = service
-            guard let endpointIndex = service.balancer.pick() else {
+            let hash = service.hashKey(headers: head.headers, clientIP: clientIP)
+            let now = Int64(req.started.uptimeNanoseconds)
+            guard let endpointIndex = service.balancer.pick(hash: hash, now: now, using: &loop.rng) else {
                 reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")
                 return
             }
@@ -325,8 +329,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         if hostHeader == nil { outHead.headers.add(name: "host", value: String(req.authority)) }
         req.head = outHead
 
-        req.endpoint?.inFlight += 1
-        req.endpoint?.requests += 1
+        req.endpoint?.started()
         dispatch(context: context)
     }
 
@@ -399,6 +402,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         switch part {
         case .head(var head):
             req.responseStarted = true
+            req.responseHeadNanos = Int64(NIODeadline.now().uptimeNanoseconds)
             req.status = Int(head.status.code)
             head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
             head.version = .http1_1
@@ -491,7 +495,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
 
     private func finishRequest(status: Int, error: MeshError?, reuse: Bool) {
         if let endpoint = req.endpoint {
-            endpoint.inFlight -= 1
+            // The balancer learns the time to the response head (nil when there was none).
+            endpoint.finished(
+                latencyNanos: req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) },
+                now: Int64(NIODeadline.now().uptimeNanoseconds))
             req.endpoint = nil
         }
         let elapsed = NIODeadline.now() - req.started

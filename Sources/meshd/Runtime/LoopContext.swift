@@ -2,37 +2,76 @@ import CoreMetrics
 import Logging
 import MeshCore
 import NIOCore
+import NIOHTTP1
 
-/// One endpoint of a service as one event loop sees it: where to connect and how many requests this
-/// loop has in flight to it. A class so a request can keep its endpoint across a config swap.
+/// One endpoint of a service as one event loop sees it: where to connect, and where it sits in its
+/// service's balancer now. A class, kept across reloads and discovery updates while the endpoint
+/// stays, so a request in flight during an update reports to the balancer that now holds it.
 final class LoopEndpoint {
     let config: EndpointConfig
     let address: SocketAddress
     /// `config.address` as the `x-meshd-dst` header value.
     let destinationHeader: String
-    var inFlight = 0
     var requests: UInt64 = 0
+    /// The service and index that hold this endpoint now; nil once an update removed it (its
+    /// in-flight requests finish without feeding any balancer).
+    weak var service: LoopService?
+    var index = 0
 
     init(config: EndpointConfig, address: SocketAddress) {
         self.config = config
         self.address = address
         self.destinationHeader = config.address.description
     }
+
+    func started() {
+        requests &+= 1
+        service?.balancer.requestStarted(index)
+    }
+
+    func finished(latencyNanos: Int64?, now: Int64) {
+        service?.balancer.requestFinished(index, latencyNanos: latencyNanos, now: now)
+    }
 }
 
-/// A service as one event loop sees it: its own balancer state and endpoint counters.
+/// A service as one event loop sees it: its own balancer state (in-flight counts, latency EWMA).
 final class LoopService {
     let name: String
     let endpoints: [LoopEndpoint]
-    var balancer: Balancer
+    var balancer: LoadBalancer
     let requestCounters: [CoreMetrics.Counter]
     var latency = LatencyHistogram()
 
-    init(name: String, endpoints: [LoopEndpoint], balancer: Balancer, requestCounters: [CoreMetrics.Counter]) {
+    init(name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, requestCounters: [CoreMetrics.Counter]) {
         self.name = name
         self.endpoints = endpoints
         self.balancer = balancer
         self.requestCounters = requestCounters
+    }
+
+    /// The hash key of a request for ring_hash / maglev, or nil (then the pick is weighted random).
+    func hashKey(headers: HTTPHeaders, clientIP: String) -> UInt64? {
+        guard balancer.config.algorithm.usesHashKey else { return nil }
+        switch balancer.config.hashKey {
+        case .sourceIP: return StableHash.hash(clientIP)
+        case .header(let name): return headers.first(name: name).map(StableHash.hash)
+        case .cookie(let name):
+            for value in headers["cookie"] {
+                for pair in value.split(separator: ";") {
+                    let kv = pair.split(separator: "=", maxSplits: 1)
+                    if kv.count == 2 && kv[0].trimmingPrefixSpaces() == name { return StableHash.hash(String(kv[1])) }
+                }
+            }
+            return nil
+        }
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingPrefixSpaces() -> Substring {
+        var s = self
+        while s.first == " " { s = s.dropFirst() }
+        return s
     }
 }
 
@@ -69,7 +108,7 @@ final class LoopContext: @unchecked Sendable {
         self.rng = SplitMix64(seed: seed)
         self.pool = UpstreamPool(eventLoop: eventLoop, shared: shared)
         self.inboundService = LoopService(
-            name: "local", endpoints: [], balancer: Balancer(kind: .roundRobin, endpoints: [], seed: 0),
+            name: "local", endpoints: [], balancer: LoadBalancer(config: BalancerConfig(), endpoints: [], seed: 0),
             requestCounters: shared.metrics.requestCounters(direction: .inbound, service: "local"))
         self.services = Self.makeServices(snapshot, shared: shared, previous: [], seed: seed)
     }
@@ -78,21 +117,32 @@ final class LoopContext: @unchecked Sendable {
         -> [LoopService]
     {
         let old = Dictionary(previous.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        return snapshot.mesh.services.map { s in
+        var kept = Set<ObjectIdentifier>()
+        let services = snapshot.mesh.services.map { s -> LoopService in
             let oldEndpoints = Dictionary(
                 (old[s.name]?.endpoints ?? []).map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
-            let endpoints = zip(s.endpoints, snapshot.connectAddresses[s.index]).map { cfg, addr in
-                // Keep the live counters of endpoints that survive the reload.
-                if let kept = oldEndpoints[addr], kept.config == cfg { return kept }
+            let endpoints = zip(s.endpoints, snapshot.connectAddresses[s.index]).map { cfg, addr -> LoopEndpoint in
+                // Keep the endpoints that survive the update (their requests in flight point at them).
+                if let e = oldEndpoints[addr], e.config == cfg { return e }
                 return LoopEndpoint(config: cfg, address: addr)
             }
+            var balancer = LoadBalancer(
+                config: s.balancer, endpoints: s.endpoints, seed: seed &+ UInt64(s.index),
+                selfLocality: snapshot.config.locality, locality: s.locality)
+            if let o = old[s.name], o.balancer.config == s.balancer { balancer.carryLoads(from: o.balancer) }
             let svc = LoopService(
-                name: s.name, endpoints: endpoints,
-                balancer: Balancer(kind: s.balancer, endpoints: s.endpoints, seed: seed &+ UInt64(s.index)),
+                name: s.name, endpoints: endpoints, balancer: balancer,
                 requestCounters: shared.metrics.requestCounters(direction: .outbound, service: s.name))
+            for (i, e) in endpoints.enumerated() {
+                e.service = svc
+                e.index = i
+                kept.insert(ObjectIdentifier(e))
+            }
             if let o = old[s.name] { svc.latency = o.latency }
             return svc
         }
+        for o in previous { for e in o.endpoints where !kept.contains(ObjectIdentifier(e)) { e.service = nil } }
+        return services
     }
 
     /// Installs a new snapshot on this loop. In-flight requests keep their `LoopEndpoint`s.
@@ -131,13 +181,18 @@ final class LoopContext: @unchecked Sendable {
 
     /// A copy of this loop's service and endpoint state, for `/services` and `/metrics`.
     func report() -> LoopReport {
-        LoopReport(
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        return LoopReport(
             version: snapshot.mesh.version,
             services: services.map { s in
                 LoopReport.Service(
                     name: s.name, latency: s.latency,
-                    endpoints: s.endpoints.map {
-                        .init(address: $0.config.address.description, inFlight: $0.inFlight, requests: $0.requests)
+                    endpoints: s.endpoints.enumerated().map { i, e in
+                        .init(
+                            address: e.config.address.description, inFlight: s.balancer.loads[i].inFlight,
+                            requests: e.requests,
+                            ewmaNanos: s.balancer.loads[i].ewmaNanos.map { _ in s.balancer.cost(i, now: now) },
+                            eligible: s.balancer.eligible[i], healthy: s.balancer.healthy[i])
                     })
             },
             inboundLatency: inboundService.latency,
@@ -150,6 +205,10 @@ struct LoopReport: Sendable {
         var address: String
         var inFlight: Int
         var requests: UInt64
+        /// Peak-EWMA latency now, when observed.
+        var ewmaNanos: Double?
+        var eligible: Bool
+        var healthy: Bool
     }
     struct Service: Sendable {
         var name: String

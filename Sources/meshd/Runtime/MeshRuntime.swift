@@ -362,26 +362,41 @@ final class MeshRuntime: Sendable {
             var latency = LatencyHistogram()
             var inFlight: [String: Int] = [:]
             var requests: [String: UInt64] = [:]
+            var ewma: [String: (sum: Double, n: Int)] = [:]
+            var healthy: [String: Bool] = [:]
+            var eligible: [String: Bool] = [:]
             for r in reports {
                 guard let rs = r.services.first(where: { $0.name == s.name }) else { continue }
                 latency.merge(rs.latency)
                 for e in rs.endpoints {
                     inFlight[e.address, default: 0] += e.inFlight
                     requests[e.address, default: 0] += e.requests
+                    if let v = e.ewmaNanos {
+                        ewma[e.address, default: (0, 0)] = (
+                            ewma[e.address, default: (0, 0)].sum + v, ewma[e.address, default: (0, 0)].n + 1
+                        )
+                    }
+                    healthy[e.address] = (healthy[e.address] ?? true) && e.healthy
+                    eligible[e.address] = (eligible[e.address] ?? false) || e.eligible
                 }
             }
             let endpoints = s.endpoints.map { e -> JSONValue in
                 let a = e.address.description
                 var pairs: [(String, JSONValue)] = [("address", .string(a))]
                 if let via = e.via { pairs.append(("via", .string(via.description))) }
+                if let z = e.zone { pairs.append(("zone", .string(z))) }
+                if let n = e.node { pairs.append(("node", .string(n))) }
+                let state = healthy[a] == false ? "ejected" : (eligible[a] == false ? "standby" : "healthy")
+                let ewmaMs: JSONValue = ewma[a].map { .double(($0.sum / Double($0.n)) / 1e6) } ?? .null
                 pairs += [
-                    ("weight", .int(Int64(e.weight))), ("state", "healthy"),
+                    ("weight", .int(Int64(e.weight))), ("state", .string(state)),
                     ("inFlight", .int(Int64(inFlight[a] ?? 0))), ("requests", .int(Int64(requests[a] ?? 0))),
+                    ("latencyEwmaMs", ewmaMs),
                 ]
                 return .object(pairs)
             }
             return .object([
-                ("name", .string(s.name)), ("balancer", .string(s.balancer.rawValue)),
+                ("name", .string(s.name)), ("balancer", .string(s.balancer.algorithm.rawValue)),
                 ("requests", .int(Int64(latency.count))),
                 ("latencyP50Ms", latency.quantile(0.5).map { .double($0 * 1000) } ?? .null),
                 ("latencyP99Ms", latency.quantile(0.99).map { .double($0 * 1000) } ?? .null),
