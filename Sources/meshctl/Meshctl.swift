@@ -99,14 +99,14 @@ struct Services: AsyncParsableCommand {
             for e in s["endpoints"] as? [[String: Any]] ?? [] {
                 rows.append([
                     str(s["name"]), str(s["balancer"]), str(e["address"]), str(e["via"]), str(e["weight"]), str(e["state"]),
-                    str(e["inFlight"]), str(e["requests"]), str(s["latencyP50Ms"]),
+                    str(e["inFlight"]), str(e["requests"]), str(e["latencyEwmaMs"]),
                 ])
             }
             if (s["endpoints"] as? [Any])?.isEmpty ?? true {
                 rows.append([str(s["name"]), str(s["balancer"]), "(none)", "-", "-", "-", "-", "-", "-"])
             }
         }
-        printTable(["SERVICE", "BALANCER", "ENDPOINT", "VIA", "WEIGHT", "STATE", "IN-FLIGHT", "REQUESTS", "P50-MS"], rows)
+        printTable(["SERVICE", "BALANCER", "ENDPOINT", "VIA", "WEIGHT", "STATE", "IN-FLIGHT", "REQUESTS", "EWMA-MS"], rows)
     }
 }
 

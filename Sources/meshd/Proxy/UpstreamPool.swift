@@ -70,6 +70,17 @@ final class UpstreamPool {
         }
     }
 
+    /// Closes idle connections whose endpoint is not in `keep` (after a discovery update or reload).
+    /// A node proxy's inbound targets are pods named per request, not endpoints: kept when asked.
+    func closeIdle(except keep: Set<SocketAddress>, keepAnyInboundTarget: Bool) {
+        guard !keepAnyInboundTarget else { return }
+        for (address, list) in idle where !keep.contains(address) {
+            for c in list { c.close() }
+            idleCount -= list.count
+            idle[address] = nil
+        }
+    }
+
     func closeAll() {
         for list in idle.values { for c in list { c.close() } }
         idle.removeAll()

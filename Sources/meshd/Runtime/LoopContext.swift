@@ -151,6 +151,10 @@ final class LoopContext: @unchecked Sendable {
         self.snapshot = snapshot
         self.services = Self.makeServices(snapshot, shared: shared, previous: services, seed: rng.next())
         pool.configure(snapshot.config.upstream)
+        // Idle connections to endpoints that left every service are closed; busy ones finish first.
+        var addresses = Set(snapshot.connectAddresses.joined())
+        addresses.insert(snapshot.appAddress)
+        pool.closeIdle(except: addresses, keepAnyInboundTarget: snapshot.config.mode == .node)
     }
 
     func start() {

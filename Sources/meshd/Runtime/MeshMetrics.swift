@@ -20,6 +20,8 @@ enum Direction: Int, CaseIterable, Sendable {
 final class MeshMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory
+    /// For handles created while running (discovery counters, by service name).
+    var factoryForDynamicMetrics: PrometheusMetricsFactory { factory }
     let errors: [[CoreMetrics.Counter]]  // [direction][MeshError.allCases index]
     let connectionsOpen: [CoreMetrics.Meter]
     let connectionsTotal: [CoreMetrics.Counter]

@@ -29,6 +29,10 @@ final class MeshRuntime: Sendable {
     private let channels = NIOLockedValueBox<[String: Channel]>([:])
     private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?)>((1, nil))
     let shutdownRequested: @Sendable () -> Void
+    private let publishLock = NIOLock()
+    /// The configuration as written (before discovery substituted endpoint sets).
+    private let baseConfig: NIOLockedValueBox<MeshConfig>
+    let discovery: DiscoveryManager
     let startedAt = NIODeadline.now()
 
     init(
@@ -51,6 +55,8 @@ final class MeshRuntime: Sendable {
         self.quiesce = [.outbound: ServerQuiescingHelper(group: group), .inbound: ServerQuiescingHelper(group: group)]
         self.shutdownRequested = shutdownRequested
         self.reloadState.withLockedValue { $0.lastText = configText }
+        self.baseConfig = NIOLockedValueBox(config)
+        self.discovery = DiscoveryManager(logger: logger, metrics: metrics)
         metrics.configVersion.record(1)
     }
 
@@ -68,6 +74,8 @@ final class MeshRuntime: Sendable {
         channels.withLockedValue { $0["outbound"] = outbound }
         let inbound = try await bindProxy(.inbound, config.effectiveInboundListen)
         channels.withLockedValue { $0["inbound"] = inbound }
+        discovery.runtime = self
+        discovery.sync(with: config)
         shared.ready.store(true, ordering: .relaxed)
         shared.metrics.ready.record(1)
         shared.logger.info(
@@ -205,22 +213,16 @@ final class MeshRuntime: Sendable {
             new.threads = old.threads
             new.node = old.node
         }
-        let version = reloadState.withLockedValue { state -> Int in
-            state.version += 1
-            return state.version
-        }
-        let snapshot: ResolvedSnapshot
+        let version: Int
         do {
-            snapshot = try ResolvedSnapshot.resolve(new, version: version)
+            version = try publish(base: new)
         } catch {
             shared.metrics.reloadsFailed.increment()
             shared.logger.error("config reload rejected", metadata: ["problems": "\(error.description)"])
             return .rejected(error.description)
         }
-        shared.snapshot = snapshot
-        for loop in loops { loop.eventLoop.execute { loop.install(snapshot) } }
+        discovery.sync(with: new)
         shared.metrics.reloadsOK.increment()
-        shared.metrics.configVersion.record(version)
         shared.logger.info(
             "config reloaded",
             metadata: [
@@ -229,10 +231,48 @@ final class MeshRuntime: Sendable {
         return .applied(version: version)
     }
 
+    // MARK: - Publishing snapshots
+
+    /// Builds and installs a snapshot from `base` (the configuration as written) with the endpoint
+    /// sets discovery has found substituted; returns its version. Serialised: reloads and discovery
+    /// updates may race, each publish sees the latest of both.
+    @discardableResult
+    func publish(base: MeshConfig) throws(ConfigError) -> Int {
+        let result: Result<Int, ConfigError> = publishLock.withLock {
+            var effective = base
+            let found = discovery.endpointSets()
+            for i in effective.services.indices where effective.services[i].discovery != nil {
+                if let set = found[effective.services[i].name] { effective.services[i].endpoints = set }
+            }
+            let version = reloadState.withLockedValue { state -> Int in
+                state.version += 1
+                return state.version
+            }
+            let snapshot: ResolvedSnapshot
+            do throws(ConfigError) {
+                snapshot = try ResolvedSnapshot.resolve(effective, version: version)
+            } catch {
+                return .failure(error)
+            }
+            baseConfig.withLockedValue { $0 = base }
+            shared.snapshot = snapshot
+            for loop in loops { loop.eventLoop.execute { loop.install(snapshot) } }
+            shared.metrics.configVersion.record(version)
+            return .success(version)
+        }
+        return try result.get()
+    }
+
+    /// Discovery found a new endpoint set: republish with the current base configuration.
+    func discoveryChanged(service: String) throws(ConfigError) -> Int {
+        try publish(base: baseConfig.withLockedValue { $0 })
+    }
+
     // MARK: - Drain
 
     /// Stops accepting, lets in-flight requests finish (up to `drainTimeout`), then stops the loops.
     func drainAndStop() async {
+        discovery.stopAll()
         shared.ready.store(false, ordering: .relaxed)
         shared.metrics.ready.record(0)
         let timeout = config.drainTimeout
