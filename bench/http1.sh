@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # HTTP/1.1 proxy benchmark for meshd.
 #
-# In one run: starts an nginx backend, then measures with wrk (closed loop, keep-alive)
-#   a. direct          wrk -> nginx backend
-#   b. meshd           wrk -> meshd sidecar outbound (--threads 1) -> backend
-#   c. HAProxy         wrk -> haproxy (nbthread 1) -> backend
-#   d. nginx proxy     wrk -> nginx (1 worker, upstream keepalive) -> backend
-# interleaved a b c d a b c d ... for RUNS repetitions, each measurement after a 2 s warm-up.
+# In one run: starts an nginx backend reachable as 3 loopback endpoints, then measures with wrk
+# (closed loop, keep-alive)
+#   a. direct            wrk -> nginx backend (first endpoint)
+#   b. meshd             wrk -> meshd sidecar outbound (--threads 1, balancer round_robin) -> 3 endpoints
+#   c. meshd least_req.  same, its own meshd process with balancer least_request
+#   d. meshd ewma        same, its own meshd process with balancer ewma
+#   e. HAProxy           wrk -> haproxy (nbthread 1, balance roundrobin) -> 3 endpoints
+#   f. nginx proxy       wrk -> nginx (1 worker, upstream keepalive, round robin) -> 3 endpoints
+# interleaved a b c d e f a b ... for RUNS repetitions, each measurement after a 2 s warm-up.
 #
 # Usage: bench/http1.sh [--update-docs]
 # Env:   DURATION (s, default 10), RUNS (default 1), MESHD_BIN (default .build/release/meshd),
@@ -202,8 +205,26 @@ CLK_TCK=$(getconf CLK_TCK)
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
-# Backend: nginx, one worker, returns "ok\n".
+# Backend: nginx, one worker, returns "ok\n". It is reachable as three endpoints so that the
+# balancers have something to choose from: 127.0.0.1, 127.0.0.2 and 127.0.0.3 on one port when
+# the kernel routes those addresses to lo (Linux does for all of 127.0.0.0/8), otherwise three
+# ports on 127.0.0.1. Every proxy (all meshd variants, HAProxy, nginx proxy) gets the same three;
+# the direct baseline talks to the first one.
 free_port BACKEND_PORT
+BACKEND_EPS=()
+if command -v ip >/dev/null 2>&1 &&
+    ip -4 route get 127.0.0.2 2>/dev/null | grep -q '^local 127\.0\.0\.2 dev lo' &&
+    ip -4 route get 127.0.0.3 2>/dev/null | grep -q '^local 127\.0\.0\.3 dev lo'; then
+    BACKEND_EPS=("127.0.0.1:$BACKEND_PORT" "127.0.0.2:$BACKEND_PORT" "127.0.0.3:$BACKEND_PORT")
+    ENDPOINTS_DESC="the backend listens on 127.0.0.1, 127.0.0.2 and 127.0.0.3, same port"
+else
+    free_port BACKEND_PORT2
+    free_port BACKEND_PORT3
+    BACKEND_EPS=("127.0.0.1:$BACKEND_PORT" "127.0.0.1:$BACKEND_PORT2" "127.0.0.1:$BACKEND_PORT3")
+    ENDPOINTS_DESC="the backend listens on three ports of 127.0.0.1"
+fi
+BACKEND_LISTEN=""
+for ep in "${BACKEND_EPS[@]}"; do BACKEND_LISTEN+="        listen $ep default_server;"$'\n'; done
 mkdir -p "$TMP/backend"
 cat >"$TMP/backend/nginx.conf" <<EOF
 daemon off;
@@ -222,74 +243,98 @@ http {
     keepalive_requests 100000;
     keepalive_timeout 75s;
     server {
-        listen 127.0.0.1:$BACKEND_PORT default_server;
+${BACKEND_LISTEN%$'\n'}
         default_type text/plain;
         location / { return 200 "ok\n"; }
     }
 }
 EOF
-log "starting nginx backend on 127.0.0.1:$BACKEND_PORT"
+log "starting nginx backend on ${BACKEND_EPS[*]}"
 start_bg "$TMP/backend/stderr.log" "${PIN_LOAD[@]}" "$NGINX_BIN" -p "$TMP/backend" -e "$TMP/backend/error.log" -c "$TMP/backend/nginx.conf"
 BACKEND_PID=$LAST_PID
-wait_http "nginx backend" "$BACKEND_PID" "$TMP/backend/stderr.log" "http://127.0.0.1:$BACKEND_PORT/" "ok"
+for ep in "${BACKEND_EPS[@]}"; do
+    wait_http "nginx backend" "$BACKEND_PID" "$TMP/backend/stderr.log" "http://$ep/" "ok"
+done
 
 # ---------------------------------------------------------------------------------------------
-# meshd sidecar: outbound listener routes authority "bench" to the backend.
-free_port MESHD_OUT_PORT
-free_port MESHD_IN_PORT
-free_port MESHD_ADMIN_PORT
-mkdir -p "$TMP/meshd"
-cat >"$TMP/meshd/meshd.yaml" <<EOF
-threads: 1
-mode: sidecar
-drainTimeout: 2s
-accessLog: false
-outbound:
-  listen: 127.0.0.1:$MESHD_OUT_PORT
-inbound:
-  listen: 127.0.0.1:$MESHD_IN_PORT
-  app: 127.0.0.1:$BACKEND_PORT
-admin:
-  listen: 127.0.0.1:$MESHD_ADMIN_PORT
-services:
-  - name: bench
-    endpoints:
-      - 127.0.0.1:$BACKEND_PORT
-routes:
-  - name: bench
-    match: {authority: bench}
-    service: bench
-EOF
+# meshd sidecars: one process per balancer variant, each --threads 1 / threads: 1, same config
+# apart from `balancer:`. The outbound listener routes authority "bench" to service "bench",
+# which has the three backend endpoints. Key "meshd" is the round_robin (default) candidate
+# that the HAProxy / nginx comparison uses.
+MESHD_KEYS=(meshd meshd_lr meshd_ewma)
+declare -A MESHD_BALANCER=([meshd]=round_robin [meshd_lr]=least_request [meshd_ewma]=ewma)
+declare -A MESHD_PID_OF MESHD_PORT_OF MESHD_ADMIN_OF MESHD_RSS_IDLE_OF MESHD_RSS_AFTER_OF MESHD_HWM_OF
 # Run a private copy so a concurrent rebuild cannot swap the binary in the middle of the run.
-cp "$MESHD_BIN" "$TMP/meshd/meshd"
-MESHD_SHA=$(sha256sum "$TMP/meshd/meshd" | cut -c1-12)
+mkdir -p "$TMP/bin"
+cp "$MESHD_BIN" "$TMP/bin/meshd"
+MESHD_SHA=$(sha256sum "$TMP/bin/meshd" | cut -c1-12)
 MESHD_MTIME=$(date -u -r "$MESHD_BIN" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
 GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=""
 [[ -n $(git -C "$REPO" status --porcelain --untracked-files=no -- Sources Package.swift 2>/dev/null) ]] &&
     GIT_DIRTY=" (uncommitted changes under Sources/ or Package.swift at benchmark time)"
-"$TMP/meshd/meshd" --config "$TMP/meshd/meshd.yaml" --threads 1 --check >"$TMP/meshd/check.log" 2>&1 ||
-    { sed 's/^/    /' "$TMP/meshd/check.log" >&2; die "meshd --check rejected the benchmark config"; }
-log "starting meshd (outbound 127.0.0.1:$MESHD_OUT_PORT, admin 127.0.0.1:$MESHD_ADMIN_PORT)"
-start_bg "$TMP/meshd/stderr.log" "${PIN_PROXY[@]}" "$TMP/meshd/meshd" --config "$TMP/meshd/meshd.yaml" --threads 1
-MESHD_PID=$LAST_PID
-# Ready = admin /ready answers 2xx.
-deadline=$((SECONDS + 15))
-until curl -fsS -m 1 -o /dev/null "http://127.0.0.1:$MESHD_ADMIN_PORT/ready" 2>/dev/null; do
-    if ! kill -0 "$MESHD_PID" 2>/dev/null; then
-        sed 's/^/    /' "$TMP/meshd/stderr.log" >&2 || true
-        die "meshd exited during startup"
-    fi
-    ((SECONDS < deadline)) || { sed 's/^/    /' "$TMP/meshd/stderr.log" >&2; die "meshd /ready not 2xx within 15 s"; }
-    sleep 0.1
-done
-sleep 1
-MESHD_RSS_IDLE_KB=$(proc_mem "$MESHD_PID" VmRSS)
-wait_http "meshd" "$MESHD_PID" "$TMP/meshd/stderr.log" "http://127.0.0.1:$MESHD_OUT_PORT/" "ok"
+
+# start_meshd <key> <balancer>
+start_meshd() {
+    local key=$1 balancer=$2 dir=$TMP/$1 out_port in_port admin_port ep pid deadline
+    free_port out_port
+    free_port in_port
+    free_port admin_port
+    mkdir -p "$dir"
+    {
+        cat <<EOC
+threads: 1
+mode: sidecar
+drainTimeout: 2s
+accessLog: false
+outbound:
+  listen: 127.0.0.1:$out_port
+inbound:
+  listen: 127.0.0.1:$in_port
+  app: ${BACKEND_EPS[0]}
+admin:
+  listen: 127.0.0.1:$admin_port
+services:
+  - name: bench
+    balancer: $balancer
+    endpoints:
+EOC
+        for ep in "${BACKEND_EPS[@]}"; do echo "      - $ep"; done
+        cat <<EOC
+routes:
+  - name: bench
+    match: {authority: bench}
+    service: bench
+EOC
+    } >"$dir/meshd.yaml"
+    "$TMP/bin/meshd" --config "$dir/meshd.yaml" --threads 1 --check >"$dir/check.log" 2>&1 ||
+        { sed 's/^/    /' "$dir/check.log" >&2; die "meshd --check rejected the benchmark config for balancer $balancer (does $MESHD_BIN support it?)"; }
+    log "starting meshd $balancer (outbound 127.0.0.1:$out_port, admin 127.0.0.1:$admin_port)"
+    start_bg "$dir/stderr.log" "${PIN_PROXY[@]}" "$TMP/bin/meshd" --config "$dir/meshd.yaml" --threads 1
+    pid=$LAST_PID
+    # Ready = admin /ready answers 2xx.
+    deadline=$((SECONDS + 15))
+    until curl -fsS -m 1 -o /dev/null "http://127.0.0.1:$admin_port/ready" 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            sed 's/^/    /' "$dir/stderr.log" >&2 || true
+            die "meshd ($balancer) exited during startup"
+        fi
+        ((SECONDS < deadline)) || { sed 's/^/    /' "$dir/stderr.log" >&2; die "meshd ($balancer) /ready not 2xx within 15 s"; }
+        sleep 0.1
+    done
+    sleep 1
+    MESHD_RSS_IDLE_OF[$key]=$(proc_mem "$pid" VmRSS)
+    wait_http "meshd ($balancer)" "$pid" "$dir/stderr.log" "http://127.0.0.1:$out_port/" "ok"
+    MESHD_PID_OF[$key]=$pid MESHD_PORT_OF[$key]=$out_port MESHD_ADMIN_OF[$key]=$admin_port
+}
+for k in "${MESHD_KEYS[@]}"; do start_meshd "$k" "${MESHD_BALANCER[$k]}"; done
 
 # ---------------------------------------------------------------------------------------------
-# HAProxy: one thread, keep-alive both sides, idle server connections reused by any client.
+# HAProxy: one thread, keep-alive both sides, idle server connections reused by any client;
+# the same three backend endpoints as meshd, round robin.
 free_port HAPROXY_PORT
+HAPROXY_SERVERS="" i=0
+for ep in "${BACKEND_EPS[@]}"; do i=$((i + 1)); HAPROXY_SERVERS+="    server backend$i $ep"$'\n'; done
 mkdir -p "$TMP/haproxy"
 cat >"$TMP/haproxy/haproxy.cfg" <<EOF
 global
@@ -311,7 +356,8 @@ frontend fe
     default_backend be
 
 backend be
-    server backend 127.0.0.1:$BACKEND_PORT
+    balance roundrobin
+${HAPROXY_SERVERS%$'\n'}
 EOF
 "$HAPROXY_BIN" -c -q -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/check.log" 2>&1 ||
     { sed 's/^/    /' "$TMP/haproxy/check.log" >&2; die "haproxy rejected its config"; }
@@ -323,8 +369,11 @@ HAPROXY_RSS_IDLE_KB=$(proc_mem "$HAPROXY_PID" VmRSS)
 wait_http "haproxy" "$HAPROXY_PID" "$TMP/haproxy/stderr.log" "http://127.0.0.1:$HAPROXY_PORT/" "ok"
 
 # ---------------------------------------------------------------------------------------------
-# nginx as reverse proxy: one worker, keep-alive upstream pool of 64.
+# nginx as reverse proxy: one worker, keep-alive upstream pool of 64; the same three backend
+# endpoints as meshd, round robin (nginx's default).
 free_port NGXPROXY_PORT
+NGX_SERVERS=""
+for ep in "${BACKEND_EPS[@]}"; do NGX_SERVERS+="        server $ep;"$'\n'; done
 mkdir -p "$TMP/ngxproxy"
 cat >"$TMP/ngxproxy/nginx.conf" <<EOF
 daemon off;
@@ -343,7 +392,7 @@ http {
     keepalive_requests 100000;
     keepalive_timeout 75s;
     upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
+${NGX_SERVERS%$'\n'}
         keepalive 64;
         keepalive_requests 100000;
     }
@@ -366,20 +415,26 @@ wait_http "nginx proxy" "$NGXPROXY_PID" "$TMP/ngxproxy/stderr.log" "http://127.0
 
 # ---------------------------------------------------------------------------------------------
 # Candidates: key, label, port, pid of the proxy (empty for direct).
-CANDS=(direct meshd haproxy nginx)
-declare -A LABEL PORT PPID_OF
+# SHORT is the name in the per-run table and in the method text.
+CANDS=(direct meshd meshd_lr meshd_ewma haproxy nginx)
+declare -A LABEL SHORT PORT PPID_OF
 LABEL[direct]="direct (wrk → nginx backend)"
-LABEL[meshd]="meshd sidecar outbound (--threads 1)"
+LABEL[meshd]="meshd sidecar outbound (--threads 1), round_robin"
+LABEL[meshd_lr]="meshd sidecar outbound (--threads 1), least_request"
+LABEL[meshd_ewma]="meshd sidecar outbound (--threads 1), ewma"
 LABEL[haproxy]="HAProxy (nbthread 1)"
 LABEL[nginx]="nginx proxy (1 worker)"
+SHORT[direct]=direct SHORT[haproxy]=HAProxy SHORT[nginx]=nginx
+for k in "${MESHD_KEYS[@]}"; do SHORT[$k]="meshd ${MESHD_BALANCER[$k]}"; done
 PORT[direct]=$BACKEND_PORT
-PORT[meshd]=$MESHD_OUT_PORT
 PORT[haproxy]=$HAPROXY_PORT
 PORT[nginx]=$NGXPROXY_PORT
 PPID_OF[direct]=""
-PPID_OF[meshd]=$MESHD_PID
 PPID_OF[haproxy]=$HAPROXY_PID
 PPID_OF[nginx]=$NGXPROXY_PID
+for k in "${MESHD_KEYS[@]}"; do PORT[$k]=${MESHD_PORT_OF[$k]} PPID_OF[$k]=${MESHD_PID_OF[$k]}; done
+CAND_ORDER=$(for c in "${CANDS[@]}"; do printf '%s, ' "${SHORT[$c]}"; done)
+CAND_ORDER=${CAND_ORDER%, }
 
 TS=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS_DIR=$REPO/bench/results
@@ -458,19 +513,38 @@ for run in $(seq 1 "$RUNS"); do
     done
 done
 
-MESHD_RSS_AFTER_KB=$(proc_mem "$MESHD_PID" VmRSS)
-MESHD_HWM_KB=$(proc_mem "$MESHD_PID" VmHWM)
+# Requests each meshd variant sent to each endpoint (admin /services; includes warm-ups and the
+# start-up probe): "addr=count addr=count ...".
+endpoint_counts() {
+    curl -fsS -m 5 "http://127.0.0.1:$1/services" 2>/dev/null | awk '
+        /"endpoints"/ { inep = 1 }
+        inep && /"address"/ { a = $0; sub(/.*"address" *: *"/, "", a); sub(/".*/, "", a) }
+        inep && /"requests"/ { n = $0; sub(/.*"requests" *: *"?/, "", n); sub(/[^0-9].*/, "", n); printf "%s%s=%s", sep, a, n; sep = " " }
+        END { print "" }'
+}
+declare -A MESHD_EP_COUNTS
+MESHD_WARN_LINES=0
+MESHD_ALIVE=yes
+for k in "${MESHD_KEYS[@]}"; do
+    p=${MESHD_PID_OF[$k]}
+    MESHD_RSS_AFTER_OF[$k]=$(proc_mem "$p" VmRSS)
+    MESHD_HWM_OF[$k]=$(proc_mem "$p" VmHWM)
+    MESHD_EP_COUNTS[$k]=$(endpoint_counts "${MESHD_ADMIN_OF[$k]}" || true)
+    if ! kill -0 "$p" 2>/dev/null; then
+        MESHD_ALIVE=no
+        FAILURES+=("meshd (${MESHD_BALANCER[$k]}) exited during the benchmark")
+    fi
+    cp "$TMP/$k/stderr.log" "$RAW_DIR/meshd-${MESHD_BALANCER[$k]}-stderr.log" 2>/dev/null || true
+    cp "$TMP/$k/meshd.yaml" "$RAW_DIR/meshd-${MESHD_BALANCER[$k]}.yaml" 2>/dev/null || true
+    MESHD_WARN_LINES=$((MESHD_WARN_LINES + $(grep -cE '"level":"(warning|error|critical)"' "$TMP/$k/stderr.log" || true)))
+done
 HAPROXY_RSS_AFTER_KB=$(proc_mem "$HAPROXY_PID" VmRSS)
 HAPROXY_HWM_KB=$(proc_mem "$HAPROXY_PID" VmHWM)
 NGXPROXY_RSS_AFTER_KB=$(proc_mem "$NGXPROXY_PID" VmRSS)
 NGXPROXY_HWM_KB=$(proc_mem "$NGXPROXY_PID" VmHWM)
-MESHD_ALIVE=yes
-kill -0 "$MESHD_PID" 2>/dev/null || { MESHD_ALIVE=no; FAILURES+=("meshd exited during the benchmark"); }
-cp "$TMP/meshd/stderr.log" "$RAW_DIR/meshd-stderr.log" 2>/dev/null || true
-cp "$TMP/meshd/meshd.yaml" "$TMP/haproxy/haproxy.cfg" "$RAW_DIR/" 2>/dev/null || true
+cp "$TMP/haproxy/haproxy.cfg" "$RAW_DIR/" 2>/dev/null || true
 cp "$TMP/ngxproxy/nginx.conf" "$RAW_DIR/nginx-proxy.conf" 2>/dev/null || true
 cp "$TMP/backend/nginx.conf" "$RAW_DIR/nginx-backend.conf" 2>/dev/null || true
-MESHD_WARN_LINES=$(grep -cE '"level":"(warning|error|critical)"' "$TMP/meshd/stderr.log" || true)
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation and report.
@@ -507,12 +581,43 @@ HAPROXY_VER=$("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{ print $1, $2, $3 }')
 WRK_VER=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $1, $2 }')
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
+ratio3() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 <= 0 || b + 0 <= 0) print "n/a"; else printf "%.3f", a / b }'; }
+# cpu_ratio <ticks a> <requests a> <ticks b> <requests b>: (CPU per request of a) ÷ (of b).
+cpu_ratio() { awk -v ta="$1" -v na="$2" -v tb="$3" -v nb="$4" 'BEGIN { if (ta < 0 || tb <= 0 || na <= 0 || nb <= 0) print "n/a"; else printf "%.3f", (ta / na) / (tb / nb) }'; }
+# spread <values...>: "<(max - min) / median> <min> <max>" over the numeric values; "n/a" if fewer than 2.
+spread() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{ a[NR] = $1 }
+        END { if (NR < 2) { print "n/a"; exit }
+              m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+              if (m <= 0) print "n/a"; else printf "%.4f %s %s\n", (a[NR] - a[1]) / m, a[1], a[NR] }'
+}
+# within <ratio> <spread fraction>: "yes" if |ratio - 1| <= spread, else "no (±x.x %)".
+within() { awk -v r="$1" -v s="$2" 'BEGIN { if (r == "n/a" || s == "n/a") print "n/a"; else if ((r - 1 <= s + 1e-9) && (1 - r <= s + 1e-9)) print "yes"; else printf "no (%+.1f %%)\n", (r - 1) * 100 }'; }
+# ep_shares "addr=count addr=count ...": "33.4 / 33.3 / 33.3 %" (endpoint order as configured).
+ep_shares() {
+    awk -v s="$1" 'BEGIN { n = split(s, kv, " "); t = 0
+        for (i = 1; i <= n; i++) { split(kv[i], p, "="); c[i] = p[2] + 0; t += c[i] }
+        if (n == 0 || t <= 0) { print "n/a"; exit }
+        for (i = 1; i <= n; i++) printf "%s%.1f", (i > 1 ? " / " : ""), c[i] / t * 100
+        print " %" }'
+}
+
+# Noise measure: meshd round_robin's run-to-run spread (req/s, CPU per request).
+mapfile -t v < <(col R_RPS meshd)
+read -r RR_RPS_SPREAD RR_RPS_MIN RR_RPS_MAX <<<"$(spread "${v[@]}")"
+v=()
+for r in $(seq 1 "$RUNS"); do v+=("$(cpu_per_1k "${R_TICKS[meshd,$r]}" "${R_REQ[meshd,$r]}")"); done
+read -r RR_CPU_SPREAD RR_CPU_MIN RR_CPU_MAX <<<"$(spread "${v[@]}")"
+pct() { awk -v x="$1" 'BEGIN { if (x == "n/a" || x == "") print "n/a"; else printf "%.1f %%", x * 100 }'; }
+
 REPORT=$TMP/report.md
 {
     echo "### HTTP/1.1 proxy overhead — $(date -u +%Y-%m-%d)"
     echo
-    echo "Method: closed-loop wrk for throughput — the same client (wrk, ${WRK_THREADS} thread, ${CONNS} keep-alive connections, \`Host: bench\`, GET / → \"ok\\n\" from one nginx worker), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http1.sh\` $(if ((RUNS > 1)); then echo "with targets interleaved (direct, meshd, HAProxy, nginx) in each of ${RUNS} runs"; else echo "one after the other (direct, meshd, HAProxy, nginx), once each"; fi)."
+    echo "Method: closed-loop wrk for throughput — the same client (wrk, ${WRK_THREADS} thread, ${CONNS} keep-alive connections, \`Host: bench\`, GET / → \"ok\\n\" from one nginx worker), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http1.sh\` $(if ((RUNS > 1)); then echo "with targets interleaved (${CAND_ORDER}) in each of ${RUNS} runs"; else echo "one after the other (${CAND_ORDER}), once each"; fi)."
     echo "Each proxy runs one thread/worker and keeps connections to the backend alive. Placement: ${PLACEMENT}."
+    echo "Backend endpoints: ${ENDPOINTS_DESC} (\`${BACKEND_EPS[*]}\`), all served by the same single nginx worker. Every proxy balances over those three: each meshd variant's service \`bench\` lists them as its endpoints, HAProxy uses \`balance roundrobin\` over three servers and the nginx proxy an \`upstream\` with three servers (round robin); the direct baseline talks to the first one."
+    echo "The three meshd rows are three separate meshd processes (\`--threads 1\`, \`threads: 1\`) whose configs differ only in the service's \`balancer:\` (\`round_robin\` — the default, used for the HAProxy/nginx comparison —, \`least_request\`, \`ewma\`); they are placed like any proxy under test, and the ones not under test sit idle."
     if ((RUNS > 1)); then
         echo "Figures are medians across the ${RUNS} runs; wrk cannot merge HDR histograms, so each latency percentile is the median of the per-run percentiles (not a percentile of merged samples). Errors are summed over all runs."
     else
@@ -539,23 +644,60 @@ REPORT=$TMP/report.md
             "${ERRS[$c]}" "$rvd" "$mh" "$mn" "$a50" "$a99"
     done
     echo
+    echo "meshd balancers, same run (ratios are against the meshd round_robin row: req/s ratio of the medians, CPU ratio of CPU time per request over all measured windows; \"within noise\" = the ratio is within 1 ± round_robin's own run-to-run spread, below; requests per endpoint are the shares of the three endpoints, in the order above, as counted by meshd's admin \`/services\` over the whole run including warm-ups):"
+    echo
+    echo "| meshd balancer | req/s | p50 (ms) | p90 (ms) | p99 (ms) | errors | CPU s per 1000 req | req/s vs meshd round_robin | CPU vs meshd round_robin | within noise (req/s / CPU) | requests per endpoint |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    for k in "${MESHD_KEYS[@]}"; do
+        rr=$(ratio3 "${M_RPS[$k]}" "${M_RPS[meshd]}")
+        cr=$(cpu_ratio "${TICKS[$k]}" "${REQS[$k]}" "${TICKS[meshd]}" "${REQS[meshd]}")
+        if [[ $k == meshd ]]; then wn="(reference)"; else wn="$(within "$rr" "$RR_RPS_SPREAD") / $(within "$cr" "$RR_CPU_SPREAD")"; fi
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${MESHD_BALANCER[$k]}" \
+            "$(calc '%.0f' "${M_RPS[$k]}")" "$(fmt_ms "${M_P50[$k]}")" "$(fmt_ms "${M_P90[$k]}")" "$(fmt_ms "${M_P99[$k]}")" \
+            "${ERRS[$k]}" "$(cpu_per_1k "${TICKS[$k]}" "${REQS[$k]}")" "$rr" "$cr" "$wn" "$(ep_shares "${MESHD_EP_COUNTS[$k]}")"
+    done
+    echo
+    if ((RUNS > 1)); then
+        printf 'Noise measure: meshd round_robin across the %s runs (max − min, relative to the median): req/s %s (%s–%s), CPU s per 1000 req %s (%s–%s).' \
+            "$RUNS" "$(pct "$RR_RPS_SPREAD")" "$(calc '%.0f' "${RR_RPS_MIN:-0}")" "$(calc '%.0f' "${RR_RPS_MAX:-0}")" \
+            "$(pct "$RR_CPU_SPREAD")" "${RR_CPU_MIN:-n/a}" "${RR_CPU_MAX:-n/a}"
+        printf ' Per-run ratios against round_robin in the same run (req/s; CPU per request):'
+        sep=""
+        for k in "${MESHD_KEYS[@]}"; do
+            [[ $k == meshd ]] && continue
+            rl="" cl=""
+            for r in $(seq 1 "$RUNS"); do
+                rl+="${rl:+, }$(ratio3 "${R_RPS[$k,$r]}" "${R_RPS[meshd,$r]}")"
+                cl+="${cl:+, }$(cpu_ratio "${R_TICKS[$k,$r]}" "${R_REQ[$k,$r]}" "${R_TICKS[meshd,$r]}" "${R_REQ[meshd,$r]}")"
+            done
+            printf '%s %s %s; %s' "$sep" "${MESHD_BALANCER[$k]}" "$rl" "$cl"
+            sep=" —"
+        done
+        echo "."
+    else
+        echo "Noise measure: needs RUNS ≥ 2 (round_robin's run-to-run spread); with one run the \"within noise\" column is n/a."
+    fi
+    echo
     echo "Proxy resources (CPU = utime+stime of the proxy process(es) during the measured windows only, divided by the requests wrk completed in them; nginx figures are master + worker):"
     echo
     echo "| proxy | CPU s per 1000 req | RSS idle (MiB) | RSS after run (MiB) | peak RSS, VmHWM (MiB) |"
     echo "|---|---:|---:|---:|---:|"
-    echo "| meshd | $(cpu_per_1k "${TICKS[meshd]}" "${REQS[meshd]}") | $(mib "$MESHD_RSS_IDLE_KB") | $(mib "$MESHD_RSS_AFTER_KB") | $(mib "$MESHD_HWM_KB") |"
+    for k in "${MESHD_KEYS[@]}"; do
+        echo "| meshd ${MESHD_BALANCER[$k]} | $(cpu_per_1k "${TICKS[$k]}" "${REQS[$k]}") | $(mib "${MESHD_RSS_IDLE_OF[$k]}") | $(mib "${MESHD_RSS_AFTER_OF[$k]}") | $(mib "${MESHD_HWM_OF[$k]}") |"
+    done
     echo "| HAProxy | $(cpu_per_1k "${TICKS[haproxy]}" "${REQS[haproxy]}") | $(mib "$HAPROXY_RSS_IDLE_KB") | $(mib "$HAPROXY_RSS_AFTER_KB") | $(mib "$HAPROXY_HWM_KB") |"
     echo "| nginx proxy | $(cpu_per_1k "${TICKS[nginx]}" "${REQS[nginx]}") | $(mib "$NGXPROXY_RSS_IDLE_KB") | $(mib "$NGXPROXY_RSS_AFTER_KB") | $(mib "$NGXPROXY_HWM_KB") |"
     echo
     echo "Per run:"
     echo
-    echo "| run | target | req/s | p50 (ms) | p75 (ms) | p90 (ms) | p99 (ms) | requests | socket errors | status ≥ 400 | background CPU (% of one CPU) |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| run | target | req/s | p50 (ms) | p75 (ms) | p90 (ms) | p99 (ms) | requests | proxy CPU s per 1000 req | socket errors | status ≥ 400 | background CPU (% of one CPU) |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for r in $(seq 1 "$RUNS"); do
         for c in "${CANDS[@]}"; do
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$c" "$(calc '%.0f' "${R_RPS[$c,$r]}")" \
+            if [[ $c == direct ]]; then rc1k="—"; else rc1k=$(cpu_per_1k "${R_TICKS[$c,$r]}" "${R_REQ[$c,$r]}"); fi
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "${SHORT[$c]}" "$(calc '%.0f' "${R_RPS[$c,$r]}")" \
                 "$(fmt_ms "${R_P50[$c,$r]}")" "$(fmt_ms "${R_P75[$c,$r]}")" "$(fmt_ms "${R_P90[$c,$r]}")" "$(fmt_ms "${R_P99[$c,$r]}")" \
-                "${R_REQ[$c,$r]}" "${R_SERR[$c,$r]}" "${R_STERR[$c,$r]}" "$(awk -v x="${R_BG[$c,$r]}" 'BEGIN { print (x < 0 ? "n/a" : x) }')"
+                "${R_REQ[$c,$r]}" "$rc1k" "${R_SERR[$c,$r]}" "${R_STERR[$c,$r]}" "$(awk -v x="${R_BG[$c,$r]}" 'BEGIN { print (x < 0 ? "n/a" : x) }')"
         done
     done
     echo
@@ -563,7 +705,7 @@ REPORT=$TMP/report.md
     DISTURBED=()
     for r in $(seq 1 "$RUNS"); do
         for c in "${CANDS[@]}"; do
-            if ((${R_BG[$c,$r]} > 10)); then DISTURBED+=("$c run $r (${R_BG[$c,$r]} %)"); fi
+            if ((${R_BG[$c,$r]} > 10)); then DISTURBED+=("${SHORT[$c]} run $r (${R_BG[$c,$r]} %)"); fi
         done
     done
     if ((${#DISTURBED[@]} > 0)); then
@@ -583,7 +725,7 @@ RESULT_FILE=$RESULTS_DIR/http1-$TS.md
     echo
     cat "$REPORT"
     echo
-    echo "Raw wrk output, configs and meshd's stderr: \`bench/results/http1-$TS.raw/\`. meshd warning/error log lines: $MESHD_WARN_LINES; meshd still running at the end: $MESHD_ALIVE."
+    echo "Raw wrk output, configs and meshd's stderr: \`bench/results/http1-$TS.raw/\`. meshd warning/error log lines (all three variants): $MESHD_WARN_LINES; every meshd still running at the end: $MESHD_ALIVE."
 } >"$RESULT_FILE"
 
 echo
@@ -593,7 +735,9 @@ if ((${#DISTURBED[@]} > 0)); then log "warning: disturbed measurements (backgrou
 log "results written to ${RESULT_FILE#"$REPO"/} (raw data in ${RAW_DIR#"$REPO"/}/)"
 if ((MESHD_WARN_LINES > 0)); then
     log "meshd logged $MESHD_WARN_LINES warning/error lines; first 20:"
-    grep -E '"level":"(warning|error|critical)"' "$TMP/meshd/stderr.log" | head -20 | sed 's/^/    /' >&2 || true
+    for k in "${MESHD_KEYS[@]}"; do
+        grep -E '"level":"(warning|error|critical)"' "$TMP/$k/stderr.log" | sed "s/^/    [${MESHD_BALANCER[$k]}] /" || true
+    done | head -20 >&2
 fi
 
 if ((UPDATE_DOCS)); then

@@ -12,7 +12,11 @@ Endpoints (any method; every request body is read completely, Content-Length or 
   /close          -> reads the request, closes the socket without any response
   /status?code=N  -> status N with a short body
   /chunked?n=N    -> 200 with a chunked body of N chunks "chunk <i>\n"
+  /count          -> JSON {"name", "requests"}: requests served so far, /count itself not included
   anything else   -> 200 "NAME\n" (header x-backend: NAME)
+
+Options: --delay-ms N adds a fixed N ms delay before answering every request (except /count), so
+a backend can be made uniformly slower than its peers.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import hashlib
 import json
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +37,13 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "e2e-backend"
     sys_version = ""
     timeout = 60  # socket timeout per connection: a stuck peer cannot hold a thread forever
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK would add
+    # ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     name = "backend"
+    delay_ms = 0
+    served = 0  # requests answered (except /count), under `lock`
+    lock = threading.Lock()
 
     def log_message(self, fmt, *args):  # quiet
         pass
@@ -89,6 +100,16 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         q = parse_qs(url.query)
         path = url.path
+        if path == "/count":
+            self._drain()
+            with Handler.lock:
+                n = Handler.served
+            self._reply(200, json.dumps({"name": self.name, "requests": n}), "application/json")
+            return
+        with Handler.lock:
+            Handler.served += 1
+        if self.delay_ms:
+            time.sleep(self.delay_ms / 1000.0)
         if path == "/echo-hash":
             h = hashlib.sha256()
             n = 0
@@ -178,10 +199,12 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--name", default="backend")
+    ap.add_argument("--delay-ms", type=int, default=0, help="fixed delay before every answer (except /count)")
     args = ap.parse_args()
     if not args.host.startswith("127."):
         sys.exit("backend: loopback addresses only")
     Handler.name = args.name
+    Handler.delay_ms = min(max(args.delay_ms, 0), MAX_SLOW_MS)
     srv = Server((args.host, args.port), Handler)
     print(f"PORT {srv.server_address[1]}", flush=True)
     srv.serve_forever(poll_interval=0.2)

@@ -27,6 +27,11 @@ def meshd_bin() -> str:
     return os.environ.get("MESHD_BIN") or str(REPO / ".build" / "release" / "meshd")
 
 
+def meshctl_bin() -> str:
+    """MESHCTL_BIN, else the meshctl next to the meshd under test."""
+    return os.environ.get("MESHCTL_BIN") or str(Path(meshd_bin()).parent / "meshctl")
+
+
 def is_loopback(host: str) -> bool:
     return host.startswith("127.") or host in ("localhost", "::1", "[::1]")
 
@@ -114,18 +119,22 @@ def run(args, timeout: float, **kw) -> subprocess.CompletedProcess:
 
 
 class Backend:
-    """A backend.py process."""
+    """A backend.py process. `delay_ms` delays every answer by that much; `netns` runs it inside that
+    network namespace (then `host` is an address inside it, and `count()` is not reachable from here)."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", logdir: Path | None = None):
+    def __init__(self, name: str, host: str = "127.0.0.1", logdir: Path | None = None, *, port: int = 0,
+                 delay_ms: int = 0, netns: str | None = None):
         assert is_loopback(host)
         self.name = name
         self.host = host
+        self.netns = netns
         err = open(logdir / f"backend-{name}.err", "wb") if logdir else subprocess.DEVNULL
-        self.proc = popen(
-            [sys.executable, str(BACKEND_PY), "--host", host, "--port", "0", "--name", name],
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
+        cmd = [sys.executable, str(BACKEND_PY), "--host", host, "--port", str(port), "--name", name]
+        if delay_ms:
+            cmd += ["--delay-ms", str(delay_ms)]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns] + cmd
+        self.proc = popen(cmd, stdout=subprocess.PIPE, stderr=err)
         line = _readline_timeout(self.proc, 10.0)
         m = re.match(rb"PORT (\d+)", line or b"")
         if not m:
@@ -133,6 +142,13 @@ class Backend:
             raise RuntimeError(f"backend {name} did not start: {line!r}")
         self.port = int(m.group(1))
         self.addr = f"{host}:{self.port}"
+
+    def count(self) -> int:
+        """Requests this backend has answered (its own counter, /count excluded)."""
+        assert self.netns is None, "count() talks to the backend from this namespace"
+        status, _, body = http_request((self.host, self.port), "GET", "/count")
+        assert status == 200, (status, body)
+        return json.loads(body)["requests"]
 
     def stop(self):
         kill_group(self.proc)
@@ -284,10 +300,14 @@ class Meshd:
     """A running meshd process with its stderr (JSON log) and stdout (access log) in files."""
 
     def __init__(self, workdir: Path, config: dict | str | None, *, name: str = "meshd", args=(),
-                 env: dict | None = None, config_path: Path | None = None, wait_ready: bool = True):
+                 env: dict | None = None, config_path: Path | None = None, wait_ready: bool = True,
+                 prefix=(), netns: "NetNS | None" = None):
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
+        self.netns = netns
+        if netns is not None:
+            prefix = netns.prefix + list(prefix)
         self.config_path = config_path
         if config is not None:
             if self.config_path is None:
@@ -298,7 +318,7 @@ class Meshd:
         cmd = [meshd_bin()]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
-        cmd += list(args)
+        cmd = list(prefix) + cmd + list(args)
         full_env = dict(os.environ)
         for k in ("MESHD_MODE", "MESHD_NODE_IP", "MESHD_APP_PORT"):
             full_env.pop(k, None)
@@ -396,6 +416,8 @@ class Meshd:
 
     # -- admin API ------------------------------------------------------------------------------
     def admin_request(self, method: str, path: str, body: bytes | str | None = None, timeout: float = 5.0):
+        if self.netns is not None:
+            return self.netns.http_request(self.admin, method, path, body=body, timeout=timeout)
         return http_request(self.admin, method, path, body=body, timeout=timeout)
 
     def admin_json(self, path: str):
@@ -501,6 +523,106 @@ def curl(*args, timeout: float = 20.0, input_file=None) -> subprocess.CompletedP
     if input_file is not None:
         kw["stdin"] = input_file
     return run(cmd, timeout=timeout + 10, env=env, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Network namespaces
+
+
+class NetNSUnavailable(Exception):
+    pass
+
+
+class NetNS:
+    """A network namespace of the suite's own (unique name), with `lo` up: 127.0.0.0/8 inside it is
+    private to the test. Files written with `write_etc` are bind-mounted over /etc by `ip netns exec`
+    (e.g. resolv.conf). `delete()` kills whatever still runs inside, removes the namespace and
+    /etc/netns/NAME."""
+
+    _count = 0
+
+    def __init__(self, tag: str = "e2e"):
+        if os.geteuid() != 0:
+            raise NetNSUnavailable("network namespaces need root")
+        NetNS._count += 1
+        self.name = f"meshd-{tag}-{os.getpid()}-{NetNS._count}"
+        self.etc = Path("/etc/netns") / self.name
+        self._made_etc_root = False
+        r = run(["ip", "netns", "add", self.name], timeout=10)
+        if r.returncode != 0:
+            raise NetNSUnavailable(f"ip netns add failed: {r.stderr.decode().strip()}")
+        try:
+            self.check(["ip", "-n", self.name, "link", "set", "lo", "up"])
+        except Exception:
+            self.delete()
+            raise
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def check(self, args, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        r = run(args, timeout=timeout)
+        assert r.returncode == 0, f"{args!r} → {r.returncode}: {r.stderr.decode()}"
+        return r
+
+    def exec(self, args, timeout: float = 10.0, **kw) -> subprocess.CompletedProcess:
+        return run(self.prefix + [str(a) for a in args], timeout=timeout, **kw)
+
+    def write_etc(self, name: str, text: str) -> Path:
+        root = self.etc.parent
+        if not root.exists():
+            root.mkdir(mode=0o755)
+            self._made_etc_root = True
+        self.etc.mkdir(mode=0o755, exist_ok=True)
+        p = self.etc / name
+        p.write_text(text)
+        p.chmod(0o644)
+        return p
+
+    def curl(self, *args, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        """curl inside the namespace (hard --max-time, no proxies from the environment)."""
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+        cmd = self.prefix + ["curl", "-sS", "--max-time", str(timeout)] + [str(a) for a in args]
+        return run(cmd, timeout=timeout + 10, env=env)
+
+    def http_request(self, addr: tuple[str, int], method: str, path: str, *, headers: dict | None = None,
+                     body: bytes | str | None = None, timeout: float = 5.0):
+        """As `http_request`, from inside the namespace (curl) → (status, lower-cased headers, body)."""
+        args = ["-i", "-X", method, "-H", "Expect:"]
+        for k, v in (headers or {}).items():
+            args += ["-H", f"{k}: {v}"]
+        if body is not None:
+            args += ["--data-binary", body if isinstance(body, str) else body.decode()]
+        r = self.curl(*args, f"http://{addr[0]}:{addr[1]}{path}", timeout=timeout)
+        assert r.returncode == 0, f"curl in {self.name} {method} {path}: rc={r.returncode} {r.stderr.decode()}"
+        head, _, data = r.stdout.partition(b"\r\n\r\n")
+        status, hdrs = parse_response_head(head + b"\r\n\r\n")
+        return status, hdrs, data
+
+    def pids(self) -> list[int]:
+        r = run(["ip", "netns", "pids", self.name], timeout=10)
+        return [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
+
+    def delete(self) -> None:
+        for pid in self.pids():  # only processes this test started can be inside
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run(["ip", "netns", "del", self.name], timeout=10)
+        if self.etc.exists():
+            for f in self.etc.iterdir():
+                f.unlink()
+            self.etc.rmdir()
+        if self._made_etc_root:
+            try:
+                self.etc.parent.rmdir()  # only if empty
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------------------------
