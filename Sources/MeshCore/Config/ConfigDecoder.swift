@@ -354,7 +354,7 @@ struct Decoder {
     }
 
     mutating func decodeService(_ node: Node, _ path: String) -> ServiceConfig? {
-        let allowed = ["name", "endpoints", "discovery", "balancer", "locality"]
+        let allowed = ["name", "endpoints", "discovery", "balancer", "locality", "timeouts", "limits", "outlierDetection"]
         guard let entries = mapping(node, path, allowed: allowed) else { return nil }
         var service = ServiceConfig(name: "")
         var sawName = false
@@ -379,6 +379,48 @@ struct Decoder {
                 service.endpoints = items.enumerated().compactMap { decodeEndpoint($1, "\(p)[\($0)]") }
             case "balancer": decodeBalancer(v, p, into: &service.balancer)
             case "discovery": service.discovery = decodeDiscovery(v, p)
+            case "timeouts":
+                guard let e = mapping(v, p, allowed: ["connect", "idle"]) else { continue }
+                for (tk, tv) in e {
+                    if tk == "connect" { service.connectTimeout = duration(tv, join(p, tk), max: .seconds(300)) }
+                    if tk == "idle" { service.idleTimeout = duration(tv, join(p, tk)) }
+                }
+            case "limits":
+                guard let e = mapping(v, p, allowed: ["maxConnections", "maxPending", "maxRequests", "maxRetries"]) else { continue }
+                for (lk, lv) in e {
+                    let lp = join(p, lk)
+                    switch lk {
+                    case "maxConnections": if let i = int(lv, lp, range: 1...1_000_000) { service.limits.maxConnections = i }
+                    case "maxPending": if let i = int(lv, lp, range: 0...1_000_000) { service.limits.maxPending = i }
+                    case "maxRequests": if let i = int(lv, lp, range: 1...1_000_000) { service.limits.maxRequests = i }
+                    case "maxRetries": if let i = int(lv, lp, range: 0...1_000_000) { service.limits.maxRetries = i }
+                    default: break
+                    }
+                }
+            case "outlierDetection":
+                let keys = [
+                    "enabled", "consecutive5xx", "consecutiveGatewayFailures", "baseEjectionTime", "maxEjectionTime",
+                    "maxEjectionPercent", "interval",
+                ]
+                guard let e = mapping(v, p, allowed: keys) else { continue }
+                var od = OutlierDetector.Config()
+                for (ok, ov) in e {
+                    let op = join(p, ok)
+                    switch ok {
+                    case "enabled": od.enabled = bool(ov, op) ?? true
+                    case "consecutive5xx": if let i = int(ov, op, range: 0...10_000) { od.consecutive5xx = i }
+                    case "consecutiveGatewayFailures": if let i = int(ov, op, range: 0...10_000) { od.consecutiveGatewayFailures = i }
+                    case "baseEjectionTime": if let d = duration(ov, op) { od.baseEjectionTime = d }
+                    case "maxEjectionTime": if let d = duration(ov, op) { od.maxEjectionTime = d }
+                    case "maxEjectionPercent": if let i = int(ov, op, range: 0...100) { od.maxEjectionPercent = i }
+                    case "interval": if let d = duration(ov, op, max: .seconds(3600)) { od.interval = d }
+                    default: break
+                    }
+                }
+                if od.maxEjectionTime < od.baseEjectionTime {
+                    fail(join(p, "maxEjectionTime"), v, .invalid("must be at least baseEjectionTime"))
+                }
+                service.outlierDetection = od
             case "locality":
                 marks[p] = v.mark
                 guard let e = mapping(v, p, allowed: ["prefer", "minHealthyShare"]) else { continue }
@@ -549,7 +591,7 @@ struct Decoder {
     }
 
     mutating func decodeRoute(_ node: Node, _ path: String) -> RouteConfig? {
-        let allowed = ["name", "match", "service", "backends", "timeout"]
+        let allowed = ["name", "match", "service", "backends", "timeout", "retry", "rateLimit"]
         guard let entries = mapping(node, path, allowed: allowed) else { return nil }
         var route = RouteConfig()
         var hasService = false
@@ -594,6 +636,32 @@ struct Decoder {
                 if backends.isEmpty { fail(p, v, .invalid("a route needs at least one backend")) }
                 route.backends = backends
             case "timeout": route.timeout = duration(v, p)
+            case "retry": route.retry = decodeRetry(v, p)
+            case "rateLimit":
+                guard let e = mapping(v, p, allowed: ["requestsPerSecond", "burst", "perSource"]) else { continue }
+                var rps: Double?
+                var burst: Double?
+                var perSource: Bool?
+                for (rk, rv) in e {
+                    let rp = join(p, rk)
+                    switch rk {
+                    case "requestsPerSecond", "burst":
+                        if let t = string(rv, rp) {
+                            if let d = Double(t), d > 0, d <= 10_000_000 {
+                                if rk == "burst" { burst = d } else { rps = d }
+                            } else {
+                                fail(rp, rv, .invalidValue(t, expected: "a number above 0"))
+                            }
+                        }
+                    case "perSource": perSource = bool(rv, rp)
+                    default: break
+                    }
+                }
+                if let rps {
+                    route.rateLimit = RateLimitConfig(requestsPerSecond: rps, burst: burst ?? max(1, rps), perSource: perSource)
+                } else {
+                    fail(p, v, .missingKey("requestsPerSecond"))
+                }
             default: break
             }
         }
@@ -603,6 +671,76 @@ struct Decoder {
             fail(path, node, .missingKey("service"))
         }
         return route
+    }
+
+    mutating func decodeRetry(_ node: Node, _ path: String) -> RetryPolicy? {
+        let keys = [
+            "retryOn", "attempts", "perTryTimeout", "backoff", "budget", "hedgeAfter", "retryNonIdempotent", "bufferBytes",
+        ]
+        guard let entries = mapping(node, path, allowed: keys) else { return nil }
+        var r = RetryPolicy()
+        for (k, v) in entries {
+            let p = join(path, k)
+            switch k {
+            case "retryOn":
+                guard let items = sequence(v) else {
+                    fail(p, v, .wrongType(expected: "a list such as [connect-failure, gateway-error]"))
+                    continue
+                }
+                var set = Set<RetryPolicy.Condition>()
+                for (i, item) in items.enumerated() {
+                    guard let text = string(item, "\(p)[\(i)]") else { continue }
+                    if let c = RetryPolicy.Condition.parse(text) {
+                        set.insert(c)
+                    } else {
+                        fail(
+                            "\(p)[\(i)]", item,
+                            .invalidValue(
+                                text,
+                                expected:
+                                    "connect-failure, refused-stream, reset, 5xx, gateway-error, a status code, or a gRPC status (unavailable, cancelled, deadline-exceeded, internal, resource-exhausted)"
+                            ))
+                    }
+                }
+                r.retryOn = set
+            case "attempts": if let i = int(v, p, range: 1...10) { r.attempts = i }
+            case "perTryTimeout": r.perTryTimeout = duration(v, p)
+            case "hedgeAfter": r.hedgeAfter = duration(v, p)
+            case "retryNonIdempotent": r.retryNonIdempotent = bool(v, p) ?? false
+            case "bufferBytes": if let i = int(v, p, range: 0...(16 << 20)) { r.bufferBytes = i }
+            case "backoff":
+                guard let e = mapping(v, p, allowed: ["base", "max"]) else { continue }
+                for (bk, bv) in e {
+                    if bk == "base", let d = duration(bv, join(p, bk), max: .seconds(60)) { r.backoff.base = d }
+                    if bk == "max", let d = duration(bv, join(p, bk), max: .seconds(600)) { r.backoff.max = d }
+                }
+                if r.backoff.max < r.backoff.base { fail(join(p, "max"), v, .invalid("must be at least backoff.base")) }
+            case "budget":
+                guard let e = mapping(v, p, allowed: ["ratio", "minPerSecond", "window"]) else { continue }
+                for (bk, bv) in e {
+                    let bp = join(p, bk)
+                    switch bk {
+                    case "ratio", "minPerSecond":
+                        if let t = string(bv, bp) {
+                            if let d = Double(t), d >= 0, d <= (bk == "ratio" ? 100 : 1_000_000) {
+                                if bk == "ratio" { r.budget.ratio = d } else { r.budget.minPerSecond = d }
+                            } else {
+                                fail(bp, bv, .invalidValue(t, expected: "a number at least 0"))
+                            }
+                        }
+                    case "window":
+                        if let d = duration(bv, bp, max: .seconds(3600)), d >= .seconds(1) {
+                            r.budget.window = d
+                        } else {
+                            fail(bp, bv, .invalid("window must be 1s...1h"))
+                        }
+                    default: break
+                    }
+                }
+            default: break
+            }
+        }
+        return r
     }
 
     mutating func decodeMatch(_ node: Node, _ path: String, into match: inout RouteConfig.Match) {

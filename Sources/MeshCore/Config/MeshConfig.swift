@@ -157,6 +157,12 @@ public struct ServiceConfig: Sendable, Equatable {
     public var discovery: DiscoveryConfig?
     public var balancer = BalancerConfig()
     public var locality: LocalityPreference?
+    /// `timeouts.connect` (default: `upstream.connectTimeout`) and `timeouts.idle`: an upstream
+    /// exchange with no byte in either direction for this long is cut (default: `upstream.idleTimeout`).
+    public var connectTimeout: MeshDuration?
+    public var idleTimeout: MeshDuration?
+    public var limits = CircuitBreakerLimits()
+    public var outlierDetection = OutlierDetector.Config()
 
     public init(name: String, endpoints: [EndpointConfig] = [], balancer: BalancerConfig = BalancerConfig()) {
         self.name = name
@@ -245,6 +251,20 @@ public struct LocalityPreference: Sendable, Equatable {
     }
 }
 
+/// A local token bucket on a route. In node mode it applies per source pod by default, so one noisy pod
+/// cannot starve the others on a shared node proxy.
+public struct RateLimitConfig: Sendable, Equatable {
+    public var requestsPerSecond: Double
+    public var burst: Double
+    /// One bucket per source IP (default: true in node mode, false in sidecar mode).
+    public var perSource: Bool?
+    public init(requestsPerSecond: Double, burst: Double, perSource: Bool? = nil) {
+        self.requestsPerSecond = requestsPerSecond
+        self.burst = burst
+        self.perSource = perSource
+    }
+}
+
 public struct RouteConfig: Sendable, Equatable {
     public struct Match: Sendable, Equatable {
         /// Host name the request is addressed to, compared case-insensitively without the port.
@@ -279,8 +299,12 @@ public struct RouteConfig: Sendable, Equatable {
     public var match = Match()
     /// One backend (`service:`) or a weighted split (`backends:`).
     public var backends: [Backend] = []
-    /// Overrides `upstream.requestTimeout` for this route.
+    /// Overrides `upstream.requestTimeout` for this route: the total time for the request, retries
+    /// included, from its head to the response head.
     public var timeout: MeshDuration?
+    /// Retries; absent: only connection failures are retried (nothing reached the endpoint).
+    public var retry: RetryPolicy?
+    public var rateLimit: RateLimitConfig?
 
     public init() {}
 }
