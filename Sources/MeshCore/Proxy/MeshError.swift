@@ -25,6 +25,16 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
     case destinationNotAllowed = "destination-not-allowed"
     /// The listener is at `http.maxConnections`.
     case connectionLimit = "connection-limit"
+    /// Circuit breaker: the service is at `limits.maxConnections`.
+    case overflowConnections = "overflow-connections"
+    /// Circuit breaker: the service is at `limits.maxPending` requests waiting for a connection.
+    case overflowPending = "overflow-pending"
+    /// Circuit breaker: the service is at `limits.maxRequests` requests in flight.
+    case overflowRequests = "overflow-requests"
+    /// The route's rate limit is exhausted (429 with `retry-after`).
+    case rateLimited = "rate-limited"
+    /// The exchange saw no byte in either direction for the service's idle timeout.
+    case idleTimeout = "idle-timeout"
 
     public var status: Int {
         switch self {
@@ -36,7 +46,9 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
         case .headersTooLarge: return 431
         case .headerTimeout: return 408
         case .sourceNotAllowed, .destinationNotAllowed: return 403
-        case .connectionLimit: return 503
+        case .connectionLimit, .overflowConnections, .overflowPending, .overflowRequests: return 503
+        case .rateLimited: return 429
+        case .idleTimeout: return 504
         }
     }
 
@@ -46,6 +58,7 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
         case 403: return "Forbidden"
         case 404: return "Not Found"
         case 408: return "Request Timeout"
+        case 429: return "Too Many Requests"
         case 431: return "Request Header Fields Too Large"
         case 502: return "Bad Gateway"
         case 503: return "Service Unavailable"

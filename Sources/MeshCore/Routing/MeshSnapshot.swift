@@ -8,6 +8,10 @@ public final class MeshSnapshot: Sendable {
         public let endpoints: [EndpointConfig]
         public let balancer: BalancerConfig
         public let locality: LocalityPreference?
+        public let limits: CircuitBreakerLimits
+        public let outlierDetection: OutlierDetector.Config
+        public let connectTimeout: MeshDuration
+        public let idleTimeout: MeshDuration
     }
 
     public let version: Int
@@ -24,7 +28,11 @@ public final class MeshSnapshot: Sendable {
         for s in config.services {
             index[s.name] = services.count
             services.append(
-                Service(index: services.count, name: s.name, endpoints: s.endpoints, balancer: s.balancer, locality: s.locality))
+                Service(
+                    index: services.count, name: s.name, endpoints: s.endpoints, balancer: s.balancer, locality: s.locality,
+                    limits: s.limits, outlierDetection: s.outlierDetection,
+                    connectTimeout: s.connectTimeout ?? config.upstream.connectTimeout,
+                    idleTimeout: s.idleTimeout ?? config.upstream.idleTimeout))
         }
         self.services = services
         self.serviceIndex = index

@@ -16,6 +16,8 @@ public struct RouteTable: Sendable {
         public let backends: [(service: Int, weight: Int)]
         public let totalWeight: Int
         public let timeout: MeshDuration
+        public let retry: RetryPolicy
+        public let rateLimit: RateLimitConfig?
     }
 
     public enum AuthorityMatch: Sendable, Equatable {
@@ -77,7 +79,9 @@ public struct RouteTable: Sendable {
                     headers: r.match.headers,
                     backends: backends,
                     totalWeight: backends.reduce(0) { $0 + $1.weight },
-                    timeout: r.timeout ?? defaultTimeout
+                    timeout: r.timeout ?? defaultTimeout,
+                    retry: r.retry ?? .connectOnly,
+                    rateLimit: r.rateLimit
                 ))
         }
         self.routes = routes

@@ -20,6 +20,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         case connecting
         /// Request and/or response streaming through `upstream`.
         case proxying(UpstreamConnection)
+        /// Waiting out a retry backoff; request parts read meanwhile are buffered.
+        case backoff(Scheduled<Void>)
         /// meshd answered itself; the rest of the request body is discarded until its end.
         case discarding
         case closed
@@ -37,6 +39,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     private var pipelined = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 0)
     /// Set by a graceful drain: close after the current exchange.
     private var quiescing = false
+    /// Increments per request: callbacks of an earlier request (a late connect) are recognised.
+    private var serial = 0
     private var readPending = false
     private var upstreamNeedsFlush = false
     private var clientIP = "unknown"
@@ -75,6 +79,23 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         var retried = false
         /// When the response head arrived (uptime nanoseconds), for the balancer's latency EWMA.
         var responseHeadNanos: Int64?
+        /// Outbound: the route's per-loop state (retry policy and budget, rate limits).
+        var routeState: RouteState?
+        var attempts = 0
+        var retries = 0
+        var tryDeadline = NIODeadline.distantFuture
+        var lastActivity = NIODeadline.now()
+        var hash: UInt64?
+        var previousEndpoint: LoopEndpoint?
+        /// Request parts kept for a replay (retries on a response need the request again).
+        var replay: [HTTPServerRequestPart] = []
+        var replayBytes = 0
+        var replayable = false
+        var countedActive = false
+        var countedPending = false
+        var countedRetry = false
+        /// The current attempt's head went to an upstream (so the application may have seen it).
+        var sentToUpstream = false
     }
 
     // MARK: - Channel events
@@ -97,6 +118,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             upstream.close()
             finishRequest(status: req.responseStarted ? req.status : 499, error: nil, reuse: false)
         case .connecting:
+            finishRequest(status: 499, error: nil, reuse: false)
+        case .backoff(let task):
+            task.cancel()
             finishRequest(status: 499, error: nil, reuse: false)
         default: break
         }
@@ -130,8 +154,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             startRequest(head, context: context)
         case .body, .end:
             if case .end = part { req.requestEnded = true }
+            if req.replayable { keepForReplay(part) }
+            req.lastActivity = .now()
             switch state {
-            case .connecting:
+            case .connecting, .backoff:
                 pending.append(part)
             case .proxying(let upstream):
                 forward(part, to: upstream)
@@ -165,6 +191,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         }
     }
 
+    private var isBackoff: Bool {
+        if case .backoff = state { return true }
+        return false
+    }
+
     private var isIdle: Bool {
         if case .idle = state { return true }
         return false
@@ -184,7 +215,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             return
         }
         switch state {
-        case .connecting:
+        case .connecting, .backoff:
             readPending = true
         case .proxying(let upstream) where !upstream.isWritable:
             readPending = true
@@ -234,6 +265,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
 
     private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         firstRequest = false
+        serial &+= 1
         req = RequestState()
         req.started = .now()
         req.method = head.method
@@ -282,9 +314,25 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             }
             let service = loop.services[serviceIndex]
             req.service = service
-            let hash = service.hashKey(headers: head.headers, clientIP: clientIP)
             let now = Int64(req.started.uptimeNanoseconds)
-            guard let endpointIndex = service.balancer.pick(hash: hash, now: now, using: &loop.rng) else {
+            let routeState = loop.routeStates[route.index]
+            req.routeState = routeState
+            if let wait = routeState.admit(source: clientIP, now: now) {
+                service.resilience?.rateLimited.increment()
+                reply(.rateLimited, context: context, detail: "rate limit of route '\(route.name)' exceeded", retryAfter: wait)
+                return
+            }
+            if service.limits.admit(requests: service.counters.activeRequests.load(ordering: .relaxed)) != nil {
+                reply(.overflowRequests, context: context, detail: "service '\(service.name)' is at limits.maxRequests")
+                return
+            }
+            service.counters.activeRequests.wrappingIncrement(ordering: .relaxed)
+            req.countedActive = true
+            routeState.budget.recordRequest(now: now)
+            let policy = routeState.retry
+            req.replayable = policy.attempts > 1 && !policy.retryOn.subtracting([.connectFailure]).isEmpty
+            req.hash = service.hashKey(headers: head.headers, clientIP: clientIP)
+            guard let endpointIndex = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng) else {
                 reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")
                 return
             }
@@ -329,8 +377,37 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         if hostHeader == nil { outHead.headers.add(name: "host", value: String(req.authority)) }
         req.head = outHead
 
+        beginAttempt(context: context)
+    }
+
+    /// One attempt: the endpoint in `req.endpoint` gets the request (again, on a retry).
+    private func beginAttempt(context: ChannelHandlerContext) {
+        req.attempts += 1
+        req.responseStarted = false
+        req.responseHeadNanos = nil
+        req.status = 0
+        req.bodyForwarded = false
+        req.sentToUpstream = false
+        let now = NIODeadline.now()
+        req.lastActivity = now
+        if let perTry = req.routeState?.retry.perTryTimeout {
+            req.tryDeadline = now + .nanoseconds(perTry.nanoseconds)
+        }
         req.endpoint?.started()
         dispatch(context: context)
+    }
+
+    private func keepForReplay(_ part: HTTPServerRequestPart) {
+        if case .body(let b) = part {
+            req.replayBytes += b.readableBytes
+            if req.replayBytes > (req.routeState?.retry.bufferBytes ?? 0) {
+                // Too large to keep: this request will not be retried on a response.
+                req.replayable = false
+                req.replay.removeAll()
+                return
+            }
+        }
+        req.replay.append(part)
     }
 
     /// Sends the request head to a pooled connection or opens a new one.
@@ -342,24 +419,151 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             return
         }
         req.reusedConnection = false
-        state = .connecting
-        let maxHeader = loop.snapshot.config.http.maxHeaderBytes
-        loop.pool.connect(target, maxHeaderBytes: maxHeader).assumeIsolated().whenComplete { [self] result in
-            guard case .connecting = self.state, let context = self.context else {
-                if case .success(let conn) = result { conn.close() }
+        var counters: ServiceCounters?
+        var connectTimeout = loop.snapshot.config.upstream.connectTimeout
+        if direction == .outbound, let service = req.service {
+            // Circuit breaker: a new connection must fit the service's connection and pending limits.
+            if service.limits.admitConnection(connections: service.counters.connections.load(ordering: .relaxed)) != nil {
+                reply(.overflowConnections, context: context, detail: "service '\(service.name)' is at limits.maxConnections")
                 return
             }
-            switch result {
-            case .success(let conn):
-                self.attach(conn, context: context)
-            case .failure(let error):
-                self.loop.shared.logger.info(
-                    "upstream connect failed",
-                    metadata: ["target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)"])
-                self.pending.removeAll()
-                self.reply(.connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
+            if service.limits.admitPending(pending: service.counters.pending.load(ordering: .relaxed)) != nil {
+                reply(.overflowPending, context: context, detail: "service '\(service.name)' is at limits.maxPending")
+                return
+            }
+            service.counters.pending.wrappingIncrement(ordering: .relaxed)
+            req.countedPending = true
+            counters = service.counters
+            connectTimeout = service.connectTimeout
+        }
+        state = .connecting
+        let maxHeader = loop.snapshot.config.http.maxHeaderBytes
+        let attempt = req.attempts
+        let serial = self.serial
+        loop.pool.connect(target, maxHeaderBytes: maxHeader, timeout: connectTimeout, counters: counters)
+            .assumeIsolated().whenComplete { [self] result in
+                if self.req.countedPending {
+                    self.req.countedPending = false
+                    counters?.pending.wrappingDecrement(ordering: .relaxed)
+                }
+                guard case .connecting = self.state, self.serial == serial, self.req.attempts == attempt,
+                    let context = self.context
+                else {
+                    if case .success(let conn) = result { conn.close() }
+                    return
+                }
+                switch result {
+                case .success(let conn):
+                    self.attach(conn, context: context)
+                case .failure(let error):
+                    self.loop.shared.logger.info(
+                        "upstream connect failed",
+                        metadata: ["target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)"])
+                    self.attemptFailed(
+                        .connectFailure, error: .connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
+                }
+            }
+    }
+
+    /// An attempt ended without a usable response head: feed the outlier detector, then retry if the
+    /// policy and budget allow, or answer with `error`.
+    private func attemptFailed(_ outcome: AttemptOutcome, error: MeshError, context: ChannelHandlerContext, detail: String) {
+        if case .proxying(let upstream) = state {
+            upstream.owner = nil
+            upstream.close()
+        }
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: now) }
+        if let reason = retryReason(for: outcome) {
+            scheduleRetry(reason: reason, context: context)
+            return
+        }
+        reply(error, context: context, detail: detail)
+    }
+
+    /// The retry reason when this request may be retried after `outcome`; counts why not otherwise.
+    private func retryReason(for outcome: AttemptOutcome) -> String? {
+        guard direction == .outbound, let rs = req.routeState, let service = req.service else { return nil }
+        let policy = rs.retry
+        guard let reason = policy.retryReason(for: outcome) else { return nil }
+        let skipped = service.resilience?.retriesSkipped
+        guard req.attempts < policy.attempts else {
+            skipped?["attempts"]?.increment()
+            return nil
+        }
+        // Nothing reached the endpoint when the head was never sent (connect failure, or a per-try
+        // timeout while connecting): any method may go again, with the parts still pending.
+        if req.sentToUpstream {
+            guard req.method.isIdempotent || policy.retryNonIdempotent else {
+                skipped?["non-idempotent"]?.increment()
+                return nil
+            }
+            guard req.replayable else {
+                skipped?["body-too-large"]?.increment()
+                return nil
             }
         }
+        guard NIODeadline.now() + .milliseconds(1) < req.deadline else {
+            skipped?["deadline"]?.increment()
+            return nil
+        }
+        if !req.countedRetry, service.limits.admitRetry(retries: service.counters.activeRetries.load(ordering: .relaxed)) != nil {
+            skipped?["limit"]?.increment()
+            return nil
+        }
+        guard rs.budget.tryRetry(now: Int64(NIODeadline.now().uptimeNanoseconds)) else {
+            skipped?["budget"]?.increment()
+            return nil
+        }
+        return reason
+    }
+
+    /// Waits a jittered backoff, then sends the request to another endpoint when there is one.
+    private func scheduleRetry(reason: String, context: ChannelHandlerContext) {
+        guard let service = req.service, let rs = req.routeState else { return }
+        let label = Int(reason) != nil ? "status" : (GRPCStatus(name: reason) != nil ? "grpc" : reason)
+        service.resilience?.retries[label]?.increment()
+        if !req.countedRetry {
+            req.countedRetry = true
+            service.counters.activeRetries.wrappingIncrement(ordering: .relaxed)
+        }
+        if let endpoint = req.endpoint {
+            endpoint.finished(
+                latencyNanos: req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) },
+                now: Int64(NIODeadline.now().uptimeNanoseconds))
+            req.previousEndpoint = endpoint
+            req.endpoint = nil
+        }
+        req.retries += 1
+        // Parts already sent are replayed from the buffer; unsent ones are still pending.
+        if req.sentToUpstream { pending = CircularBuffer(req.replay) }
+        let delay = rs.retry.backoff.delay(retry: req.retries, using: &loop.rng)
+        let task = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(delay.nanoseconds)) { [self] in
+            self.retryNow()
+        }
+        state = .backoff(task)
+    }
+
+    private func retryNow() {
+        guard case .backoff = state, let context, let service = req.service else { return }
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        // Prefer an endpoint other than the one that just failed.
+        var choice: Int?
+        for _ in 0..<4 {
+            choice = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng)
+            if let c = choice, service.endpoints[c] !== req.previousEndpoint { break }
+            if req.hash != nil { req.hash = StableHash.mix(req.hash! &+ UInt64(req.retries)) }
+        }
+        guard let index = choice else {
+            reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")
+            return
+        }
+        let endpoint = service.endpoints[index]
+        req.endpoint = endpoint
+        req.target = endpoint.address
+        req.head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        state = .connecting
+        beginAttempt(context: context)
     }
 
     private func attach(_ conn: UpstreamConnection, context: ChannelHandlerContext) {
@@ -371,6 +575,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
         }
         conn.write(.head(req.head))
+        req.sentToUpstream = true
         while let part = pending.popFirst() { forward(part, to: conn, flush: false) }
         conn.flush()
         if readPending {
@@ -384,6 +589,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         case .head: break
         case .body(let buffer):
             req.bodyForwarded = true
+            req.lastActivity = .now()
             upstream.write(.body(.byteBuffer(buffer)))
             upstreamNeedsFlush = true
         case .end(let trailers):
@@ -401,14 +607,32 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         guard let context else { return }
         switch part {
         case .head(var head):
+            let nowNanos = Int64(NIODeadline.now().uptimeNanoseconds)
+            req.lastActivity = .now()
+            req.responseHeadNanos = nowNanos
+            let status = Int(head.status.code)
+            if direction == .outbound {
+                let grpc = head.headers.first(name: "grpc-status").flatMap { Int($0) }
+                let outcome = AttemptOutcome.response(status: status, grpcStatus: grpc)
+                if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: nowNanos) }
+                if status >= 400 || grpc != nil, let reason = retryReason(for: outcome) {
+                    // Not forwarded: this attempt's response is dropped with its connection.
+                    if case .proxying(let upstream) = state {
+                        upstream.owner = nil
+                        upstream.close()
+                    }
+                    scheduleRetry(reason: reason, context: context)
+                    return
+                }
+            }
             req.responseStarted = true
-            req.responseHeadNanos = Int64(NIODeadline.now().uptimeNanoseconds)
-            req.status = Int(head.status.code)
+            req.status = status
             head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
             head.version = .http1_1
             if !req.keepAlive || quiescing { head.headers.add(name: "connection", value: "close") }
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let buffer):
+            req.lastActivity = .now()
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         case .end(let trailers):
             req.responseEnded = true
@@ -461,7 +685,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             return
         }
         let kind: MeshError = error.map { $0 is HTTPParserError } == true ? .upstreamProtocol : .upstreamReset
-        reply(kind, context: context, detail: "upstream \(upstream.address) closed before responding: \(error.map { "\($0)" } ?? "eof")")
+        attemptFailed(
+            .reset, error: kind, context: context,
+            detail: "upstream \(upstream.address) closed before responding: \(error.map { "\($0)" } ?? "eof")")
     }
 
     private func dispatchRetry(context: ChannelHandlerContext) {
@@ -501,6 +727,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 now: Int64(NIODeadline.now().uptimeNanoseconds))
             req.endpoint = nil
         }
+        if let service = req.service, direction == .outbound {
+            if req.countedActive {
+                req.countedActive = false
+                service.counters.activeRequests.wrappingDecrement(ordering: .relaxed)
+            }
+            if req.countedRetry {
+                req.countedRetry = false
+                service.counters.activeRetries.wrappingDecrement(ordering: .relaxed)
+            }
+        }
+        req.replay.removeAll()
         let elapsed = NIODeadline.now() - req.started
         if let service = req.service {
             service.requestCounters[MeshMetrics.statusClassIndex(status)].increment()
@@ -519,8 +756,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
 
     /// meshd answers itself (no route, connect failure, timeout...): a small text body and the
     /// `x-meshd-error` header; the connection stays open when the request has been read completely.
-    private func reply(_ error: MeshError, context: ChannelHandlerContext, detail: String) {
-        if case .proxying(let upstream) = state { upstream.close() }
+    private func reply(_ error: MeshError, context: ChannelHandlerContext, detail: String, retryAfter: Int? = nil) {
+        switch state {
+        case .proxying(let upstream): upstream.close()
+        case .backoff(let task): task.cancel()
+        default: break
+        }
+        pending.removeAll()
         loop.shared.metrics.error(error, direction).increment()
         finishRequest(status: error.status, error: error, reuse: false)
         var headers = HTTPHeaders()
@@ -528,6 +770,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         headers.add(name: MeshError.headerName, value: error.rawValue)
         headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         headers.add(name: "content-length", value: String(body.utf8.count))
+        if let retryAfter { headers.add(name: "retry-after", value: String(retryAfter)) }
         if !req.keepAlive || quiescing { headers.add(name: "connection", value: "close") }
         var head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: error.status), headers: headers)
         head.status = HTTPResponseStatus(statusCode: error.status, reasonPhrase: error.reason)
@@ -577,6 +820,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             finishRequest(status: req.responseStarted ? req.status : error.status, error: error, reuse: false)
             state = .closed
             context.close(promise: nil)
+        case .backoff(let task):
+            task.cancel()
+            loop.shared.metrics.error(error, direction).increment()
+            finishRequest(status: error.status, error: error, reuse: false)
+            state = .closed
+            context.close(promise: nil)
         case .connecting, .discarding:
             loop.shared.metrics.error(error, direction).increment()
             finishRequest(status: error.status, error: error, reuse: false)
@@ -611,12 +860,33 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 state = .closed
                 context.close(promise: nil)
             }
-        case .connecting, .proxying:
+        case .connecting, .proxying, .backoff:
             if !req.responseStarted && now > req.deadline {
+                // The route's total timeout, retries included: no more attempts.
                 loop.shared.logger.info(
                     "upstream timeout", metadata: ["target": "\(req.target?.description ?? "?")", "authority": "\(req.authority)"])
-                pending.removeAll()
                 reply(.upstreamTimeout, context: context, detail: "no response from \(req.target?.description ?? "upstream") in time")
+            } else if !req.responseStarted && now > req.tryDeadline, !isBackoff {
+                req.tryDeadline = .distantFuture
+                attemptFailed(
+                    .timeout, error: .upstreamTimeout, context: context,
+                    detail: "no response from \(req.target?.description ?? "upstream") within the per-try timeout")
+            } else if case .proxying(let upstream) = state, let service = req.service,
+                now - req.lastActivity > .nanoseconds(service.idleTimeout.nanoseconds)
+            {
+                // No byte either way for the idle timeout: the exchange is stuck.
+                loop.shared.logger.info(
+                    "upstream idle timeout", metadata: ["target": "\(upstream.address)", "timeout": "\(service.idleTimeout)"])
+                if req.responseStarted {
+                    upstream.owner = nil
+                    upstream.close()
+                    loop.shared.metrics.error(.idleTimeout, direction).increment()
+                    finishRequest(status: req.status, error: .idleTimeout, reuse: false)
+                    state = .closed
+                    context.close(promise: nil)
+                } else {
+                    reply(.idleTimeout, context: context, detail: "no byte from \(upstream.address) for \(service.idleTimeout)")
+                }
             }
         case .discarding, .closed:
             break

@@ -88,7 +88,9 @@ final class UpstreamPool {
     }
 
     /// Opens a new connection to `address` on this loop.
-    func connect(_ address: SocketAddress, maxHeaderBytes: Int) -> EventLoopFuture<UpstreamConnection> {
+    func connect(
+        _ address: SocketAddress, maxHeaderBytes: Int, timeout: MeshDuration, counters: ServiceCounters?
+    ) -> EventLoopFuture<UpstreamConnection> {
         let shared = self.shared
         let limits: NIOHTTPDecoderLimitConfiguration = {
             var l = NIOHTTPDecoderLimitConfiguration()
@@ -96,7 +98,7 @@ final class UpstreamPool {
             l.maxHeaderListSize = maxHeaderBytes
             return l
         }()
-        let connectTimeout = TimeAmount.nanoseconds(config.connectTimeout.nanoseconds)
+        let connectTimeout = TimeAmount.nanoseconds(timeout.nanoseconds)
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -104,7 +106,8 @@ final class UpstreamPool {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(
                         enableOutboundHeaderValidation: false, decoderLimitConfiguration: limits)
-                    try channel.pipeline.syncOperations.addHandler(UpstreamConnection(address: address, shared: shared))
+                    try channel.pipeline.syncOperations.addHandler(
+                        UpstreamConnection(address: address, shared: shared, counters: counters))
                 }
             }
             .connect(to: address)
@@ -138,6 +141,8 @@ final class UpstreamConnection: ChannelDuplexHandler {
 
     let address: SocketAddress
     let shared: SharedRuntime
+    /// The circuit-breaker counters of the service that opened the connection (connections open).
+    let counters: ServiceCounters?
     private var context: ChannelHandlerContext?
     weak var owner: UpstreamOwner?
     weak var pool: UpstreamPool?
@@ -149,9 +154,10 @@ final class UpstreamConnection: ChannelDuplexHandler {
     /// Requests this connection carried (1 = fresh).
     var uses = 0
 
-    init(address: SocketAddress, shared: SharedRuntime) {
+    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters? = nil) {
         self.address = address
         self.shared = shared
+        self.counters = counters
     }
 
     var isUsable: Bool { active && reusable }
@@ -160,7 +166,10 @@ final class UpstreamConnection: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.active = context.channel.isActive
-        if active { shared.metrics.upstreamConnectionsOpen.increment() }
+        if active {
+            shared.metrics.upstreamConnectionsOpen.increment()
+            counters?.connections.wrappingIncrement(ordering: .relaxed)
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -171,12 +180,16 @@ final class UpstreamConnection: ChannelDuplexHandler {
         if !active {
             active = true
             shared.metrics.upstreamConnectionsOpen.increment()
+            counters?.connections.wrappingIncrement(ordering: .relaxed)
         }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if active { shared.metrics.upstreamConnectionsOpen.decrement() }
+        if active {
+            shared.metrics.upstreamConnectionsOpen.decrement()
+            counters?.connections.wrappingDecrement(ordering: .relaxed)
+        }
         active = false
         reusable = false
         if let owner {

@@ -34,19 +34,75 @@ final class LoopEndpoint {
     }
 }
 
-/// A service as one event loop sees it: its own balancer state (in-flight counts, latency EWMA).
+/// A service as one event loop sees it: its own balancer state (in-flight counts, latency EWMA), its
+/// outlier detector, and handles on the service's shared circuit-breaker counters.
 final class LoopService {
     let name: String
     let endpoints: [LoopEndpoint]
     var balancer: LoadBalancer
     let requestCounters: [CoreMetrics.Counter]
     var latency = LatencyHistogram()
+    let counters: ServiceCounters
+    let limits: CircuitBreakerLimits
+    var outlier: OutlierDetector
+    let connectTimeout: MeshDuration
+    let idleTimeout: MeshDuration
+    let resilience: MeshMetrics.ServiceResilience?
+    weak var shared: SharedRuntime?
 
-    init(name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, requestCounters: [CoreMetrics.Counter]) {
+    init(
+        name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, requestCounters: [CoreMetrics.Counter],
+        counters: ServiceCounters = ServiceCounters(), limits: CircuitBreakerLimits = CircuitBreakerLimits(),
+        outlier: OutlierDetector = OutlierDetector(config: .init()), connectTimeout: MeshDuration = .seconds(1),
+        idleTimeout: MeshDuration = .seconds(60), resilience: MeshMetrics.ServiceResilience? = nil, shared: SharedRuntime? = nil
+    ) {
         self.name = name
         self.endpoints = endpoints
         self.balancer = balancer
         self.requestCounters = requestCounters
+        self.counters = counters
+        self.limits = limits
+        self.outlier = outlier
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.resilience = resilience
+        self.shared = shared
+    }
+
+    /// Feeds an attempt's outcome to the outlier detector; an ejection is broadcast to every loop.
+    func record(_ endpoint: LoopEndpoint, _ outcome: AttemptOutcome, now: Int64) {
+        guard endpoint.service === self else { return }
+        let address = endpoint.config.address.description
+        if let action = outlier.record(address: address, outcome: outcome, total: endpoints.count, now: now),
+            case .eject(let a, let until, let times) = action
+        {
+            resilience?.ejections.increment()
+            shared?.logger.warning(
+                "endpoint ejected by outlier detection",
+                metadata: [
+                    "service": "\(name)", "endpoint": "\(a)", "times": "\(times)",
+                    "seconds": "\(Double(until - now) / 1e9)",
+                ])
+            shared?.broadcastEjection(service: name, address: a, until: until, times: times)
+        }
+    }
+
+    /// Applies an ejection (from any loop) to this loop's balancer.
+    func applyEjection(address: String, until: Int64, times: Int) {
+        outlier.markEjected(address: address, until: until, times: times)
+        for (i, e) in endpoints.enumerated() where e.config.address.description == address {
+            balancer.setHealthy(i, false)
+        }
+    }
+
+    /// Ends ejections that are over.
+    func expireEjections(now: Int64) {
+        for address in outlier.expire(now: now) {
+            for (i, e) in endpoints.enumerated() where e.config.address.description == address {
+                balancer.setHealthy(i, true)
+                shared?.logger.info("endpoint returned from ejection", metadata: ["service": "\(name)", "endpoint": "\(address)"])
+            }
+        }
     }
 
     /// The hash key of a request for ring_hash / maglev, or nil (then the pick is weighted random).
@@ -97,6 +153,8 @@ final class LoopContext: @unchecked Sendable {
     var rng: SplitMix64
     let pool: UpstreamPool
     private var timed: [ObjectIdentifier: LoopTimed] = [:]
+    /// Per route (by index in the snapshot's route table): retry budget and rate-limit buckets.
+    private(set) var routeStates: [RouteState] = []
     private var tickTask: RepeatedTask?
     var accessLog = AccessLogBuffer()
 
@@ -111,6 +169,21 @@ final class LoopContext: @unchecked Sendable {
             name: "local", endpoints: [], balancer: LoadBalancer(config: BalancerConfig(), endpoints: [], seed: 0),
             requestCounters: shared.metrics.requestCounters(direction: .inbound, service: "local"))
         self.services = Self.makeServices(snapshot, shared: shared, previous: [], seed: seed)
+        self.routeStates = Self.makeRouteStates(snapshot, previous: [], loops: 1)
+    }
+
+    /// Route state is kept by route name across reloads when the policy is unchanged.
+    static func makeRouteStates(_ snapshot: ResolvedSnapshot, previous: [RouteState], loops: Int) -> [RouteState] {
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        let old = Dictionary(previous.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        return snapshot.mesh.routes.routes.map { r in
+            if let o = old[r.name], o.retry == r.retry, o.rateLimit == r.rateLimit { return o }
+            return RouteState(name: r.name, retry: r.retry, rateLimit: r.rateLimit, loops: loops, mode: snapshot.config.mode, now: now)
+        }
+    }
+
+    func applyEjection(service: String, address: String, until: Int64, times: Int) {
+        for s in services where s.name == service { s.applyEjection(address: address, until: until, times: times) }
     }
 
     static func makeServices(_ snapshot: ResolvedSnapshot, shared: SharedRuntime, previous: [LoopService], seed: UInt64)
@@ -130,9 +203,21 @@ final class LoopContext: @unchecked Sendable {
                 config: s.balancer, endpoints: s.endpoints, seed: seed &+ UInt64(s.index),
                 selfLocality: snapshot.config.locality, locality: s.locality)
             if let o = old[s.name], o.balancer.config == s.balancer { balancer.carryLoads(from: o.balancer) }
+            var outlier = OutlierDetector(config: s.outlierDetection)
+            if let o = old[s.name], o.outlier.config == s.outlierDetection {
+                outlier = o.outlier
+                outlier.retain(addresses: Set(s.endpoints.map(\.address.description)))
+            }
             let svc = LoopService(
                 name: s.name, endpoints: endpoints, balancer: balancer,
-                requestCounters: shared.metrics.requestCounters(direction: .outbound, service: s.name))
+                requestCounters: shared.metrics.requestCounters(direction: .outbound, service: s.name),
+                counters: shared.serviceCounters(s.name), limits: s.limits, outlier: outlier,
+                connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout,
+                resilience: shared.metrics.resilience(service: s.name), shared: shared)
+            // Endpoints still ejected stay out of rotation in the new balancer.
+            for (i, e) in s.endpoints.enumerated() where outlier.ejectedUntil(e.address.description) != nil {
+                svc.balancer.setHealthy(i, false)
+            }
             for (i, e) in endpoints.enumerated() {
                 e.service = svc
                 e.index = i
@@ -150,6 +235,7 @@ final class LoopContext: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         self.snapshot = snapshot
         self.services = Self.makeServices(snapshot, shared: shared, previous: services, seed: rng.next())
+        self.routeStates = Self.makeRouteStates(snapshot, previous: routeStates, loops: loopCount)
         pool.configure(snapshot.config.upstream)
         // Idle connections to endpoints that left every service are closed; busy ones finish first.
         var addresses = Set(snapshot.connectAddresses.joined())
@@ -157,7 +243,12 @@ final class LoopContext: @unchecked Sendable {
         pool.closeIdle(except: addresses, keepAnyInboundTarget: snapshot.config.mode == .node)
     }
 
-    func start() {
+    /// How many event loops share the rate limits (each takes its share).
+    var loopCount = 1
+
+    func start(loopCount: Int) {
+        self.loopCount = loopCount
+        self.routeStates = Self.makeRouteStates(snapshot, previous: [], loops: loopCount)
         pool.configure(snapshot.config.upstream)
         tickTask = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) {
             [self] _ in
@@ -179,6 +270,9 @@ final class LoopContext: @unchecked Sendable {
     private func tick() {
         let now = NIODeadline.now()
         for t in timed.values { t.checkTimeouts(now: now) }
+        let nanos = Int64(now.uptimeNanoseconds)
+        for s in services { s.expireEjections(now: nanos) }
+        for r in routeStates { r.evictFullSourceBuckets(now: nanos) }
         pool.sweep(now: now)
         accessLog.flush()
     }
@@ -196,11 +290,59 @@ final class LoopContext: @unchecked Sendable {
                             address: e.config.address.description, inFlight: s.balancer.loads[i].inFlight,
                             requests: e.requests,
                             ewmaNanos: s.balancer.loads[i].ewmaNanos.map { _ in s.balancer.cost(i, now: now) },
-                            eligible: s.balancer.eligible[i], healthy: s.balancer.healthy[i])
+                            eligible: s.balancer.eligible[i], healthy: s.balancer.healthy[i],
+                            ejectedUntil: s.outlier.ejectedUntil(e.config.address.description))
                     })
             },
             inboundLatency: inboundService.latency,
             upstreamIdle: pool.idleCount)
+    }
+}
+
+/// A route's per-loop state: retry budget and rate-limit buckets (this loop's share of the rate).
+final class RouteState {
+    let name: String
+    let retry: RetryPolicy
+    let rateLimit: RateLimitConfig?
+    var budget: RetryBudget
+    var bucket: TokenBucket?
+    /// Node mode (or `perSource: true`): one bucket per source IP, at most `maxSources`.
+    var sourceBuckets: [String: TokenBucket] = [:]
+    let perSource: Bool
+    let share: (rate: Double, burst: Double)
+    static let maxSources = 4096
+
+    init(name: String, retry: RetryPolicy, rateLimit: RateLimitConfig?, loops: Int, mode: MeshConfig.Mode, now: Int64) {
+        self.name = name
+        self.retry = retry
+        self.rateLimit = rateLimit
+        var budgetConfig = retry.budget
+        budgetConfig.minPerSecond /= Double(max(1, loops))
+        self.budget = RetryBudget(config: budgetConfig, now: now)
+        let n = Double(max(1, loops))
+        self.share = ((rateLimit?.requestsPerSecond ?? 0) / n, max(1, (rateLimit?.burst ?? 0) / n))
+        self.perSource = rateLimit?.perSource ?? (mode == .node)
+        if let _ = rateLimit, !perSource { bucket = TokenBucket(rate: share.rate, burst: share.burst, now: now) }
+    }
+
+    /// Takes a token for a request from `source`; nil when allowed, else seconds to wait.
+    func admit(source: String, now: Int64) -> Int? {
+        guard rateLimit != nil else { return nil }
+        if perSource {
+            var b = sourceBuckets[source] ?? TokenBucket(rate: share.rate, burst: share.burst, now: now)
+            defer {
+                if sourceBuckets.count < Self.maxSources || sourceBuckets[source] != nil { sourceBuckets[source] = b }
+            }
+            return b.take(now: now) ? nil : b.retryAfterSeconds(now: now)
+        }
+        guard var b = bucket else { return nil }
+        defer { bucket = b }
+        return b.take(now: now) ? nil : b.retryAfterSeconds(now: now)
+    }
+
+    func evictFullSourceBuckets(now: Int64) {
+        guard !sourceBuckets.isEmpty else { return }
+        sourceBuckets = sourceBuckets.filter { !$0.value.isFull(now: now) }
     }
 }
 
@@ -213,6 +355,8 @@ struct LoopReport: Sendable {
         var ewmaNanos: Double?
         var eligible: Bool
         var healthy: Bool
+        /// Uptime nanoseconds when an ejection ends.
+        var ejectedUntil: Int64?
     }
     struct Service: Sendable {
         var name: String

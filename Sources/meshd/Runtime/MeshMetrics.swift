@@ -78,6 +78,44 @@ final class MeshMetrics: Sendable {
         if bootstrapGlobal { MetricsSystem.bootstrap(factory) }
     }
 
+    /// Per-service resilience counters, created once per service (config install).
+    struct ServiceResilience {
+        let retries: [String: CoreMetrics.Counter]
+        let retriesSkipped: [String: CoreMetrics.Counter]
+        let ejections: CoreMetrics.Counter
+        let ejected: CoreMetrics.Meter
+        let rateLimited: CoreMetrics.Counter
+    }
+
+    static let retryReasons = [
+        "connect-failure", "refused-stream", "reset", "timeout", "5xx", "gateway-error", "status", "grpc", "stale-connection",
+    ]
+    static let skipCauses = ["budget", "limit", "body-too-large", "non-idempotent", "deadline", "attempts"]
+
+    func resilience(service: String) -> ServiceResilience {
+        func counter(_ label: String, _ dims: [(String, String)]) -> CoreMetrics.Counter {
+            let key = label + "|" + dims.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+            return counterCache.withLockedValue { cache in
+                if let c = cache[key] { return c }
+                let c = CoreMetrics.Counter(label: label, dimensions: dims, factory: factory)
+                cache[key] = c
+                return c
+            }
+        }
+        return ServiceResilience(
+            retries: Dictionary(
+                uniqueKeysWithValues: Self.retryReasons.map {
+                    ($0, counter("meshd_retries_total", [("service", service), ("reason", $0)]))
+                }),
+            retriesSkipped: Dictionary(
+                uniqueKeysWithValues: Self.skipCauses.map {
+                    ($0, counter("meshd_retries_skipped_total", [("service", service), ("cause", $0)]))
+                }),
+            ejections: counter("meshd_outlier_ejections_total", [("service", service)]),
+            ejected: CoreMetrics.Meter(label: "meshd_outlier_ejected", dimensions: [("service", service)], factory: factory),
+            rateLimited: counter("meshd_rate_limited_total", [("service", service)]))
+    }
+
     func error(_ e: MeshError, _ d: Direction) -> CoreMetrics.Counter {
         errors[d.rawValue][MeshError.allCases.firstIndex(of: e)!]
     }

@@ -66,7 +66,9 @@ final class MeshRuntime: Sendable {
 
     /// Binds admin, outbound and inbound listeners; ready once all are bound.
     func start() async throws {
-        for loop in loops { try await loop.eventLoop.submit { loop.start() }.get() }
+        shared.loops.withLockedValue { $0 = loops }
+        let count = loops.count
+        for loop in loops { try await loop.eventLoop.submit { loop.start(loopCount: count) }.get() }
         let config = self.config
         let admin = try await bindAdmin(config.admin.listen)
         channels.withLockedValue { $0["admin"] = admin }
@@ -405,6 +407,7 @@ final class MeshRuntime: Sendable {
             var ewma: [String: (sum: Double, n: Int)] = [:]
             var healthy: [String: Bool] = [:]
             var eligible: [String: Bool] = [:]
+            var ejectedUntil: [String: Int64] = [:]
             for r in reports {
                 guard let rs = r.services.first(where: { $0.name == s.name }) else { continue }
                 latency.merge(rs.latency)
@@ -418,6 +421,7 @@ final class MeshRuntime: Sendable {
                     }
                     healthy[e.address] = (healthy[e.address] ?? true) && e.healthy
                     eligible[e.address] = (eligible[e.address] ?? false) || e.eligible
+                    if let u = e.ejectedUntil { ejectedUntil[e.address] = max(ejectedUntil[e.address] ?? 0, u) }
                 }
             }
             let endpoints = s.endpoints.map { e -> JSONValue in
@@ -427,6 +431,10 @@ final class MeshRuntime: Sendable {
                 if let z = e.zone { pairs.append(("zone", .string(z))) }
                 if let n = e.node { pairs.append(("node", .string(n))) }
                 let state = healthy[a] == false ? "ejected" : (eligible[a] == false ? "standby" : "healthy")
+                if let until = ejectedUntil[a] {
+                    let remaining = Double(until - Int64(NIODeadline.now().uptimeNanoseconds)) / 1e9
+                    pairs.append(("returnsInSeconds", .double((max(0, remaining) * 10).rounded() / 10)))
+                }
                 let ewmaMs: JSONValue = ewma[a].map { .double(($0.sum / Double($0.n)) / 1e6) } ?? .null
                 pairs += [
                     ("weight", .int(Int64(e.weight))), ("state", .string(state)),

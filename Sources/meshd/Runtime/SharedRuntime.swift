@@ -13,6 +13,26 @@ final class SharedRuntime: Sendable {
     let outboundOpen = ManagedAtomic<Int>(0)
     let inboundOpen = ManagedAtomic<Int>(0)
     private let current: NIOLockedValueBox<ResolvedSnapshot>
+    private let counters = NIOLockedValueBox<[String: ServiceCounters]>([:])
+    /// Every loop's context, for broadcasts (set once at start).
+    let loops = NIOLockedValueBox<[LoopContext]>([])
+
+    /// The circuit-breaker counters of a service, shared by all loops (created once per name).
+    func serviceCounters(_ name: String) -> ServiceCounters {
+        counters.withLockedValue { table in
+            if let c = table[name] { return c }
+            let c = ServiceCounters()
+            table[name] = c
+            return c
+        }
+    }
+
+    /// An endpoint was ejected by one loop's outlier detector: every loop stops picking it until `until`.
+    func broadcastEjection(service: String, address: String, until: Int64, times: Int) {
+        for loop in loops.withLockedValue({ $0 }) {
+            loop.eventLoop.execute { loop.applyEjection(service: service, address: address, until: until, times: times) }
+        }
+    }
 
     init(metrics: MeshMetrics, logger: Logger, snapshot: ResolvedSnapshot) {
         self.metrics = metrics
@@ -25,4 +45,13 @@ final class SharedRuntime: Sendable {
         get { current.withLockedValue { $0 } }
         set { current.withLockedValue { $0 = newValue } }
     }
+}
+
+/// Circuit-breaker counters of one service across all event loops: atomics, so admission is a
+/// load-and-add, never a lock.
+final class ServiceCounters: Sendable {
+    let activeRequests = ManagedAtomic<Int>(0)
+    let pending = ManagedAtomic<Int>(0)
+    let connections = ManagedAtomic<Int>(0)
+    let activeRetries = ManagedAtomic<Int>(0)
 }
