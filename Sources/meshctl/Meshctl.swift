@@ -100,13 +100,14 @@ struct Services: AsyncParsableCommand {
                 rows.append([
                     str(s["name"]), str(s["balancer"]), str(e["address"]), str(e["via"]), str(e["weight"]), str(e["state"]),
                     str(e["inFlight"]), str(e["requests"]), str(e["latencyEwmaMs"]),
+                    e["returnsInSeconds"].map { "\(str($0))s" } ?? "-",
                 ])
             }
             if (s["endpoints"] as? [Any])?.isEmpty ?? true {
-                rows.append([str(s["name"]), str(s["balancer"]), "(none)", "-", "-", "-", "-", "-", "-"])
+                rows.append([str(s["name"]), str(s["balancer"]), "(none)", "-", "-", "-", "-", "-", "-", "-"])
             }
         }
-        printTable(["SERVICE", "BALANCER", "ENDPOINT", "VIA", "WEIGHT", "STATE", "IN-FLIGHT", "REQUESTS", "EWMA-MS"], rows)
+        printTable(["SERVICE", "BALANCER", "ENDPOINT", "VIA", "WEIGHT", "STATE", "IN-FLIGHT", "REQUESTS", "EWMA-MS", "RETURNS-IN"], rows)
     }
 }
 

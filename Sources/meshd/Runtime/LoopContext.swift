@@ -49,6 +49,8 @@ final class LoopService {
     let idleTimeout: MeshDuration
     let resilience: MeshMetrics.ServiceResilience?
     weak var shared: SharedRuntime?
+    /// Loop 0 keeps the service-wide gauges (every loop applies every ejection).
+    var keepsGauges = false
 
     init(
         name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, requestCounters: [CoreMetrics.Counter],
@@ -89,6 +91,7 @@ final class LoopService {
 
     /// Applies an ejection (from any loop) to this loop's balancer.
     func applyEjection(address: String, until: Int64, times: Int) {
+        if keepsGauges && outlier.ejectedUntil(address) == nil { resilience?.ejected.increment() }
         outlier.markEjected(address: address, until: until, times: times)
         for (i, e) in endpoints.enumerated() where e.config.address.description == address {
             balancer.setHealthy(i, false)
@@ -98,6 +101,7 @@ final class LoopService {
     /// Ends ejections that are over.
     func expireEjections(now: Int64) {
         for address in outlier.expire(now: now) {
+            if keepsGauges { resilience?.ejected.decrement() }
             for (i, e) in endpoints.enumerated() where e.config.address.description == address {
                 balancer.setHealthy(i, true)
                 shared?.logger.info("endpoint returned from ejection", metadata: ["service": "\(name)", "endpoint": "\(address)"])
@@ -169,6 +173,7 @@ final class LoopContext: @unchecked Sendable {
             name: "local", endpoints: [], balancer: LoadBalancer(config: BalancerConfig(), endpoints: [], seed: 0),
             requestCounters: shared.metrics.requestCounters(direction: .inbound, service: "local"))
         self.services = Self.makeServices(snapshot, shared: shared, previous: [], seed: seed)
+        for s in services { s.keepsGauges = index == 0 }
         self.routeStates = Self.makeRouteStates(snapshot, previous: [], loops: 1)
     }
 
@@ -235,6 +240,7 @@ final class LoopContext: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         self.snapshot = snapshot
         self.services = Self.makeServices(snapshot, shared: shared, previous: services, seed: rng.next())
+        for s in services { s.keepsGauges = index == 0 }
         self.routeStates = Self.makeRouteStates(snapshot, previous: routeStates, loops: loopCount)
         pool.configure(snapshot.config.upstream)
         // Idle connections to endpoints that left every service are closed; busy ones finish first.
