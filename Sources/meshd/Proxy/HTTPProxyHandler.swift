@@ -41,6 +41,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     private var quiescing = false
     /// Increments per request: callbacks of an earlier request (a late connect) are recognised.
     private var serial = 0
+    /// A hedged second attempt in flight (see `maybeHedge`).
+    private var hedge: UpstreamConnection?
+    private var hedgeEndpoint: LoopEndpoint?
+    private var hedgeConnecting = false
+    /// Precise timers for the current attempt (only on routes with perTryTimeout / hedgeAfter).
+    private var attemptTimers: [Scheduled<Void>] = []
     private var readPending = false
     private var upstreamNeedsFlush = false
     private var clientIP = "unknown"
@@ -96,6 +102,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         var countedRetry = false
         /// The current attempt's head went to an upstream (so the application may have seen it).
         var sentToUpstream = false
+        var attemptStarted = NIODeadline.now()
+        /// A hedged attempt was considered (at most one per request).
+        var hedged = false
     }
 
     // MARK: - Channel events
@@ -390,11 +399,31 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         req.sentToUpstream = false
         let now = NIODeadline.now()
         req.lastActivity = now
+        req.attemptStarted = now
+        cancelAttemptTimers()
         if let perTry = req.routeState?.retry.perTryTimeout {
             req.tryDeadline = now + .nanoseconds(perTry.nanoseconds)
+            scheduleCheck(in: perTry, context: context)
+        }
+        if let hedgeAfter = req.routeState?.retry.hedgeAfter, !req.hedged {
+            scheduleCheck(in: hedgeAfter, context: context)
         }
         req.endpoint?.started()
         dispatch(context: context)
+    }
+
+    private func scheduleCheck(in delay: MeshDuration, context: ChannelHandlerContext) {
+        let serial = self.serial
+        attemptTimers.append(
+            context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(delay.nanoseconds + 1_000_000)) { [self] in
+                if self.serial == serial { self.checkTimeouts(now: .now()) }
+            })
+    }
+
+    private func cancelAttemptTimers() {
+        guard !attemptTimers.isEmpty else { return }
+        for t in attemptTimers { t.cancel() }
+        attemptTimers.removeAll()
     }
 
     private func keepForReplay(_ part: HTTPServerRequestPart) {
@@ -468,6 +497,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     /// An attempt ended without a usable response head: feed the outlier detector, then retry if the
     /// policy and budget allow, or answer with `error`.
     private func attemptFailed(_ outcome: AttemptOutcome, error: MeshError, context: ChannelHandlerContext, detail: String) {
+        if hedge != nil, case .proxying = state {
+            // A hedged attempt is still running: it takes over.
+            if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: Int64(NIODeadline.now().uptimeNanoseconds)) }
+            promoteHedge(context: context)
+            return
+        }
+        dropHedge()
         if case .proxying(let upstream) = state {
             upstream.owner = nil
             upstream.close()
@@ -603,8 +639,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
 
     var downstreamWritable: Bool { context?.channel.isWritable ?? false }
 
-    func upstreamRead(_ part: HTTPClientResponsePart) {
+    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection) {
         guard let context else { return }
+        if conn === hedge {
+            hedgeRead(part, conn: conn, context: context)
+            return
+        }
+        guard case .proxying(let primary) = state, primary === conn else { return }
         switch part {
         case .head(var head):
             let nowNanos = Int64(NIODeadline.now().uptimeNanoseconds)
@@ -615,6 +656,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 let grpc = head.headers.first(name: "grpc-status").flatMap { Int($0) }
                 let outcome = AttemptOutcome.response(status: status, grpcStatus: grpc)
                 if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: nowNanos) }
+                if status >= 400 || grpc != nil, hedge != nil, req.routeState?.retry.retryReason(for: outcome) != nil {
+                    // The hedged attempt is still running: it becomes the request's attempt.
+                    promoteHedge(context: context)
+                    return
+                }
                 if status >= 400 || grpc != nil, let reason = retryReason(for: outcome) {
                     // Not forwarded: this attempt's response is dropped with its connection.
                     if case .proxying(let upstream) = state {
@@ -625,6 +671,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                     return
                 }
             }
+            dropHedge()
             req.responseStarted = true
             req.status = status
             head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
@@ -649,19 +696,32 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         }
     }
 
-    func upstreamReadComplete() {
-        context?.flush()
+    func upstreamReadComplete(from conn: UpstreamConnection) {
+        if conn !== hedge { context?.flush() }
     }
 
-    func upstreamWritabilityChanged(writable: Bool) {
+    func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection) {
+        if conn === hedge { return }
         if writable && readPending, let context {
             readPending = false
             context.read()
         }
     }
 
-    func upstreamClosed(error: Error?) {
-        guard case .proxying(let upstream) = state, let context else { return }
+    func upstreamClosed(error: Error?, from conn: UpstreamConnection) {
+        if conn === hedge {
+            // The hedged attempt broke: the first attempt carries on.
+            let now = Int64(NIODeadline.now().uptimeNanoseconds)
+            if let e = hedgeEndpoint { req.service?.record(e, .reset, now: now) }
+            dropHedge()
+            return
+        }
+        guard case .proxying(let upstream) = state, upstream === conn, let context else { return }
+        if !req.responseStarted && hedge != nil {
+            if let endpoint = req.endpoint { req.service?.record(endpoint, .reset, now: Int64(NIODeadline.now().uptimeNanoseconds)) }
+            promoteHedge(context: context)
+            return
+        }
         if req.responseStarted {
             if !req.responseEnded {
                 // The backend died mid-response: the client must see a broken response, never a
@@ -696,6 +756,118 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         dispatch(context: context)
     }
 
+    // MARK: - Hedging
+
+    /// After `retry.hedgeAfter` without a response head, a second attempt goes to another endpoint;
+    /// the first good response head wins and the other attempt is closed. Only for complete requests
+    /// whose body is buffered, once per request, within the retry budget.
+    private func maybeHedge(now: NIODeadline, context: ChannelHandlerContext) {
+        guard case .proxying = state, !req.responseStarted, !req.hedged, hedge == nil, !hedgeConnecting,
+            let rs = req.routeState, let after = rs.retry.hedgeAfter, let service = req.service,
+            now > req.attemptStarted + .nanoseconds(after.nanoseconds)
+        else { return }
+        req.hedged = true
+        guard req.requestEnded, req.replayable, req.attempts < rs.retry.attempts,
+            req.method.isIdempotent || rs.retry.retryNonIdempotent
+        else { return }
+        let nanos = Int64(now.uptimeNanoseconds)
+        var choice: Int?
+        for _ in 0..<4 {
+            choice = service.balancer.pick(hash: nil, now: nanos, using: &loop.rng)
+            if let c = choice, service.endpoints[c] !== req.endpoint { break }
+            choice = nil
+        }
+        guard let index = choice else { return }  // no other endpoint: nothing to hedge to
+        guard rs.budget.tryRetry(now: nanos) else {
+            service.resilience?.retriesSkipped["budget"]?.increment()
+            return
+        }
+        service.resilience?.retries["hedge"]?.increment()
+        let endpoint = service.endpoints[index]
+        var head = req.head
+        head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        endpoint.started()
+        hedgeEndpoint = endpoint
+        let send: (UpstreamConnection) -> Void = { [self] conn in
+            conn.owner = self
+            conn.pool = self.loop.pool
+            conn.uses += 1
+            self.hedge = conn
+            conn.write(.head(head))
+            for part in self.req.replay {
+                switch part {
+                case .body(let b): conn.write(.body(.byteBuffer(b)))
+                case .end(let t): conn.write(.end(t))
+                case .head: break
+                }
+            }
+            conn.flush()
+        }
+        if let conn = loop.pool.lease(endpoint.address) {
+            send(conn)
+            return
+        }
+        hedgeConnecting = true
+        let serial = self.serial
+        loop.pool.connect(
+            endpoint.address, maxHeaderBytes: loop.snapshot.config.http.maxHeaderBytes, timeout: service.connectTimeout,
+            counters: service.counters
+        ).assumeIsolated().whenComplete { [self] result in
+            self.hedgeConnecting = false
+            guard self.serial == serial, case .proxying = self.state, !self.req.responseStarted, self.hedgeEndpoint === endpoint
+            else {
+                if case .success(let conn) = result { conn.close() }
+                return
+            }
+            switch result {
+            case .success(let conn): send(conn)
+            case .failure:
+                service.record(endpoint, .connectFailure, now: Int64(NIODeadline.now().uptimeNanoseconds))
+                self.dropHedge()
+            }
+        }
+    }
+
+    private func hedgeRead(_ part: HTTPClientResponsePart, conn: UpstreamConnection, context: ChannelHandlerContext) {
+        guard case .head(let head) = part else { return }
+        let status = Int(head.status.code)
+        let grpc = head.headers.first(name: "grpc-status").flatMap { Int($0) }
+        let outcome = AttemptOutcome.response(status: status, grpcStatus: grpc)
+        if (status >= 400 || grpc != nil) && req.routeState?.retry.retryReason(for: outcome) != nil {
+            if let e = hedgeEndpoint { req.service?.record(e, outcome, now: Int64(NIODeadline.now().uptimeNanoseconds)) }
+            dropHedge()  // not a good answer: the first attempt may still bring one
+            return
+        }
+        // The hedged attempt answered first: it becomes the request's attempt.
+        promoteHedge(context: context)
+        upstreamRead(part, from: conn)
+    }
+
+    /// Closes the first attempt and makes the hedged one the request's attempt.
+    private func promoteHedge(context: ChannelHandlerContext) {
+        guard let conn = hedge else { return }
+        if case .proxying(let primary) = state {
+            primary.owner = nil
+            primary.close()
+        }
+        req.endpoint?.finished(latencyNanos: nil, now: Int64(NIODeadline.now().uptimeNanoseconds))
+        req.endpoint = hedgeEndpoint
+        req.target = conn.address
+        hedge = nil
+        hedgeEndpoint = nil
+        state = .proxying(conn)
+    }
+
+    private func dropHedge() {
+        hedgeEndpoint?.finished(latencyNanos: nil, now: Int64(NIODeadline.now().uptimeNanoseconds))
+        hedgeEndpoint = nil
+        if let conn = hedge {
+            conn.owner = nil
+            conn.close()
+            hedge = nil
+        }
+    }
+
     // MARK: - Completion
 
     /// Request and response both complete: return the upstream connection and go idle.
@@ -720,6 +892,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
     }
 
     private func finishRequest(status: Int, error: MeshError?, reuse: Bool) {
+        dropHedge()
+        cancelAttemptTimers()
         if let endpoint = req.endpoint {
             // The balancer learns the time to the response head (nil when there was none).
             endpoint.finished(
@@ -871,6 +1045,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 attemptFailed(
                     .timeout, error: .upstreamTimeout, context: context,
                     detail: "no response from \(req.target?.description ?? "upstream") within the per-try timeout")
+            } else if case .proxying = state, !req.responseStarted, req.routeState?.retry.hedgeAfter != nil, !req.hedged {
+                maybeHedge(now: now, context: context)
             } else if case .proxying(let upstream) = state, let service = req.service,
                 now - req.lastActivity > .nanoseconds(service.idleTimeout.nanoseconds)
             {

@@ -124,10 +124,10 @@ final class UpstreamPool {
 
 /// The receiving side of an upstream exchange: the downstream proxy handler that leased the connection.
 protocol UpstreamOwner: AnyObject {
-    func upstreamRead(_ part: HTTPClientResponsePart)
-    func upstreamReadComplete()
-    func upstreamWritabilityChanged(writable: Bool)
-    func upstreamClosed(error: Error?)
+    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection)
+    func upstreamReadComplete(from conn: UpstreamConnection)
+    func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection)
+    func upstreamClosed(error: Error?, from conn: UpstreamConnection)
     /// Whether the downstream can take more response bytes (else upstream reads are held).
     var downstreamWritable: Bool { get }
 }
@@ -194,7 +194,7 @@ final class UpstreamConnection: ChannelDuplexHandler {
         reusable = false
         if let owner {
             self.owner = nil
-            owner.upstreamClosed(error: nil)
+            owner.upstreamClosed(error: nil, from: self)
         } else {
             pool?.remove(self)
         }
@@ -205,7 +205,7 @@ final class UpstreamConnection: ChannelDuplexHandler {
         reusable = false
         if let owner {
             self.owner = nil
-            owner.upstreamClosed(error: error)
+            owner.upstreamClosed(error: error, from: self)
         }
         context.close(promise: nil)
     }
@@ -214,7 +214,7 @@ final class UpstreamConnection: ChannelDuplexHandler {
         let part = unwrapInboundIn(data)
         if case .head(let head) = part, !head.isKeepAlive { reusable = false }
         if let owner {
-            owner.upstreamRead(part)
+            owner.upstreamRead(part, from: self)
         } else {
             // Bytes from an idle connection (or after the owner left): it cannot be reused.
             reusable = false
@@ -223,11 +223,11 @@ final class UpstreamConnection: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        owner?.upstreamReadComplete()
+        owner?.upstreamReadComplete(from: self)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        owner?.upstreamWritabilityChanged(writable: context.channel.isWritable)
+        owner?.upstreamWritabilityChanged(writable: context.channel.isWritable, from: self)
     }
 
     func read(context: ChannelHandlerContext) {

@@ -88,7 +88,7 @@ final class MeshMetrics: Sendable {
     }
 
     static let retryReasons = [
-        "connect-failure", "refused-stream", "reset", "timeout", "5xx", "gateway-error", "status", "grpc", "stale-connection",
+        "connect-failure", "refused-stream", "reset", "timeout", "5xx", "gateway-error", "status", "grpc", "hedge",
     ]
     static let skipCauses = ["budget", "limit", "body-too-large", "non-idempotent", "deadline", "attempts"]
 
