@@ -338,8 +338,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             service.counters.activeRequests.wrappingIncrement(ordering: .relaxed)
             req.countedActive = true
             routeState.budget.recordRequest(now: now)
-            let policy = routeState.retry
-            req.replayable = policy.attempts > 1 && !policy.retryOn.subtracting([.connectFailure]).isEmpty
+            req.replayable = routeState.keepsReplay
             req.hash = service.hashKey(headers: head.headers, clientIP: clientIP)
             guard let endpointIndex = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng) else {
                 reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")

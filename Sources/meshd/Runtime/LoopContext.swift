@@ -316,6 +316,8 @@ final class RouteState {
     var sourceBuckets: [String: TokenBucket] = [:]
     let perSource: Bool
     let share: (rate: Double, burst: Double)
+    /// Whether requests must be kept for replay: retries on a response outcome are possible.
+    let keepsReplay: Bool
     static let maxSources = 4096
 
     init(name: String, retry: RetryPolicy, rateLimit: RateLimitConfig?, loops: Int, mode: MeshConfig.Mode, now: Int64) {
@@ -328,6 +330,7 @@ final class RouteState {
         let n = Double(max(1, loops))
         self.share = ((rateLimit?.requestsPerSecond ?? 0) / n, max(1, (rateLimit?.burst ?? 0) / n))
         self.perSource = rateLimit?.perSource ?? (mode == .node)
+        self.keepsReplay = retry.attempts > 1 && !retry.retryOn.subtracting([.connectFailure]).isEmpty
         if let _ = rateLimit, !perSource { bucket = TokenBucket(rate: share.rate, burst: share.burst, now: now) }
     }
 
