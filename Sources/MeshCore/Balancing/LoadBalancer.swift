@@ -12,10 +12,10 @@ public struct EndpointLoad: Sendable, Equatable {
     public var inFlight = 0
     /// Peak-EWMA of response latency in nanoseconds; nil until the first observation.
     public var ewmaNanos: Double?
-    /// When `ewmaNanos` was last updated (nanoseconds on the caller's clock).
+    /// When `ewmaNanos` was last updated, or when the endpoint appeared (nanoseconds, caller's clock).
     public var stamp: Int64 = 0
 
-    public init() {}
+    public init(stamp: Int64 = 0) { self.stamp = stamp }
 }
 
 /// The "concrete" step of a request: which endpoint of a service gets it.
@@ -48,11 +48,11 @@ public struct LoadBalancer: Sendable {
 
     public init(
         config: BalancerConfig, endpoints: [EndpointConfig], seed: UInt64,
-        selfLocality: SelfLocality = SelfLocality(), locality: LocalityPreference? = nil
+        selfLocality: SelfLocality = SelfLocality(), locality: LocalityPreference? = nil, now: Int64 = 0
     ) {
         self.config = config
         self.endpoints = endpoints
-        self.loads = Array(repeating: EndpointLoad(), count: endpoints.count)
+        self.loads = Array(repeating: EndpointLoad(stamp: now), count: endpoints.count)
         self.healthy = Array(repeating: true, count: endpoints.count)
         self.eligible = Array(repeating: true, count: endpoints.count)
         self.locality = locality
@@ -172,11 +172,11 @@ public struct LoadBalancer: Sendable {
         loads[i].stamp = now
     }
 
-    /// The peak-EWMA latency estimate of endpoint `i` now, in nanoseconds: the default RTT before any
-    /// observation, and decaying toward zero while the endpoint is not observed (so an endpoint that
-    /// was slow gets probed again after a while, as linkerd and Finagle do).
+    /// The peak-EWMA latency estimate of endpoint `i` now, in nanoseconds: the default RTT from the
+    /// moment the endpoint appeared, then the observed estimate; either decays toward zero while the
+    /// endpoint is not observed (so a new or once-slow endpoint gets probed, as tower/linkerd do).
     public func cost(_ i: Int, now: Int64) -> Double {
-        guard let e = loads[i].ewmaNanos else { return Double(config.defaultRTT.nanoseconds) }
+        let e = loads[i].ewmaNanos ?? Double(config.defaultRTT.nanoseconds)
         return e * decayWeight(since: loads[i].stamp, now: now)
     }
 
@@ -217,11 +217,9 @@ public struct LoadBalancer: Sendable {
         ring.removeAll()
         let total = candidates.reduce(0) { $0 + endpoints[$1].weight }
         guard total > 0 else { return }
-        // Points per unit of weight, rounded up to a power of two: it stays the same when an endpoint
-        // joins or leaves (unless the total weight crosses a power of two), so the other endpoints'
-        // points do not move and their keys stay put.
-        var perWeight = 1
-        while perWeight * total < config.minimumRingSize { perWeight *= 2 }
+        // A constant number of points per unit of weight: the ring for a given membership is the same
+        // whatever came before, and other endpoints' points never move. Capped at 2^20 points.
+        let perWeight = max(1, min(config.pointsPerWeight, (1 << 20) / total))
         for i in candidates {
             let name = endpoints[i].address.description
             let points = perWeight * endpoints[i].weight

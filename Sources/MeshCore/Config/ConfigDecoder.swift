@@ -181,6 +181,15 @@ struct Decoder {
         return value
     }
 
+    mutating func listenerProtocol(_ node: Node, _ path: String) -> ListenerProtocol? {
+        guard let text = string(node, path) else { return nil }
+        guard let p = ListenerProtocol(rawValue: text) else {
+            fail(path, node, .invalidValue(text, expected: "detect, http1 or tcp"))
+            return nil
+        }
+        return p
+    }
+
     mutating func bool(_ node: Node, _ path: String) -> Bool? {
         guard case .scalar(let scalar) = node else {
             fail(path, node, .wrongType(expected: "true or false"))
@@ -268,15 +277,17 @@ struct Decoder {
                 }
             case "threads": if let v = int(value, key, range: 0...256) { config.threads = v }
             case "outbound":
-                if let e = mapping(value, key, allowed: ["listen"]) {
-                    for (k, v) in e where k == "listen" {
-                        config.outbound.listen = address(v, "outbound.listen", allowPortZero: true)
+                if let e = mapping(value, key, allowed: ["listen", "protocol"]) {
+                    for (k, v) in e {
+                        if k == "listen" { config.outbound.listen = address(v, "outbound.listen", allowPortZero: true) }
+                        if k == "protocol", let p = listenerProtocol(v, "outbound.protocol") { config.outbound.protocol = p }
                     }
                 }
             case "inbound":
-                if let e = mapping(value, key, allowed: ["listen", "app"]) {
+                if let e = mapping(value, key, allowed: ["listen", "app", "protocol"]) {
                     for (k, v) in e {
                         if k == "listen" { config.inbound.listen = address(v, "inbound.listen", allowPortZero: true) }
+                        if k == "protocol", let p = listenerProtocol(v, "inbound.protocol") { config.inbound.protocol = p }
                         if k == "app", let a = address(v, "inbound.app") { config.inbound.app = a }
                     }
                 }
@@ -324,7 +335,7 @@ struct Decoder {
     }
 
     mutating func decodeHTTP(_ node: Node, into http: inout HTTPConfig) {
-        let allowed = ["maxHeaderBytes", "headerReadTimeout", "idleTimeout", "maxConnections"]
+        let allowed = ["maxHeaderBytes", "headerReadTimeout", "idleTimeout", "maxConnections", "detectTimeout"]
         guard let entries = mapping(node, "http", allowed: allowed) else { return }
         for (k, v) in entries {
             let p = "http." + k
@@ -333,6 +344,7 @@ struct Decoder {
             case "headerReadTimeout": if let d = duration(v, p, max: .seconds(3600)) { http.headerReadTimeout = d }
             case "idleTimeout": if let d = duration(v, p) { http.idleTimeout = d }
             case "maxConnections": if let i = int(v, p, range: 1...1_000_000) { http.maxConnections = i }
+            case "detectTimeout": if let d = duration(v, p, max: .seconds(3600)) { http.detectTimeout = d }
             default: break
             }
         }
@@ -354,7 +366,9 @@ struct Decoder {
     }
 
     mutating func decodeService(_ node: Node, _ path: String) -> ServiceConfig? {
-        let allowed = ["name", "endpoints", "discovery", "balancer", "locality", "timeouts", "limits", "outlierDetection"]
+        let allowed = [
+            "name", "endpoints", "discovery", "balancer", "locality", "timeouts", "limits", "outlierDetection", "protocol", "listen",
+        ]
         guard let entries = mapping(node, path, allowed: allowed) else { return nil }
         var service = ServiceConfig(name: "")
         var sawName = false
@@ -379,6 +393,17 @@ struct Decoder {
                 service.endpoints = items.enumerated().compactMap { decodeEndpoint($1, "\(p)[\($0)]") }
             case "balancer": decodeBalancer(v, p, into: &service.balancer)
             case "discovery": service.discovery = decodeDiscovery(v, p)
+            case "protocol":
+                if let text = string(v, p) {
+                    if let sp = ServiceProtocol(rawValue: text) {
+                        service.protocol = sp
+                    } else {
+                        fail(p, v, .invalidValue(text, expected: "http1 or tcp"))
+                    }
+                }
+            case "listen":
+                marks[p] = v.mark
+                service.listen = address(v, p, allowPortZero: true)
             case "timeouts":
                 guard let e = mapping(v, p, allowed: ["connect", "idle"]) else { continue }
                 for (tk, tv) in e {
@@ -463,7 +488,7 @@ struct Decoder {
             }
             return
         }
-        let allowed = ["algorithm", "hashKey", "decay", "defaultRTT", "minimumRingSize", "tableSize"]
+        let allowed = ["algorithm", "hashKey", "decay", "defaultRTT", "pointsPerWeight", "tableSize"]
         guard let entries = mapping(node, path, allowed: allowed) else { return }
         var sawAlgorithm = false
         for (k, v) in entries {
@@ -497,7 +522,7 @@ struct Decoder {
                 }
             case "decay": if let d = duration(v, p, max: .seconds(3600)) { b.decay = d }
             case "defaultRTT": if let d = duration(v, p, max: .seconds(60)) { b.defaultRTT = d }
-            case "minimumRingSize": if let i = int(v, p, range: 1...(1 << 23)) { b.minimumRingSize = i }
+            case "pointsPerWeight": if let i = int(v, p, range: 1...4096) { b.pointsPerWeight = i }
             case "tableSize":
                 if let i = int(v, p, range: 3...5_000_011) {
                     if Self.isPrime(i) {
@@ -828,6 +853,14 @@ struct Decoder {
                     let key = pref.prefer == .zone ? "locality.zone (or MESHD_ZONE)" : "locality.node (or MESHD_NODE_NAME)"
                     fail(at: "services[\(i)].locality", .invalid("prefer: \(pref.prefer.rawValue) needs this meshd's \(key)"))
                 }
+            }
+        }
+        for (i, service) in config.services.enumerated() {
+            if service.protocol == .tcp && service.listen == nil {
+                fail(at: "services[\(i)]", .missingKey("listen (a tcp service is reached through its own listener)"))
+            }
+            if service.protocol != .tcp && service.listen != nil {
+                fail(at: "services[\(i)].listen", .invalid("'listen' applies to protocol: tcp services only"))
             }
         }
         var seen: [String: Int] = [:]

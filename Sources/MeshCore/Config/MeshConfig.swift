@@ -74,9 +74,18 @@ public struct SelfLocality: Sendable, Equatable {
     }
 }
 
+/// What a listener expects: `detect` reads the first bytes (HTTP/1.1, HTTP/2 preface, TLS, otherwise
+/// opaque TCP); `http1` and `tcp` skip detection.
+public enum ListenerProtocol: String, Sendable, Equatable, CaseIterable {
+    case detect
+    case http1
+    case tcp
+}
+
 public struct OutboundConfig: Sendable, Equatable {
     /// Default: 127.0.0.1:4140 (sidecar), <nodeIP>:4140 (node).
     public var listen: HostPort?
+    public var `protocol`: ListenerProtocol = .detect
     public init() {}
 }
 
@@ -85,6 +94,7 @@ public struct InboundConfig: Sendable, Equatable {
     public var listen: HostPort?
     /// Sidecar: where the local application listens.
     public var app: HostPort = HostPort(host: "127.0.0.1", port: 8080)
+    public var `protocol`: ListenerProtocol = .detect
     public init() {}
 }
 
@@ -112,6 +122,8 @@ public struct HTTPConfig: Sendable, Equatable {
     public var idleTimeout: MeshDuration = .seconds(60)
     /// Open downstream connections per listener; past it new connections are closed at accept.
     public var maxConnections: Int = 10_000
+    /// Protocol detection: a connection that sends too few bytes to tell within this time is closed.
+    public var detectTimeout: MeshDuration = .seconds(10)
     public init() {}
 }
 
@@ -163,12 +175,21 @@ public struct ServiceConfig: Sendable, Equatable {
     public var idleTimeout: MeshDuration?
     public var limits = CircuitBreakerLimits()
     public var outlierDetection = OutlierDetector.Config()
+    /// `http1` (default) or `tcp`: an opaque TCP service, reached through its own `listen` address.
+    public var `protocol`: ServiceProtocol = .http1
+    /// tcp services: the local address applications connect to; bytes go to one of the endpoints.
+    public var listen: HostPort?
 
     public init(name: String, endpoints: [EndpointConfig] = [], balancer: BalancerConfig = BalancerConfig()) {
         self.name = name
         self.endpoints = endpoints
         self.balancer = balancer
     }
+}
+
+public enum ServiceProtocol: String, Sendable, Equatable, CaseIterable {
+    case http1
+    case tcp
 }
 
 /// Where a service's endpoints come from besides the static list.
@@ -226,8 +247,9 @@ public struct BalancerConfig: Sendable, Equatable {
     public var decay: MeshDuration = .seconds(10)
     /// ewma: the latency assumed for an endpoint with no observation yet (linkerd's default).
     public var defaultRTT: MeshDuration = .milliseconds(30)
-    /// ring_hash: minimum number of points on the ring.
-    public var minimumRingSize = 1024
+    /// ring_hash: points on the ring per unit of endpoint weight. Constant, so an endpoint joining or
+    /// leaving never moves the other endpoints' points (their keys stay put).
+    public var pointsPerWeight = 128
     /// maglev: lookup table size (a prime).
     public var tableSize = 65537
 

@@ -206,7 +206,8 @@ final class LoopContext: @unchecked Sendable {
             }
             var balancer = LoadBalancer(
                 config: s.balancer, endpoints: s.endpoints, seed: seed &+ UInt64(s.index),
-                selfLocality: snapshot.config.locality, locality: s.locality)
+                selfLocality: snapshot.config.locality, locality: s.locality,
+                now: Int64(NIODeadline.now().uptimeNanoseconds))
             if let o = old[s.name], o.balancer.config == s.balancer { balancer.carryLoads(from: o.balancer) }
             var outlier = OutlierDetector(config: s.outlierDetection)
             if let o = old[s.name], o.outlier.config == s.outlierDetection {

@@ -159,6 +159,25 @@ struct BalancerTests {
         #expect(!after.contains(removed))
     }
 
+    @Test(arguments: [BalancerKind.ringHash, .maglev], [4, 5, 9, 16])
+    func consistentHashingIsStableForEveryMembershipSize(kind: BalancerKind, n: Int) {
+        // Removing one of n endpoints: keys of the others stay (4 → 3 once moved a third of them).
+        let all = Self.endpoints(Array(repeating: 1, count: n))
+        let keys = Self.keys(10_000)
+        let before = Self.owners(kind, all, keys)
+        let removed = all[1].address.description
+        let after = Self.owners(kind, all.filter { $0.address.description != removed }, keys)
+        let kept = zip(before, after).filter { $0.0 != removed }
+        let share = Double(kept.filter { $0.0 == $0.1 }.count) / Double(kept.count)
+        #expect(share >= 0.95, "\(kind) with \(n) endpoints kept only \(share)")
+    }
+
+    @Test func newEndpointsDefaultRTTDecaysSoTheyGetProbed() {
+        let b = LoadBalancer(config: BalancerConfig(algorithm: .ewma), endpoints: Self.endpoints([1]), seed: 0, now: 0)
+        #expect(b.cost(0, now: 0) == 30_000_000)
+        #expect(abs(b.cost(0, now: 10_000_000_000) / 30_000_000 - 0.3679) < 0.001)
+    }
+
     @Test func maglevSpreadsWithinOnePercentOfEven() {
         var b = Self.balancer(.maglev, Array(repeating: 1, count: 10))
         let shares = b.maglevShares
