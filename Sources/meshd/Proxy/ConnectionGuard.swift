@@ -17,6 +17,8 @@ final class ConnectionGuard: ChannelInboundHandler {
     private var counted = false
     /// Set on every read; the proxy handler clears it when a request completes.
     var sawBytes = false
+    /// Outbound: where an iptables REDIRECT sent this connection (SO_ORIGINAL_DST), if it was.
+    var originalDestination: SocketAddress?
 
     init(direction: Direction, shared: SharedRuntime, allowedSources: [CIDR]?, openCount: ManagedAtomic<Int>, maxConnections: Int) {
         self.direction = direction
@@ -62,6 +64,11 @@ final class ConnectionGuard: ChannelInboundHandler {
         }
         shared.metrics.connectionsOpen[direction.rawValue].increment()
         shared.metrics.connectionsTotal[direction.rawValue].increment()
+        if direction == .outbound {
+            MeshRuntime.originalDestination(context.channel).assumeIsolated().whenSuccess { [self] dst in
+                self.originalDestination = dst
+            }
+        }
         context.fireChannelActive()
     }
 

@@ -187,6 +187,20 @@ final class LoopContext: @unchecked Sendable {
         }
     }
 
+    /// An endpoint of a tcp service for a new connection (balanced like HTTP requests). Endpoints
+    /// behind a node proxy (`via`) are not reachable as opaque TCP: they are skipped.
+    func tcpTarget(service name: String) -> TCPTarget? {
+        guard let s = services.first(where: { $0.name == name }) else { return nil }
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        for _ in 0..<max(1, s.endpoints.count) {
+            guard let i = s.balancer.pick(hash: nil, now: now, using: &rng) else { return nil }
+            let e = s.endpoints[i]
+            if e.config.via != nil { continue }
+            return TCPTarget(address: e.address, label: name, connectTimeout: s.connectTimeout, endpoint: e)
+        }
+        return nil
+    }
+
     func applyEjection(service: String, address: String, until: Int64, times: Int) {
         for s in services where s.name == service { s.applyEjection(address: address, until: until, times: times) }
     }

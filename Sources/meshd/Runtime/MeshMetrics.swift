@@ -116,6 +116,46 @@ final class MeshMetrics: Sendable {
             rateLimited: counter("meshd_rate_limited_total", [("service", service)]))
     }
 
+    struct TCPCounters {
+        let connections: CoreMetrics.Counter
+        let connectFailures: CoreMetrics.Counter
+        let refused: CoreMetrics.Counter
+        let bytesFromClient: CoreMetrics.Counter
+        let bytesFromUpstream: CoreMetrics.Counter
+    }
+
+    /// Opaque TCP counters by direction and target label (service name, `app`, `original-dst`).
+    func tcp(_ d: Direction, _ target: String) -> TCPCounters {
+        func counter(_ label: String, _ dims: [(String, String)]) -> CoreMetrics.Counter {
+            let key = label + "|" + dims.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+            return counterCache.withLockedValue { cache in
+                if let c = cache[key] { return c }
+                let c = CoreMetrics.Counter(label: label, dimensions: dims, factory: factory)
+                cache[key] = c
+                return c
+            }
+        }
+        let dims = [("direction", d.label), ("target", target)]
+        return TCPCounters(
+            connections: counter("meshd_tcp_connections_total", dims),
+            connectFailures: counter("meshd_tcp_connect_failures_total", dims),
+            refused: counter("meshd_tcp_refused_total", [("direction", d.label)]),
+            bytesFromClient: counter("meshd_tcp_bytes_total", dims + [("flow", "from_client")]),
+            bytesFromUpstream: counter("meshd_tcp_bytes_total", dims + [("flow", "from_upstream")]))
+    }
+
+    /// Protocol detection outcomes.
+    func detected(_ d: Direction, _ proto: String) -> CoreMetrics.Counter {
+        let key = "detected|\(d.label)|\(proto)"
+        return counterCache.withLockedValue { cache in
+            if let c = cache[key] { return c }
+            let c = CoreMetrics.Counter(
+                label: "meshd_protocol_detected_total", dimensions: [("direction", d.label), ("protocol", proto)], factory: factory)
+            cache[key] = c
+            return c
+        }
+    }
+
     func error(_ e: MeshError, _ d: Direction) -> CoreMetrics.Counter {
         errors[d.rawValue][MeshError.allCases.firstIndex(of: e)!]
     }

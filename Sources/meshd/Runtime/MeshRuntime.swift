@@ -76,6 +76,7 @@ final class MeshRuntime: Sendable {
         channels.withLockedValue { $0["outbound"] = outbound }
         let inbound = try await bindProxy(.inbound, config.effectiveInboundListen)
         channels.withLockedValue { $0["inbound"] = inbound }
+        try await bindTCPServices()
         discovery.runtime = self
         discovery.sync(with: config)
         shared.ready.store(true, ordering: .relaxed)
@@ -129,15 +130,134 @@ final class MeshRuntime: Sendable {
                         maxConnections: http.maxConnections)
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(guardHandler)
-                    try sync.configureHTTPServerPipeline(
-                        withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
-                        withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
-                        withDecoderLimitConfiguration: limits)
-                    try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
+                    let proto = direction == .outbound ? loop.snapshot.config.outbound.protocol : loop.snapshot.config.inbound.protocol
+                    func addHTTP() throws {
+                        try sync.configureHTTPServerPipeline(
+                            withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
+                            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
+                            withDecoderLimitConfiguration: limits)
+                        try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
+                    }
+                    func addTCP() throws {
+                        try sync.addHandler(
+                            TCPConnectHandler(
+                                loop: loop, direction: direction, idleTimeout: loop.snapshot.config.upstream.idleTimeout,
+                                resolve: { runtime.opaqueTarget(direction, channel: $0, loop: loop) }))
+                    }
+                    switch proto {
+                    case .http1: try addHTTP()
+                    case .tcp: try addTCP()
+                    case .detect:
+                        // A connection that sends nothing is closed after the shorter of the detect and
+                        // header-read timeouts (it has not started a request either).
+                        let detectTimeout = min(http.detectTimeout, http.headerReadTimeout)
+                        let detector = ProtocolDetector(
+                            timeout: .nanoseconds(detectTimeout.nanoseconds),
+                            onTimeout: {
+                                shared.metrics.detected(direction, "timeout").increment()
+                                shared.logger.info(
+                                    "closing connection: protocol not detected in time",
+                                    metadata: ["direction": "\(direction.label)", "timeout": "\(detectTimeout)"])
+                            },
+                            configure: { detected, _ in
+                                shared.metrics.detected(direction, detected.rawValue).increment()
+                                switch detected {
+                                case .http1:
+                                    try addHTTP()
+                                case _ where direction == .outbound && guardHandler.originalDestination == nil:
+                                    // An explicit (not redirected) outbound connection can only mean HTTP:
+                                    // the HTTP path answers what it cannot parse with 400.
+                                    shared.logger.info(
+                                        "not HTTP on the explicit outbound listener (no original destination): answering as HTTP",
+                                        metadata: ["protocol": "\(detected.rawValue)"])
+                                    try addHTTP()
+                                default:
+                                    if detected == .opaque {
+                                        shared.logger.info(
+                                            "not HTTP: treating the connection as opaque TCP",
+                                            metadata: ["direction": "\(direction.label)", "protocol": "\(detected.rawValue)"])
+                                    }
+                                    try addTCP()
+                                }
+                                return true
+                            })
+                        try sync.addHandler(detector)
+                    }
                 }
             }
             .bind(host: listen.host, port: listen.port)
             .get()
+    }
+
+    /// Where an opaque connection on a proxy listener goes: a sidecar's inbound → the application; an
+    /// outbound connection redirected by iptables → its original destination (SO_ORIGINAL_DST).
+    /// Otherwise nowhere (an explicit outbound connection that is not HTTP names no destination; a
+    /// node proxy's inbound forwards only HTTP, which names the pod).
+    func opaqueTarget(_ direction: Direction, channel: Channel, loop: LoopContext) -> EventLoopFuture<TCPTarget?> {
+        let config = loop.snapshot.config
+        switch direction {
+        case .inbound:
+            guard config.mode == .sidecar else { return channel.eventLoop.makeSucceededFuture(nil) }
+            return channel.eventLoop.makeSucceededFuture(
+                TCPTarget(address: loop.snapshot.appAddress, label: "app", connectTimeout: config.upstream.connectTimeout))
+        case .outbound:
+            return Self.originalDestination(channel).map { dst in
+                dst.map { TCPTarget(address: $0, label: "original-dst", connectTimeout: config.upstream.connectTimeout) }
+            }
+        }
+    }
+
+    /// The destination an iptables REDIRECT rewrote (Linux SO_ORIGINAL_DST), or nil when the
+    /// connection was not redirected (the original destination is the listener itself).
+    static func originalDestination(_ channel: Channel) -> EventLoopFuture<SocketAddress?> {
+        guard let provider = channel as? SocketOptionProvider, case .v4? = channel.localAddress else {
+            return channel.eventLoop.makeSucceededFuture(nil)
+        }
+        let local = channel.localAddress
+        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(IPPROTO_IP), name: SocketOptionName(80))  // SO_ORIGINAL_DST
+        return future.map { raw -> SocketAddress? in
+            let address = SocketAddress(raw, host: "")
+            if address.ipAddress == local?.ipAddress && address.port == local?.port { return nil }
+            return address
+        }.recover { _ in nil }
+    }
+
+    /// Listeners of `protocol: tcp` services: each connection goes, as opaque TCP, to an endpoint
+    /// picked by the service's balancer.
+    private func bindTCPServices() async throws {
+        for service in config.services where service.protocol == .tcp {
+            guard let listen = service.listen else { continue }
+            let name = service.name
+            let runtime = self
+            let shared = self.shared
+            let quiesce = self.quiesce[.outbound]!
+            _ = quiesce
+            let channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let loop = runtime.loopContext(for: channel.eventLoop)
+                        let guardHandler = ConnectionGuard(
+                            direction: .outbound, shared: shared,
+                            allowedSources: loop.snapshot.config.mode == .node ? loop.snapshot.config.effectiveAllowedSources : nil,
+                            openCount: shared.outboundOpen, maxConnections: loop.snapshot.config.http.maxConnections)
+                        try channel.pipeline.syncOperations.addHandler(guardHandler)
+                        let idle = loop.services.first { $0.name == name }?.idleTimeout ?? loop.snapshot.config.upstream.idleTimeout
+                        try channel.pipeline.syncOperations.addHandler(
+                            TCPConnectHandler(
+                                loop: loop, direction: .outbound, idleTimeout: idle,
+                                resolve: { ch in ch.eventLoop.makeSucceededFuture(loop.tcpTarget(service: name)) }))
+                    }
+                }
+                .bind(host: listen.host, port: listen.port)
+                .get()
+            channels.withLockedValue { $0["tcp:" + name] = channel }
+            shared.logger.info(
+                "tcp service listening", metadata: ["service": "\(name)", "listen": "\(channel.localAddress.map(Self.hostPort) ?? "?")"])
+        }
     }
 
     private func bindAdmin(_ listen: HostPort) async throws -> Channel {
@@ -299,6 +419,7 @@ final class MeshRuntime: Sendable {
         if open > 0 {
             shared.logger.warning("drain timeout reached; closing remaining connections", metadata: ["open": "\(open)"])
         }
+        for (name, ch) in channels.withLockedValue({ $0 }) where name.hasPrefix("tcp:") { try? await ch.close() }
         if let admin = channels.withLockedValue({ $0["admin"] }) { try? await admin.close() }
         for loop in loops { try? await loop.eventLoop.submit { loop.stop() }.get() }
         try? await group.shutdownGracefully()
