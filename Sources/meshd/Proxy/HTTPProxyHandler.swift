@@ -8,7 +8,7 @@ import NIOHTTP1
 /// three steps — route (logical) → balance (concrete) → endpoint (send) — using MeshCore's decisions,
 /// then streams the request to an upstream connection of the same event loop and the response back,
 /// with backpressure both ways (reads are held while the partner cannot take more).
-final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
+final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamOwner, LoopTimed {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -105,6 +105,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         var attemptStarted = NIODeadline.now()
         /// A hedged attempt was considered (at most one per request).
         var hedged = false
+        /// The `Upgrade` header of an upgrade request (WebSocket...), passed through.
+        var upgrade: String?
+        /// A `101` head waiting for its end before the connections switch to a byte pipe.
+        var switchingHead: HTTPResponseHead?
     }
 
     // MARK: - Channel events
@@ -383,6 +387,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             outHead.headers.add(name: "x-forwarded-for", value: clientIP)
         }
         if hostHeader == nil { outHead.headers.add(name: "host", value: String(req.authority)) }
+        if let upgrade = head.headers.first(name: "upgrade"),
+            head.headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
+        {
+            // An upgrade (WebSocket...) passes through: these two hop-by-hop headers go on.
+            req.upgrade = upgrade
+            outHead.headers.replaceOrAdd(name: "upgrade", value: upgrade)
+            outHead.headers.replaceOrAdd(name: "connection", value: "upgrade")
+        }
         req.head = outHead
 
         beginAttempt(context: context)
@@ -671,6 +683,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
                 }
             }
             dropHedge()
+            if status == 101, req.upgrade != nil {
+                // Switch once the decoder has delivered this response's end (it comes right after).
+                req.switchingHead = head
+                return
+            }
+            if req.upgrade != nil {
+                // Upgrade refused: the request decoder stopped at the upgrade, so this connection ends
+                // with this response.
+                req.keepAlive = false
+            }
             req.responseStarted = true
             req.status = status
             head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
@@ -681,6 +703,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
             req.lastActivity = .now()
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         case .end(let trailers):
+            if let head = req.switchingHead, let upgrade = req.upgrade, case .proxying(let upstream) = state {
+                req.switchingHead = nil
+                switchToTunnel(head, upgrade: upgrade, upstream: upstream, context: context)
+                return
+            }
             req.responseEnded = true
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             if req.requestEnded {
@@ -753,6 +780,48 @@ final class HTTPProxyHandler: ChannelDuplexHandler, UpstreamOwner, LoopTimed {
         state = .connecting
         if req.requestEnded { pending.append(.end(nil)) }
         dispatch(context: context)
+    }
+
+    // MARK: - Upgrade
+
+    /// `101 Switching Protocols`: forward it, then both connections leave HTTP and become a byte pipe
+    /// (GlueHandler pair); bytes either decoder already read are passed on, not dropped.
+    private func switchToTunnel(
+        _ head: HTTPResponseHead, upgrade: String, upstream: UpstreamConnection, context: ChannelHandlerContext
+    ) {
+        var head = head
+        head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
+        head.headers.replaceOrAdd(name: "upgrade", value: head.headers.first(name: "upgrade") ?? upgrade)
+        head.headers.replaceOrAdd(name: "connection", value: "upgrade")
+        head.version = .http1_1
+        req.status = 101
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        finishRequest(status: 101, error: nil, reuse: false)
+        loop.shared.metrics.upgrades.increment()
+        let (down, up) = GlueHandler.matchedPair()
+        down.loop = loop
+        down.idleTimeout = req.service?.idleTimeout ?? loop.snapshot.config.upstream.idleTimeout
+        state = .closed
+        do {
+            let sync = context.pipeline.syncOperations
+            _ = context.channel.setOption(.allowRemoteHalfClosure, value: true)
+            try sync.addHandler(down)
+            try upstream.becomeTunnel(up)
+            sync.removeHandler(context: context, promise: nil)
+            if let encoder = try? sync.context(handlerType: HTTPResponseEncoder.self) {
+                sync.removeHandler(context: encoder, promise: nil)
+            }
+            if let decoder = try? sync.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+                sync.removeHandler(context: decoder, promise: nil)
+            }
+            context.channel.read()
+            upstream.channelRead()
+        } catch {
+            loop.shared.logger.warning("upgrade switch failed", metadata: ["error": "\(error)"])
+            upstream.close()
+            context.close(promise: nil)
+        }
     }
 
     // MARK: - Hedging

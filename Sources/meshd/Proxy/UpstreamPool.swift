@@ -105,7 +105,8 @@ final class UpstreamPool {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                        enableOutboundHeaderValidation: false, decoderLimitConfiguration: limits)
+                        leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false,
+                        decoderLimitConfiguration: limits)
                     try channel.pipeline.syncOperations.addHandler(
                         UpstreamConnection(address: address, shared: shared, counters: counters))
                 }
@@ -134,7 +135,7 @@ protocol UpstreamOwner: AnyObject {
 
 /// The last handler of an upstream channel: forwards response parts to its current owner and holds
 /// reads while the owner's downstream cannot take more (backpressure).
-final class UpstreamConnection: ChannelDuplexHandler {
+final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
@@ -163,8 +164,12 @@ final class UpstreamConnection: ChannelDuplexHandler {
     var isUsable: Bool { active && reusable }
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
+    /// Kept after the handler leaves the pipeline (an upgraded connection still needs reads).
+    private var channel: Channel?
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.channel = context.channel
         self.active = context.channel.isActive
         if active {
             shared.metrics.upstreamConnectionsOpen.increment()
@@ -256,9 +261,33 @@ final class UpstreamConnection: ChannelDuplexHandler {
 
     func flush() { context?.flush() }
 
+    /// Asks the channel to read (after the pipeline changed).
+    func channelRead() { channel?.read() }
+
     func close() {
         reusable = false
         owner = nil
         context?.close(promise: nil)
+    }
+
+    /// After a `101 Switching Protocols`: the connection leaves HTTP (and the pool's accounting) and
+    /// becomes one side of a byte pipe. Bytes the decoder already holds go on to `glue`.
+    func becomeTunnel(_ glue: GlueHandler) throws {
+        guard let context else { return }
+        reusable = false
+        owner = nil
+        if active {
+            active = false
+            shared.metrics.upstreamConnectionsOpen.decrement()
+            counters?.connections.wrappingDecrement(ordering: .relaxed)
+        }
+        let sync = context.pipeline.syncOperations
+        _ = context.channel.setOption(.allowRemoteHalfClosure, value: true)
+        try sync.addHandler(glue)
+        sync.removeHandler(context: context, promise: nil)
+        if let encoder = try? sync.context(handlerType: HTTPRequestEncoder.self) { sync.removeHandler(context: encoder, promise: nil) }
+        if let decoder = try? sync.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self) {
+            sync.removeHandler(context: decoder, promise: nil)
+        }
     }
 }

@@ -91,8 +91,8 @@ final class LoopService {
 
     /// Applies an ejection (from any loop) to this loop's balancer.
     func applyEjection(address: String, until: Int64, times: Int) {
-        if keepsGauges && outlier.ejectedUntil(address) == nil { resilience?.ejected.increment() }
         outlier.markEjected(address: address, until: until, times: times)
+        if keepsGauges { resilience?.ejected.set(outlier.ejectedCount) }
         for (i, e) in endpoints.enumerated() where e.config.address.description == address {
             balancer.setHealthy(i, false)
         }
@@ -100,8 +100,9 @@ final class LoopService {
 
     /// Ends ejections that are over.
     func expireEjections(now: Int64) {
-        for address in outlier.expire(now: now) {
-            if keepsGauges { resilience?.ejected.decrement() }
+        let returned = outlier.expire(now: now)
+        if keepsGauges && !returned.isEmpty { resilience?.ejected.set(outlier.ejectedCount) }
+        for address in returned {
             for (i, e) in endpoints.enumerated() where e.config.address.description == address {
                 balancer.setHealthy(i, true)
                 shared?.logger.info("endpoint returned from ejection", metadata: ["service": "\(name)", "endpoint": "\(address)"])

@@ -35,6 +35,7 @@ final class MeshMetrics: Sendable {
     let reloadsFailed: CoreMetrics.Counter
     let configVersion: CoreMetrics.Gauge
     let ready: CoreMetrics.Gauge
+    let upgrades: CoreMetrics.Counter
 
     static let refusedReasons = ["source_not_allowed", "connection_limit"]
     private let counterCache = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
@@ -75,6 +76,7 @@ final class MeshMetrics: Sendable {
         reloadsFailed = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "failed")], factory: factory)
         configVersion = CoreMetrics.Gauge(label: "meshd_config_version", factory: factory)
         ready = CoreMetrics.Gauge(label: "meshd_ready", factory: factory)
+        upgrades = CoreMetrics.Counter(label: "meshd_upgrades_total", factory: factory)
         if bootstrapGlobal { MetricsSystem.bootstrap(factory) }
     }
 

@@ -132,8 +132,11 @@ final class MeshRuntime: Sendable {
                     try sync.addHandler(guardHandler)
                     let proto = direction == .outbound ? loop.snapshot.config.outbound.protocol : loop.snapshot.config.inbound.protocol
                     func addHTTP() throws {
+                        // An upgrade configuration without upgraders only makes the request decoder keep
+                        // (not drop) the bytes after an Upgrade request; its handler leaves after the
+                        // first request. meshd itself switches upgraded connections to a byte pipe.
                         try sync.configureHTTPServerPipeline(
-                            withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
+                            withPipeliningAssistance: false, withServerUpgrade: ([], { _ in }), withErrorHandling: false,
                             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
                             withDecoderLimitConfiguration: limits)
                         try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
