@@ -109,6 +109,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var upgrade: String?
         /// A `101` head waiting for its end before the connections switch to a byte pipe.
         var switchingHead: HTTPResponseHead?
+        /// A gRPC response held until its trailers say whether to retry (bounded by bufferBytes).
+        var heldHead: HTTPResponseHead?
+        var heldBody: [ByteBuffer] = []
+        var heldBytes = 0
     }
 
     // MARK: - Channel events
@@ -665,6 +669,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             let status = Int(head.status.code)
             if direction == .outbound {
                 let grpc = head.headers.first(name: "grpc-status").flatMap { Int($0) }
+                if status == 200, grpc == nil, let rs = req.routeState, rs.retry.needsTrailers,
+                    req.attempts < rs.retry.attempts,
+                    head.headers.first(name: "content-type")?.hasPrefix("application/grpc") == true
+                {
+                    // gRPC puts its status in the trailers: hold this response until they arrive.
+                    dropHedge()
+                    req.heldHead = head
+                    req.heldBody.removeAll()
+                    req.heldBytes = 0
+                    return
+                }
                 let outcome = AttemptOutcome.response(status: status, grpcStatus: grpc)
                 if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: nowNanos) }
                 if status >= 400 || grpc != nil, hedge != nil, req.routeState?.retry.retryReason(for: outcome) != nil {
@@ -701,8 +716,34 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let buffer):
             req.lastActivity = .now()
+            if req.heldHead != nil {
+                req.heldBytes += buffer.readableBytes
+                req.heldBody.append(buffer)
+                if req.heldBytes > (req.routeState?.retry.bufferBytes ?? 0) {
+                    // Too large to hold: stream it; this attempt can no longer be retried.
+                    releaseHeldResponse(context: context)
+                }
+                return
+            }
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         case .end(let trailers):
+            if req.heldHead != nil, direction == .outbound, case .proxying(let upstream) = state {
+                let grpc = trailers?.first(name: "grpc-status").flatMap { Int($0) }
+                let outcome = AttemptOutcome.response(status: 200, grpcStatus: grpc)
+                let now = Int64(NIODeadline.now().uptimeNanoseconds)
+                if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: now) }
+                if req.requestEnded, let reason = retryReason(for: outcome) {
+                    // The exchange completed cleanly: the connection goes back to the pool.
+                    req.heldHead = nil
+                    req.heldBody.removeAll()
+                    upstream.owner = nil
+                    loop.pool.release(upstream)
+                    state = .connecting
+                    scheduleRetry(reason: reason, context: context)
+                    return
+                }
+                releaseHeldResponse(context: context)
+            }
             if let head = req.switchingHead, let upgrade = req.upgrade, case .proxying(let upstream) = state {
                 req.switchingHead = nil
                 switchToTunnel(head, upgrade: upgrade, upstream: upstream, context: context)
@@ -780,6 +821,21 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         state = .connecting
         if req.requestEnded { pending.append(.end(nil)) }
         dispatch(context: context)
+    }
+
+    /// Sends a held response's head and body on, and streams from here.
+    private func releaseHeldResponse(context: ChannelHandlerContext) {
+        guard var head = req.heldHead else { return }
+        req.heldHead = nil
+        req.responseStarted = true
+        req.status = Int(head.status.code)
+        head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
+        head.version = .http1_1
+        if !req.keepAlive || quiescing { head.headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        for b in req.heldBody { context.write(wrapOutboundOut(.body(.byteBuffer(b))), promise: nil) }
+        req.heldBody.removeAll()
+        req.heldBytes = 0
     }
 
     // MARK: - Upgrade
@@ -1103,12 +1159,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 context.close(promise: nil)
             }
         case .connecting, .proxying, .backoff:
-            if !req.responseStarted && now > req.deadline {
+            if !req.responseStarted && req.heldHead == nil && now > req.deadline {
                 // The route's total timeout, retries included: no more attempts.
                 loop.shared.logger.info(
                     "upstream timeout", metadata: ["target": "\(req.target?.description ?? "?")", "authority": "\(req.authority)"])
                 reply(.upstreamTimeout, context: context, detail: "no response from \(req.target?.description ?? "upstream") in time")
-            } else if !req.responseStarted && now > req.tryDeadline, !isBackoff {
+            } else if !req.responseStarted && req.heldHead == nil && now > req.tryDeadline, !isBackoff {
                 req.tryDeadline = .distantFuture
                 attemptFailed(
                     .timeout, error: .upstreamTimeout, context: context,
