@@ -26,3 +26,5 @@ if command -v service >/dev/null 2>&1; then
 fi
 
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+# WebSocket peer for the protocol tests.
+python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
