@@ -265,6 +265,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            // The client will send no more: finish what is in flight, then close.
+            req.keepAlive = false
+            if isIdle && pipelined.isEmpty {
+                state = .closed
+                context.close(promise: nil)
+            }
+            return
+        }
         if event is ChannelShouldQuiesceEvent {
             // Graceful drain: an idle connection closes now; a busy one after its response (which
             // carries `connection: close` if its head is not out yet).
@@ -870,6 +879,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             }
             if let decoder = try? sync.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self) {
                 sync.removeHandler(context: decoder, promise: nil)
+            }
+            // Bytes either decoder held reach the glue when its removal completes (after this read
+            // cycle), without a read-complete: flush both sides on the next loop turn.
+            let downstream = context.channel
+            context.eventLoop.assumeIsolated().execute {
+                downstream.flush()
+                upstream.channelFlush()
             }
             context.channel.read()
             upstream.channelRead()

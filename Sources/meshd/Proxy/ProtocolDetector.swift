@@ -86,4 +86,19 @@ final class ProtocolDetector: ChannelInboundHandler, RemovableChannelHandler {
         timer?.cancel()
         context.fireChannelInactive()
     }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !decided, let e = event as? ChannelEvent, case .inputClosed = e {
+            // The client finished sending before we could tell: with bytes, decide on what there is
+            // (no more will come) and pass the EOF on after them; with none, there is nothing to serve.
+            guard let bytes = buffered, bytes.readableBytes > 0 else {
+                decided = true
+                timer?.cancel()
+                context.close(promise: nil)
+                return
+            }
+            decide(ProtocolDetection.classify(bytes.readableBytesView) ?? .opaque, context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
 }

@@ -32,6 +32,8 @@ final class TCPConnectHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var bufferedBytes = 0
     private var started = false
     private var readPending = false
+    /// The client half-closed before the upstream was there: pass its EOF on after the bytes.
+    private var inputClosed = false
     static let maxBuffered = 64 * 1024
 
     init(loop: LoopContext, direction: Direction, idleTimeout: MeshDuration, resolve: @escaping Resolve) {
@@ -62,6 +64,14 @@ final class TCPConnectHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func read(context: ChannelHandlerContext) {
         readPending = true  // held until connected
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            inputClosed = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func start(_ context: ChannelHandlerContext) {
@@ -128,6 +138,7 @@ final class TCPConnectHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         for b in self.buffered { upstream.write(b, promise: nil) }
                         downGlue.bytesRead = UInt64(self.bufferedBytes)
                         upstream.flush()
+                        if self.inputClosed { upstream.close(mode: .output, promise: nil) }
                         self.buffered.removeAll()
                         context.pipeline.syncOperations.removeHandler(self, promise: nil)
                         // From the channel, through the glue (a removed handler's context cannot read).

@@ -263,6 +263,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Asks the channel to read (after the pipeline changed).
     func channelRead() { channel?.read() }
+    func channelFlush() { channel?.flush() }
 
     func close() {
         reusable = false

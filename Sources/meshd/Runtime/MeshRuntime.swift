@@ -118,6 +118,9 @@ final class MeshRuntime: Sendable {
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // A client may send its bytes and its FIN together (opaque TCP): keep the read side's EOF
+            // as an event, not a close, so nothing it sent is lost.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let loop = runtime.loopContext(for: channel.eventLoop)
@@ -240,6 +243,7 @@ final class MeshRuntime: Sendable {
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let loop = runtime.loopContext(for: channel.eventLoop)
