@@ -27,4 +27,4 @@ fi
 
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
 # WebSocket peer for the protocol tests.
-python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q -r tests/e2e/requirements.txt
+python3 -c 'import websockets, kubernetes_validate, yaml' 2>/dev/null || python3 -m pip install -q -r tests/e2e/requirements.txt

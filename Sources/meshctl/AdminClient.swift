@@ -35,6 +35,7 @@ enum AdminClient {
                 }
                 .connect(host: host, port: port).get()
         } catch {
+            promise.fail(error)  // never left pending (NIO reports leaked promises in debug builds)
             throw Failure(description: "cannot reach meshd admin at \(admin): \(error)")
         }
         var headers = HTTPHeaders()

@@ -6,8 +6,13 @@ import MeshCore
 struct Meshctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshctl",
-        abstract: "Inspect a running meshd through its admin API, and validate configuration files.",
-        subcommands: [Routes.self, Services.self, ConfigCommand.self, Metrics.self, Check.self])
+        abstract:
+            "Inspect a running meshd through its admin API, validate configuration files, inject meshd into Kubernetes manifests, "
+            + "and measure the latency and footprint of the placements.",
+        subcommands: [
+            Routes.self, Services.self, ConfigCommand.self, Metrics.self, Check.self, Inject.self, Latency.self, Footprint.self,
+            DelayBackendCommand.self,
+        ])
 }
 
 struct AdminOptions: ParsableArguments {
