@@ -46,16 +46,7 @@ public enum ConfigLoader {
     public static func load(yaml text: String, overrides: Overrides = Overrides()) throws(ConfigError) -> MeshConfig {
         var decoder = Decoder()
         var config = MeshConfig()
-        let root: Node?
-        do {
-            // The basic resolver tags every scalar as a string: meshd interprets values itself, and
-            // Yams' default resolver would run NSRegularExpression (and load ICU) for every scalar.
-            root = try Yams.compose(yaml: text, .basic)
-        } catch let error as YamlError {
-            throw ConfigError(problems: [Self.problem(from: error)])
-        } catch {
-            throw ConfigError(problems: [ConfigProblem(path: "", reason: .syntax("\(error)"))])
-        }
+        let root = try compose(text)
         if let root {
             decoder.decodeRoot(root, into: &config)
         }
@@ -71,14 +62,7 @@ public enum ConfigLoader {
     /// entry is `"HOST:PORT"` or `{address, via, weight, zone, node}`.
     public static func loadEndpoints(yaml text: String) throws(ConfigError) -> [EndpointConfig] {
         var decoder = Decoder()
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text, .basic)
-        } catch let error as YamlError {
-            throw ConfigError(problems: [Self.problem(from: error)])
-        } catch {
-            throw ConfigError(problems: [ConfigProblem(path: "", reason: .syntax("\(error)"))])
-        }
+        let root = try compose(text)
         var list: [Node] = []
         switch root {
         case .sequence(let seq)?: list = Array(seq)
@@ -104,6 +88,19 @@ public enum ConfigLoader {
     /// The built-in default with overrides applied and validated.
     public static func builtInDefault(overrides: Overrides = Overrides()) throws(ConfigError) -> MeshConfig {
         try load(yaml: "", overrides: overrides)
+    }
+
+    /// The YAML (or JSON) node tree; syntax errors become a problem with its line and column.
+    /// The basic resolver tags every scalar as a string: meshd interprets values itself, and Yams'
+    /// default resolver would run NSRegularExpression (and load ICU) for every scalar.
+    static func compose(_ text: String) throws(ConfigError) -> Node? {
+        do {
+            return try Yams.compose(yaml: text, .basic)
+        } catch let error as YamlError {
+            throw ConfigError(problems: [Self.problem(from: error)])
+        } catch {
+            throw ConfigError(problems: [ConfigProblem(path: "", reason: .syntax("\(error)"))])
+        }
     }
 
     static func problem(from error: YamlError) -> ConfigProblem {

@@ -94,17 +94,19 @@ final class MeshMetrics: Sendable {
     ]
     static let skipCauses = ["budget", "limit", "body-too-large", "non-idempotent", "deadline", "attempts"]
 
-    func resilience(service: String) -> ServiceResilience {
-        func counter(_ label: String, _ dims: [(String, String)]) -> CoreMetrics.Counter {
-            let key = label + "|" + dims.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-            return counterCache.withLockedValue { cache in
-                if let c = cache[key] { return c }
-                let c = CoreMetrics.Counter(label: label, dimensions: dims, factory: factory)
-                cache[key] = c
-                return c
-            }
+    /// A counter handle, created once per label set and cached (config install / connection setup).
+    func counter(_ label: String, _ dims: [(String, String)]) -> CoreMetrics.Counter {
+        let key = label + "|" + dims.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        return counterCache.withLockedValue { cache in
+            if let c = cache[key] { return c }
+            let c = CoreMetrics.Counter(label: label, dimensions: dims, factory: factory)
+            cache[key] = c
+            return c
         }
-        return ServiceResilience(
+    }
+
+    func resilience(service: String) -> ServiceResilience {
+        ServiceResilience(
             retries: Dictionary(
                 uniqueKeysWithValues: Self.retryReasons.map {
                     ($0, counter("meshd_retries_total", [("service", service), ("reason", $0)]))
@@ -128,15 +130,6 @@ final class MeshMetrics: Sendable {
 
     /// Opaque TCP counters by direction and target label (service name, `app`, `original-dst`).
     func tcp(_ d: Direction, _ target: String) -> TCPCounters {
-        func counter(_ label: String, _ dims: [(String, String)]) -> CoreMetrics.Counter {
-            let key = label + "|" + dims.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-            return counterCache.withLockedValue { cache in
-                if let c = cache[key] { return c }
-                let c = CoreMetrics.Counter(label: label, dimensions: dims, factory: factory)
-                cache[key] = c
-                return c
-            }
-        }
         let dims = [("direction", d.label), ("target", target)]
         return TCPCounters(
             connections: counter("meshd_tcp_connections_total", dims),
@@ -148,14 +141,7 @@ final class MeshMetrics: Sendable {
 
     /// Protocol detection outcomes.
     func detected(_ d: Direction, _ proto: String) -> CoreMetrics.Counter {
-        let key = "detected|\(d.label)|\(proto)"
-        return counterCache.withLockedValue { cache in
-            if let c = cache[key] { return c }
-            let c = CoreMetrics.Counter(
-                label: "meshd_protocol_detected_total", dimensions: [("direction", d.label), ("protocol", proto)], factory: factory)
-            cache[key] = c
-            return c
-        }
+        counter("meshd_protocol_detected_total", [("direction", d.label), ("protocol", proto)])
     }
 
     func error(_ e: MeshError, _ d: Direction) -> CoreMetrics.Counter {
