@@ -50,8 +50,21 @@ final class GlueHandler: ChannelDuplexHandler, LoopTimed {
 
     private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
     private func partnerFlush() { context?.flush() }
-    private func partnerWriteEOF() { context?.close(mode: .output, promise: nil) }
-    private func partnerCloseFull() { context?.close(promise: nil) }
+    /// Passes on an EOF (or a full close) only after everything already written to this side is
+    /// out: NIO escalates an output half-close to a full close when the input is already shut down,
+    /// and a full close drops pending writes. Writes complete in order, so an empty write's promise
+    /// completes once all earlier ones are on the wire.
+    private func partnerWriteEOF() { closeAfterPendingWrites(mode: .output) }
+    private func partnerCloseFull() { closeAfterPendingWrites(mode: .all) }
+
+    private func closeAfterPendingWrites(mode: CloseMode) {
+        guard let context else { return }
+        let flushed = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: flushed)
+        flushed.futureResult.assumeIsolated().whenComplete { _ in
+            context.close(mode: mode, promise: nil)
+        }
+    }
     private var partnerWritable: Bool { context?.channel.isWritable ?? false }
 
     private func partnerBecameWritable() {
