@@ -105,3 +105,12 @@ def start_meshd_module(tmp_path_factory):
     f = MeshdFactory(tmp_path_factory.mktemp("meshd"))
     yield f
     f.stop_all()
+
+
+@pytest.fixture(scope="module")
+def meshctl():
+    """The meshctl binary under test (MESHCTL_BIN, else next to meshd)."""
+    path = meshlib.meshctl_bin()
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(f"meshctl not found at {path}: build it (swift build --product meshctl) or set MESHCTL_BIN", pytrace=False)
+    return path

@@ -10,21 +10,13 @@ from pathlib import Path
 import pytest
 
 import meshlib
-from meshlib import base_config, http_request, meshctl_bin
+from meshlib import base_config, http_request
 
 
 @pytest.fixture(scope="module")
 def meshd_binary():
     """Overrides conftest's session check: only the --admin test needs meshd."""
     return meshlib.meshd_bin()
-
-
-@pytest.fixture(scope="module")
-def meshctl():
-    path = meshctl_bin()
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"meshctl not found at {path}: build it (swift build --product meshctl) or set MESHCTL_BIN", pytrace=False)
-    return path
 
 
 def footprint(meshctl, *args) -> dict:

@@ -7,7 +7,6 @@ skipped, with the reason, without them."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import meshlib
-from meshlib import meshctl_bin
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "inject"
 NAMES = sorted(p.name for p in (GOLDEN / "in").glob("*.yaml"))
@@ -27,14 +25,6 @@ K8S_VERSION = "1.37.0"  # the newest schemas kubernetes-validate ships; native s
 def meshd_binary():
     """Overrides conftest's session check: inject does not start meshd."""
     return meshlib.meshd_bin()
-
-
-@pytest.fixture(scope="module")
-def meshctl():
-    path = meshctl_bin()
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"meshctl not found at {path}: build it (swift build --product meshctl) or set MESHCTL_BIN", pytrace=False)
-    return path
 
 
 def inject(meshctl, *args, stdin: bytes | None = None):

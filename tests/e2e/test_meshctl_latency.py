@@ -19,21 +19,13 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import meshlib
-from meshlib import base_config, meshctl_bin
+from meshlib import base_config
 
 
 @pytest.fixture(scope="module")
 def meshd_binary():
     """Overrides conftest's session check: only the tests that start meshd need the binary."""
     return meshlib.meshd_bin()
-
-
-@pytest.fixture(scope="module")
-def meshctl():
-    path = meshctl_bin()
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"meshctl not found at {path}: build it (swift build --product meshctl) or set MESHCTL_BIN", pytrace=False)
-    return path
 
 
 def latency(meshctl, *args, timeout=60.0):

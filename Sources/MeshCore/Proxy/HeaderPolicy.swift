@@ -68,24 +68,13 @@ extension HeaderPolicy {
         equalsIgnoringASCIICase(s.utf8, lowercase.utf8)
     }
 
+    /// The comparison itself: inlinable, so it is specialised for the concrete views at each call site.
     @inlinable
-    static func equalsIgnoringASCIICase(_ a: Substring.UTF8View, _ b: String.UTF8View) -> Bool {
+    public static func equalsIgnoringASCIICase(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -> Bool {
         guard a.count == b.count else { return false }
-        var ia = a.makeIterator()
         var ib = b.makeIterator()
-        while let x = ia.next(), let y = ib.next() {
-            if (x >= 65 && x <= 90 ? x | 0x20 : x) != y { return false }
-        }
-        return true
-    }
-
-    @inlinable
-    static func equalsIgnoringASCIICase(_ a: String.UTF8View, _ b: String.UTF8View) -> Bool {
-        guard a.count == b.count else { return false }
-        var ia = a.makeIterator()
-        var ib = b.makeIterator()
-        while let x = ia.next(), let y = ib.next() {
-            if (x >= 65 && x <= 90 ? x | 0x20 : x) != y { return false }
+        for x in a {
+            guard let y = ib.next(), (x >= 65 && x <= 90 ? x | 0x20 : x) == y else { return false }
         }
         return true
     }

@@ -42,22 +42,13 @@ public struct RouteTable: Sendable {
         func matches(_ host: Substring) -> Bool {
             switch self {
             case .any: return true
-            case .exact(let name): return Self.equalsIgnoringASCIICase(host, name)
+            case .exact(let name): return HeaderPolicy.equalsIgnoringASCIICase(host.utf8, name.utf8)
             case .suffix(let suffix):
                 guard host.utf8.count > suffix.utf8.count else { return false }
-                let tail = host.utf8.suffix(suffix.utf8.count)
-                return Self.equalsIgnoringASCIICase(Substring(tail), suffix)
+                return HeaderPolicy.equalsIgnoringASCIICase(host.utf8.suffix(suffix.utf8.count), suffix.utf8)
             }
         }
 
-        static func equalsIgnoringASCIICase(_ a: Substring, _ b: String) -> Bool {
-            guard a.utf8.count == b.utf8.count else { return false }
-            for (x, y) in zip(a.utf8, b.utf8) {
-                let lx = x >= 65 && x <= 90 ? x + 32 : x
-                if lx != y { return false }  // patterns are stored lowercased
-            }
-            return true
-        }
     }
 
     public let routes: [Route]
