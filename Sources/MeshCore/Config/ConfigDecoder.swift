@@ -181,7 +181,7 @@ struct Decoder {
     mutating func listenerProtocol(_ node: Node, _ path: String) -> ListenerProtocol? {
         guard let text = string(node, path) else { return nil }
         guard let p = ListenerProtocol(rawValue: text) else {
-            fail(path, node, .invalidValue(text, expected: "detect, http1 or tcp"))
+            fail(path, node, .invalidValue(text, expected: "detect, http1, http2 or tcp"))
             return nil
         }
         return p
@@ -246,7 +246,7 @@ struct Decoder {
     // MARK: - Document
 
     static let rootKeys = [
-        "mode", "nodeIP", "threads", "outbound", "inbound", "admin", "node", "http", "upstream", "drainTimeout",
+        "mode", "nodeIP", "threads", "outbound", "inbound", "admin", "node", "http", "http2", "upstream", "drainTimeout",
         "accessLog", "services", "routes", "locality",
     ]
 
@@ -281,8 +281,15 @@ struct Decoder {
                     }
                 }
             case "inbound":
-                if let e = mapping(value, key, allowed: ["listen", "app", "protocol"]) {
+                if let e = mapping(value, key, allowed: ["listen", "app", "protocol", "appProtocol"]) {
                     for (k, v) in e {
+                        if k == "appProtocol", let text = string(v, "inbound.appProtocol") {
+                            if let p = UpstreamProtocol(rawValue: text) {
+                                config.inbound.appProtocol = p
+                            } else {
+                                fail("inbound.appProtocol", v, .invalidValue(text, expected: "auto, http1, http2 or grpc"))
+                            }
+                        }
                         if k == "listen" { config.inbound.listen = address(v, "inbound.listen", allowPortZero: true) }
                         if k == "protocol", let p = listenerProtocol(v, "inbound.protocol") { config.inbound.protocol = p }
                         if k == "app", let a = address(v, "inbound.app") { config.inbound.app = a }
@@ -312,6 +319,7 @@ struct Decoder {
                 }
             case "http": decodeHTTP(value, into: &config.http)
             case "upstream": decodeUpstream(value, into: &config.upstream)
+            case "http2": decodeHTTP2(value, into: &config.http2)
             case "drainTimeout": if let d = duration(value, key, max: .seconds(3600)) { config.drainTimeout = d }
             case "accessLog": if let b = bool(value, key) { config.accessLog = b }
             case "services":
@@ -326,6 +334,21 @@ struct Decoder {
                     continue
                 }
                 config.routes = items.enumerated().compactMap { decodeRoute($1, "routes[\($0)]") }
+            default: break
+            }
+        }
+    }
+
+    mutating func decodeHTTP2(_ node: Node, into h2: inout HTTP2Config) {
+        let allowed = ["maxConcurrentStreams", "initialWindowSize", "maxConnectionsPerEndpoint"]
+        guard let entries = mapping(node, "http2", allowed: allowed) else { return }
+        for (k, v) in entries {
+            let p = "http2." + k
+            switch k {
+            case "maxConcurrentStreams": if let n = int(v, p, range: 1...10_000) { h2.maxConcurrentStreams = n }
+            // RFC 9113 §6.5.2: at least the 65 535 default, at most 2^31 - 1; meshd caps at 16 MiB.
+            case "initialWindowSize": if let n = int(v, p, range: 65_535...(16 << 20)) { h2.initialWindowSize = n }
+            case "maxConnectionsPerEndpoint": if let n = int(v, p, range: 1...1024) { h2.maxConnectionsPerEndpoint = n }
             default: break
             }
         }
@@ -395,7 +418,7 @@ struct Decoder {
                     if let sp = ServiceProtocol(rawValue: text) {
                         service.protocol = sp
                     } else {
-                        fail(p, v, .invalidValue(text, expected: "http1 or tcp"))
+                        fail(p, v, .invalidValue(text, expected: "auto, http1, http2, grpc or tcp"))
                     }
                 }
             case "listen":

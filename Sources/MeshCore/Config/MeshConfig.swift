@@ -17,6 +17,7 @@ public struct MeshConfig: Sendable, Equatable {
     public var node = NodeConfig()
     public var http = HTTPConfig()
     public var upstream = UpstreamConfig()
+    public var http2 = HTTP2Config()
     /// How long a graceful shutdown waits for in-flight requests before closing connections.
     public var drainTimeout: MeshDuration = .seconds(30)
     /// Write one JSON access-log line per request to standard output.
@@ -75,11 +76,46 @@ public struct SelfLocality: Sendable, Equatable {
 }
 
 /// What a listener expects: `detect` reads the first bytes (HTTP/1.1, HTTP/2 preface, TLS, otherwise
-/// opaque TCP); `http1` and `tcp` skip detection.
+/// opaque TCP); `http1`, `http2` (prior knowledge, h2c) and `tcp` skip detection.
 public enum ListenerProtocol: String, Sendable, Equatable, CaseIterable {
     case detect
     case http1
+    case http2
     case tcp
+}
+
+/// The HTTP version meshd speaks to an upstream: `auto` keeps the request's own (an HTTP/2 or gRPC
+/// request goes on as HTTP/2, an HTTP/1.1 request as HTTP/1.1); `http1` and `http2` force one and
+/// translate (HTTP/2 is prior knowledge, h2c). `grpc` is `http2`, and says the service speaks gRPC.
+public enum UpstreamProtocol: String, Sendable, Equatable, CaseIterable {
+    case auto
+    case http1
+    case http2
+    case grpc
+
+    /// Whether a request that arrived as HTTP/2 (`downstreamHTTP2`) goes upstream as HTTP/2.
+    public func usesHTTP2(downstreamHTTP2: Bool) -> Bool {
+        switch self {
+        case .auto: return downstreamHTTP2
+        case .http1: return false
+        case .http2, .grpc: return true
+        }
+    }
+}
+
+/// HTTP/2 on both sides (downstream SETTINGS and the upstream pool).
+public struct HTTP2Config: Sendable, Equatable {
+    /// Streams one downstream connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS), and the
+    /// most meshd opens on one upstream connection (fewer if the endpoint says so); past it a new
+    /// upstream connection is opened.
+    public var maxConcurrentStreams: Int = 100
+    /// Flow-control window per stream, both directions (bytes meshd accepts on a stream before the
+    /// reader has taken them): bounds memory per stream; a slow reader slows the writer.
+    public var initialWindowSize: Int = 256 * 1024
+    /// Upstream HTTP/2 connections per endpoint per event loop (each carrying up to
+    /// maxConcurrentStreams); past it requests wait for a stream (bounded by the service's maxPending).
+    public var maxConnectionsPerEndpoint: Int = 16
+    public init() {}
 }
 
 public struct OutboundConfig: Sendable, Equatable {
@@ -95,6 +131,8 @@ public struct InboundConfig: Sendable, Equatable {
     /// Sidecar: where the local application listens.
     public var app: HostPort = HostPort(host: "127.0.0.1", port: 8080)
     public var `protocol`: ListenerProtocol = .detect
+    /// The HTTP version spoken to the application (sidecar) or pod (node); `auto` keeps the request's.
+    public var appProtocol: UpstreamProtocol = .auto
     public init() {}
 }
 
@@ -175,8 +213,9 @@ public struct ServiceConfig: Sendable, Equatable {
     public var idleTimeout: MeshDuration?
     public var limits = CircuitBreakerLimits()
     public var outlierDetection = OutlierDetector.Config()
-    /// `http1` (default) or `tcp`: an opaque TCP service, reached through its own `listen` address.
-    public var `protocol`: ServiceProtocol = .http1
+    /// `auto` (default: the request's own HTTP version), `http1`, `http2`, `grpc`, or `tcp`: an
+    /// opaque TCP service, reached through its own `listen` address.
+    public var `protocol`: ServiceProtocol = .auto
     /// tcp services: the local address applications connect to; bytes go to one of the endpoints.
     public var listen: HostPort?
 
@@ -188,8 +227,22 @@ public struct ServiceConfig: Sendable, Equatable {
 }
 
 public enum ServiceProtocol: String, Sendable, Equatable, CaseIterable {
+    case auto
     case http1
+    case http2
+    case grpc
     case tcp
+
+    /// The HTTP version to the endpoints (nil for tcp).
+    public var upstream: UpstreamProtocol? {
+        switch self {
+        case .auto: return .auto
+        case .http1: return .http1
+        case .http2: return .http2
+        case .grpc: return .grpc
+        case .tcp: return nil
+        }
+    }
 }
 
 /// Where a service's endpoints come from besides the static list.

@@ -12,6 +12,8 @@ public final class MeshSnapshot: Sendable {
         public let outlierDetection: OutlierDetector.Config
         public let connectTimeout: MeshDuration
         public let idleTimeout: MeshDuration
+        /// The HTTP version to its endpoints (`auto` keeps the request's).
+        public let upstreamProtocol: UpstreamProtocol
     }
 
     public let version: Int
@@ -32,7 +34,8 @@ public final class MeshSnapshot: Sendable {
                     index: services.count, name: s.name, endpoints: s.endpoints, balancer: s.balancer, locality: s.locality,
                     limits: s.limits, outlierDetection: s.outlierDetection,
                     connectTimeout: s.connectTimeout ?? config.upstream.connectTimeout,
-                    idleTimeout: s.idleTimeout ?? config.upstream.idleTimeout))
+                    idleTimeout: s.idleTimeout ?? config.upstream.idleTimeout,
+                    upstreamProtocol: s.protocol.upstream ?? .auto))
         }
         self.services = services
         self.serviceIndex = index

@@ -2,12 +2,18 @@ import CoreMetrics
 import Logging
 import MeshCore
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
+import NIOHTTP2
 
 /// The downstream side of an HTTP/1.1 connection, on either listener. For each request it walks the
 /// three steps — route (logical) → balance (concrete) → endpoint (send) — using MeshCore's decisions,
 /// then streams the request to an upstream connection of the same event loop and the response back,
 /// with backpressure both ways (reads are held while the partner cannot take more).
+///
+/// On an HTTP/2 connection there is one handler per stream (`multiplexed`), behind NIO's HTTP/2 ↔
+/// HTTP/1 codec: the same path, one request per stream. Upstream, a request goes as HTTP/1.1 on a
+/// pooled connection or as a stream of a multiplexed HTTP/2 connection (see `UpstreamPool`).
 final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamOwner, LoopTimed {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -30,6 +36,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     let direction: Direction
     let loop: LoopContext
     let connectionGuard: ConnectionGuard
+    /// One stream of an HTTP/2 connection (one request, then the stream closes).
+    let multiplexed: Bool
     private var context: ChannelHandlerContext?
     private(set) var state: State = .idle(since: .now())
     private var req = RequestState()
@@ -51,15 +59,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     private var upstreamNeedsFlush = false
     private var clientIP = "unknown"
     private var firstRequest = true
+    /// A trailers-only gRPC response head waiting for its end (HTTP/2 downstream only).
+    private var trailersOnlyHead: HTTPResponseHead?
     /// Request-body bytes read and dropped after meshd answered early.
     private var discarded = 0
     /// Past this, the rest of an answered request's body is not read: the connection is closed.
     static let maxDiscardBytes = 1 << 20
 
-    init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard) {
+    init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard, multiplexed: Bool = false) {
         self.direction = direction
         self.loop = loop
         self.connectionGuard = connectionGuard
+        self.multiplexed = multiplexed
     }
 
     /// What the connection knows about the request in flight; one per connection, reset per request.
@@ -113,6 +124,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var heldHead: HTTPResponseHead?
         var heldBody: [ByteBuffer] = []
         var heldBytes = 0
+        /// A gRPC call (`content-type: application/grpc...`): meshd's own replies are gRPC-shaped.
+        var grpc = false
+        /// The call's status: from the response headers (trailers-only), trailers, or meshd's reply.
+        var grpcStatus: Int?
+        /// `grpc-timeout` set the deadline: it covers the whole call, not just the response head.
+        var grpcDeadline = false
+        /// Upstream as a stream of a multiplexed HTTP/2 connection (else HTTP/1.1).
+        var upstreamH2 = false
     }
 
     // MARK: - Channel events
@@ -120,7 +139,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         loop.register(self)
-        if let ip = context.channel.remoteAddress?.ipAddress { clientIP = ip }
+        let peer = multiplexed ? context.channel.parent?.remoteAddress : context.channel.remoteAddress
+        if let ip = peer?.ipAddress { clientIP = ip }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -130,6 +150,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     func channelInactive(context: ChannelHandlerContext) {
         switch state {
+        case .proxying(let upstream) where req.responseEnded:
+            // The response is out (an HTTP/2 stream closes as its last frame is written).
+            upstream.close()
+            finishRequest(status: req.status, error: nil, reuse: false)
         case .proxying(let upstream):
             // The client left mid-exchange: the upstream connection is in an unknown state.
             upstream.close()
@@ -295,7 +319,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         req = RequestState()
         req.started = .now()
         req.method = head.method
-        req.keepAlive = head.isKeepAlive
+        req.keepAlive = multiplexed || head.isKeepAlive
+        if let ct = head.headers.first(name: "content-type"), GRPC.isGRPC(contentType: ct) { req.grpc = true }
         let snapshot = loop.snapshot
 
         // Authority: absolute-form URI (as http_proxy clients send it) or the Host header.
@@ -340,6 +365,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             }
             let service = loop.services[serviceIndex]
             req.service = service
+            req.upstreamH2 = service.upstreamProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
             let now = Int64(req.started.uptimeNanoseconds)
             let routeState = loop.routeStates[route.index]
             req.routeState = routeState
@@ -368,6 +394,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         case .inbound:
             req.service = loop.inboundService
             req.deadline = req.started + .nanoseconds(snapshot.config.upstream.requestTimeout.nanoseconds)
+            req.upstreamH2 = snapshot.config.inbound.appProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
             if snapshot.config.mode == .node {
                 // A node proxy forwards to the pod the calling meshd picked, if it is one of this node's.
                 guard let dst = head.headers.first(name: HeaderPolicy.destinationHeader),
@@ -388,6 +415,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             outHead.headers.remove(name: HeaderPolicy.destinationHeader)
         }
 
+        if req.grpc, let value = head.headers.first(name: "grpc-timeout"), let timeout = GRPC.parseTimeout(value) {
+            // The caller's deadline covers the whole call (the route's timeout only the response head).
+            req.deadline = req.started + .nanoseconds(timeout.nanoseconds)
+            req.grpcDeadline = true
+        }
         // Hop-by-hop headers go; framing is re-added by the encoder; x-forwarded-for grows.
         let scan = head.headers.meshScan()
         req.expectContinue = scan.expectContinue
@@ -466,7 +498,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// Sends the request head to a pooled connection or opens a new one.
     private func dispatch(context: ChannelHandlerContext) {
         guard let target = req.target else { return }
-        if let conn = loop.pool.lease(target) {
+        if !req.upstreamH2, let conn = loop.pool.lease(target) {
             req.reusedConnection = true
             attach(conn, context: context)
             return
@@ -475,8 +507,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var counters: ServiceCounters?
         var connectTimeout = loop.snapshot.config.upstream.connectTimeout
         if direction == .outbound, let service = req.service {
-            // Circuit breaker: a new connection must fit the service's connection and pending limits.
-            if service.limits.admitConnection(connections: service.counters.connections.load(ordering: .relaxed)) != nil {
+            // Circuit breaker: a new connection must fit the service's connection and pending limits
+            // (a stream on an HTTP/2 connection that has room needs no new connection).
+            let needsConnection = !req.upstreamH2 || !loop.pool.hasHTTP2Capacity(target)
+            if needsConnection,
+                service.limits.admitConnection(connections: service.counters.connections.load(ordering: .relaxed)) != nil
+            {
                 reply(.overflowConnections, context: context, detail: "service '\(service.name)' is at limits.maxConnections")
                 return
             }
@@ -490,11 +526,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             connectTimeout = service.connectTimeout
         }
         state = .connecting
-        let maxHeader = loop.snapshot.config.http.maxHeaderBytes
         let attempt = req.attempts
         let serial = self.serial
-        loop.pool.connect(target, maxHeaderBytes: maxHeader, timeout: connectTimeout, counters: counters)
-            .assumeIsolated().whenComplete { [self] result in
+        let (future, reused) = connectUpstream(target, timeout: connectTimeout, counters: counters)
+        req.reusedConnection = reused
+        future.assumeIsolated().whenComplete { [self] result in
                 if self.req.countedPending {
                     self.req.countedPending = false
                     counters?.pending.wrappingDecrement(ordering: .relaxed)
@@ -516,6 +552,21 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                         .connectFailure, error: .connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
                 }
             }
+    }
+
+    /// A new HTTP/1.1 connection, or a stream of a (new or existing) multiplexed HTTP/2 connection.
+    private func connectUpstream(
+        _ target: SocketAddress, timeout: MeshDuration, counters: ServiceCounters?
+    ) -> (EventLoopFuture<UpstreamConnection>, reused: Bool) {
+        let config = loop.snapshot.config
+        if req.upstreamH2 {
+            let (future, reused) = loop.pool.openHTTP2Stream(
+                target, settings: config.http2, maxHeaderBytes: config.http.maxHeaderBytes, timeout: timeout, counters: counters)
+            return (future, reused)
+        }
+        return (
+            loop.pool.connect(target, maxHeaderBytes: config.http.maxHeaderBytes, timeout: timeout, counters: counters), false
+        )
     }
 
     /// An attempt ended without a usable response head: feed the outlier detector, then retry if the
@@ -707,6 +758,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 }
             }
             dropHedge()
+            if req.grpc, let g = GRPC.status(head.headers.first(name: "grpc-status")) { req.grpcStatus = g }
             if status == 101, req.upgrade != nil {
                 // Switch once the decoder has delivered this response's end (it comes right after).
                 req.switchingHead = head
@@ -721,10 +773,20 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             req.status = status
             head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
             head.version = .http1_1
-            if !req.keepAlive || quiescing { head.headers.add(name: "connection", value: "close") }
+            if (!req.keepAlive || quiescing) && !multiplexed { head.headers.add(name: "connection", value: "close") }
+            if multiplexed && req.grpc && req.grpcStatus != nil {
+                // A trailers-only gRPC response: it must reach the client as one HEADERS frame that
+                // ends the stream, so it waits for its end (which follows in the same read).
+                trailersOnlyHead = head
+                return
+            }
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let buffer):
             req.lastActivity = .now()
+            if let head = trailersOnlyHead {
+                trailersOnlyHead = nil
+                context.write(wrapOutboundOut(.head(head)), promise: nil)
+            }
             if req.heldHead != nil {
                 req.heldBytes += buffer.readableBytes
                 req.heldBody.append(buffer)
@@ -758,11 +820,21 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 switchToTunnel(head, upgrade: upgrade, upstream: upstream, context: context)
                 return
             }
+            if req.grpc, let g = GRPC.status(trailers?.first(name: "grpc-status")) { req.grpcStatus = g }
             req.responseEnded = true
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            if req.requestEnded {
-                completeExchange()
-            } else if case .proxying(let upstream) = state {
+            if req.requestEnded, case .proxying(let upstream) = state {
+                // Done both ways: the upstream goes back first (ending an HTTP/2 stream may close
+                // its channel right inside the write below).
+                upstream.owner = nil
+                finishRequest(status: req.status, error: nil, reuse: true)
+                loop.pool.release(upstream)
+                state = .idle(since: .now())
+                writeResponseEnd(trailers, context: context)
+                goIdleOrClose()
+                return
+            }
+            writeResponseEnd(trailers, context: context)
+            if case .proxying(let upstream) = state {
                 // An early response (e.g. 413): the upstream will not read the rest; drop it.
                 upstream.close()
                 finishRequest(status: req.status, error: nil, reuse: false)
@@ -806,6 +878,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                     "upstream closed mid-response",
                     metadata: ["target": "\(upstream.address)", "error": "\(error.map { "\($0)" } ?? "eof")"])
                 loop.shared.metrics.error(.upstreamReset, direction).increment()
+                if req.grpc && multiplexed {
+                    // A gRPC client gets a status, not a reset stream: UNAVAILABLE in the trailers.
+                    endGRPCCall(.upstreamReset, detail: "upstream \(upstream.address) closed mid-response", context: context)
+                    return
+                }
                 finishRequest(status: req.status, error: .upstreamReset, reuse: false)
                 state = .closed
                 context.close(promise: nil)
@@ -943,16 +1020,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             }
             conn.flush()
         }
-        if let conn = loop.pool.lease(endpoint.address) {
+        if !req.upstreamH2, let conn = loop.pool.lease(endpoint.address) {
             send(conn)
             return
         }
         hedgeConnecting = true
         let serial = self.serial
-        loop.pool.connect(
-            endpoint.address, maxHeaderBytes: loop.snapshot.config.http.maxHeaderBytes, timeout: service.connectTimeout,
-            counters: service.counters
-        ).assumeIsolated().whenComplete { [self] result in
+        connectUpstream(endpoint.address, timeout: service.connectTimeout, counters: service.counters).0
+            .assumeIsolated().whenComplete { [self] result in
             self.hedgeConnecting = false
             guard self.serial == serial, case .proxying = self.state, !self.req.responseStarted, self.hedgeEndpoint === endpoint
             else {
@@ -1020,6 +1095,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     }
 
     private func goIdleOrClose() {
+        if multiplexed {
+            // One request per stream: the stream closes once both of its ends are done.
+            state = .closed
+            return
+        }
         connectionGuard.sawBytes = !pipelined.isEmpty
         if req.keepAlive && !quiescing {
             state = .idle(since: .now())
@@ -1056,6 +1136,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         if let service = req.service {
             service.requestCounters[MeshMetrics.statusClassIndex(status)].increment()
             service.latency.record(nanoseconds: elapsed.nanoseconds)
+            if req.grpc {
+                // A client that gave up: DEADLINE_EXCEEDED once its grpc-timeout passed, else CANCELLED.
+                let cancelled = req.grpcDeadline && NIODeadline.now() >= req.deadline ? 4 : 1
+                let code = req.grpcStatus ?? (status == 499 ? cancelled : error?.grpcStatus ?? 2)  // 2: UNKNOWN
+                service.grpcCounter(code, direction: direction, metrics: loop.shared.metrics).increment()
+            }
         }
         if loop.snapshot.config.accessLog {
             loop.accessLog.append(
@@ -1077,7 +1163,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         default: break
         }
         pending.removeAll()
+        // Not waiting for an upstream any more (a stream may close inside the writes below).
+        state = .discarding
         loop.shared.metrics.error(error, direction).increment()
+        if req.grpc {
+            grpcReply(error, context: context, detail: detail)
+            return
+        }
         finishRequest(status: error.status, error: error, reuse: false)
         var headers = HTTPHeaders()
         let body = "meshd: \(detail)\n"
@@ -1098,6 +1190,82 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         } else {
             // The rest of the request body is read and dropped (up to maxDiscardBytes), then the
             // connection serves the next request.
+            discarded = 0
+            state = .discarding
+        }
+    }
+
+    /// The response's end, after its head — or, for a held trailers-only gRPC head, both as one
+    /// HEADERS frame with END_STREAM, written below NIO's HTTP/1 codec (which would split them).
+    private func writeResponseEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        guard let head = trailersOnlyHead else {
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            return
+        }
+        trailersOnlyHead = nil
+        guard trailers == nil,
+            let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ServerCodec.self)
+        else {
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            return
+        }
+        // Pseudo-headers come first.
+        var headers: HPACKHeaders = [":status": String(head.status.code)]
+        headers.add(contentsOf: HPACKHeaders(httpHeaders: head.headers, normalizeHTTPHeaders: true))
+        codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))), promise: nil)
+    }
+
+    /// meshd's reply to a gRPC call: HTTP 200 with the status in `grpc-status` / `grpc-message` (and
+    /// `x-meshd-error`). On HTTP/2 it is "trailers-only": one HEADERS frame that ends the stream,
+    /// written below NIO's HTTP/1 codec (which would split it into headers and trailers).
+    private func grpcReply(_ error: MeshError, context: ChannelHandlerContext, detail: String) {
+        req.grpcStatus = error.grpcStatus
+        finishRequest(status: 200, error: error, reuse: false)
+        let message = GRPC.percentEncode("meshd: " + detail)
+        req.responseStarted = true
+        req.responseEnded = true
+        if multiplexed, let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ServerCodec.self) {
+            let headers: HPACKHeaders = [
+                ":status": "200", "content-type": "application/grpc", "grpc-status": String(error.grpcStatus),
+                "grpc-message": message, MeshError.headerName: error.rawValue,
+            ]
+            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))), promise: nil)
+        } else {
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "application/grpc")
+            headers.add(name: MeshError.headerName, value: error.rawValue)
+            if !req.keepAlive || quiescing { headers.add(name: "connection", value: "close") }
+            let trailers: HTTPHeaders = ["grpc-status": String(error.grpcStatus), "grpc-message": message]
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        }
+        if req.requestEnded {
+            goIdleOrClose()
+        } else {
+            discarded = 0
+            state = .discarding
+        }
+    }
+
+    /// A gRPC call whose response is under way cannot get a new head: it ends with `error`'s status
+    /// in its trailers, and the upstream side (if any) is dropped.
+    private func endGRPCCall(_ error: MeshError, detail: String, context: ChannelHandlerContext) {
+        if case .proxying(let upstream) = state {
+            upstream.owner = nil
+            upstream.close()
+        }
+        req.grpcStatus = error.grpcStatus
+        req.responseEnded = true
+        finishRequest(status: req.status, error: error, reuse: false)
+        let trailers: HTTPHeaders = [
+            "grpc-status": String(error.grpcStatus), "grpc-message": GRPC.percentEncode("meshd: " + detail),
+            MeshError.headerName: error.rawValue,
+        ]
+        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        if req.requestEnded {
+            state = .closed
+        } else {
             discarded = 0
             state = .discarding
         }
@@ -1185,6 +1353,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 attemptFailed(
                     .timeout, error: .upstreamTimeout, context: context,
                     detail: "no response from \(req.target?.description ?? "upstream") within the per-try timeout")
+            } else if req.grpcDeadline && req.responseStarted && !req.responseEnded && now > req.deadline {
+                // The call's grpc-timeout passed while its response streams: DEADLINE_EXCEEDED.
+                loop.shared.metrics.error(.upstreamTimeout, direction).increment()
+                if multiplexed {
+                    endGRPCCall(.upstreamTimeout, detail: "deadline (grpc-timeout) exceeded", context: context)
+                } else {
+                    if case .proxying(let upstream) = state { upstream.close() }
+                    finishRequest(status: req.status, error: .upstreamTimeout, reuse: false)
+                    state = .closed
+                    context.close(promise: nil)
+                }
             } else if case .proxying = state, !req.responseStarted, req.routeState?.retry.hedgeAfter != nil, !req.hedged {
                 maybeHedge(now: now, context: context)
             } else if case .proxying(let upstream) = state, let service = req.service,

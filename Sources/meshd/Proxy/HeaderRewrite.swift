@@ -9,6 +9,8 @@ struct HeaderScan {
     var hasHopByHop = false
     var forwardedFor: String?
     var forwardedForCount = 0
+    /// `TE: trailers` (gRPC needs it end to end; RFC 9113 §8.2.2 allows exactly this TE in HTTP/2).
+    var teTrailers = false
 }
 
 extension HTTPHeaders {
@@ -19,6 +21,9 @@ extension HTTPHeaders {
             switch name.utf8.count {
             case 6 where HeaderPolicy.equalsIgnoringASCIICase(name, "expect"):
                 scan.expectContinue = scan.expectContinue || HeaderPolicy.listContains(value, token: "100-continue")
+            case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "te"):
+                scan.teTrailers = scan.teTrailers || HeaderPolicy.listContains(value, token: "trailers")
+                scan.hasHopByHop = true
             case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):
                 scan.forwardedFor = value
                 scan.forwardedForCount += 1
@@ -52,6 +57,7 @@ extension HTTPHeaders {
             kept.append((name, value))
         }
         if scan.chunked { kept.append(("transfer-encoding", "chunked")) }
+        if scan.teTrailers { kept.append(("te", "trailers")) }
         self = HTTPHeaders(kept)
     }
 }

@@ -13,6 +13,8 @@ final class UpstreamPool {
     let eventLoop: EventLoop
     let shared: SharedRuntime
     private var idle: [SocketAddress: [UpstreamConnection]] = [:]
+    /// Multiplexed HTTP/2 connections by endpoint (see `HTTP2UpstreamConnection`).
+    var http2: [SocketAddress: [HTTP2UpstreamConnection]] = [:]
     private(set) var idleCount = 0
     private var config = UpstreamConfig()
 
@@ -56,8 +58,9 @@ final class UpstreamPool {
     }
 
     func sweep(now: NIODeadline) {
-        guard idleCount > 0 else { return }
         let limit = now - .nanoseconds(config.idleTimeout.nanoseconds)
+        if !http2.isEmpty { sweepHTTP2(limit: limit) }
+        guard idleCount > 0 else { return }
         for (address, list) in idle {
             // Oldest first: the list is in release order.
             var keep = list
@@ -74,6 +77,10 @@ final class UpstreamPool {
     /// A node proxy's inbound targets are pods named per request, not endpoints: kept when asked.
     func closeIdle(except keep: Set<SocketAddress>, keepAnyInboundTarget: Bool) {
         guard !keepAnyInboundTarget else { return }
+        for (address, list) in http2 where !keep.contains(address) {
+            // Streams still open finish; the connection closes when the last one does.
+            for c in list where c.isIdle { c.close() }
+        }
         for (address, list) in idle where !keep.contains(address) {
             for c in list { c.close() }
             idleCount -= list.count
@@ -82,6 +89,7 @@ final class UpstreamPool {
     }
 
     func closeAll() {
+        for list in http2.values { for c in list { c.close() } }
         for list in idle.values { for c in list { c.close() } }
         idle.removeAll()
         idleCount = 0
@@ -155,10 +163,16 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     /// Requests this connection carried (1 = fresh).
     var uses = 0
 
-    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters? = nil) {
+    /// An HTTP/2 stream (a child channel of an `HTTP2UpstreamConnection`) rather than a connection:
+    /// never pooled (one exchange per stream), not counted as a connection.
+    let isStream: Bool
+
+    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters? = nil, stream: Bool = false) {
         self.address = address
         self.shared = shared
         self.counters = counters
+        self.isStream = stream
+        if stream { reusable = false }
     }
 
     var isUsable: Bool { active && reusable }
@@ -171,7 +185,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
         self.context = context
         self.channel = context.channel
         self.active = context.channel.isActive
-        if active {
+        if active && !isStream {
             shared.metrics.upstreamConnectionsOpen.increment()
             counters?.connections.wrappingIncrement(ordering: .relaxed)
         }
@@ -184,6 +198,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     func channelActive(context: ChannelHandlerContext) {
         if !active {
             active = true
+            if isStream { return context.fireChannelActive() }
             shared.metrics.upstreamConnectionsOpen.increment()
             counters?.connections.wrappingIncrement(ordering: .relaxed)
         }
@@ -191,7 +206,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if active {
+        if active && !isStream {
             shared.metrics.upstreamConnectionsOpen.decrement()
             counters?.connections.wrappingDecrement(ordering: .relaxed)
         }

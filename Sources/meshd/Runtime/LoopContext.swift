@@ -51,6 +51,19 @@ final class LoopService {
     weak var shared: SharedRuntime?
     /// Loop 0 keeps the service-wide gauges (every loop applies every ejection).
     var keepsGauges = false
+    /// The HTTP version spoken to the endpoints (`services[].protocol`; inbound: `inbound.appProtocol`).
+    var upstreamProtocol = UpstreamProtocol.auto
+    /// `meshd_grpc_responses_total` by status code, created on first use.
+    private var grpcCounters = [CoreMetrics.Counter?](repeating: nil, count: GRPC.codeNames.count)
+
+    func grpcCounter(_ code: Int, direction: Direction, metrics: MeshMetrics) -> CoreMetrics.Counter {
+        let i = code >= 0 && code < grpcCounters.count ? code : 2  // UNKNOWN
+        if let c = grpcCounters[i] { return c }
+        let c = metrics.counter(
+            "meshd_grpc_responses_total", [("direction", direction.label), ("service", name), ("code", GRPC.codeName(i))])
+        grpcCounters[i] = c
+        return c
+    }
 
     init(
         name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, requestCounters: [CoreMetrics.Counter],
@@ -235,6 +248,7 @@ final class LoopContext: @unchecked Sendable {
                 counters: shared.serviceCounters(s.name), limits: s.limits, outlier: outlier,
                 connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout,
                 resilience: shared.metrics.resilience(service: s.name), shared: shared)
+            svc.upstreamProtocol = s.upstreamProtocol
             // Endpoints still ejected stay out of rotation in the new balancer.
             for (i, e) in s.endpoints.enumerated() where outlier.ejectedUntil(e.address.description) != nil {
                 svc.balancer.setHealthy(i, false)

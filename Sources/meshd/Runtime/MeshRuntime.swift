@@ -144,6 +144,9 @@ final class MeshRuntime: Sendable {
                             withDecoderLimitConfiguration: limits)
                         try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
                     }
+                    func addHTTP2() throws {
+                        try HTTP2Downstream.configure(channel, direction: direction, loop: loop, connectionGuard: guardHandler)
+                    }
                     func addTCP() throws {
                         try sync.addHandler(
                             TCPConnectHandler(
@@ -152,6 +155,7 @@ final class MeshRuntime: Sendable {
                     }
                     switch proto {
                     case .http1: try addHTTP()
+                    case .http2: try addHTTP2()
                     case .tcp: try addTCP()
                     case .detect:
                         // A connection that sends nothing is closed after the shorter of the detect and
@@ -170,6 +174,8 @@ final class MeshRuntime: Sendable {
                                 switch detected {
                                 case .http1:
                                     try addHTTP()
+                                case .http2:
+                                    try addHTTP2()
                                 case _ where direction == .outbound && guardHandler.originalDestination == nil:
                                     // An explicit (not redirected) outbound connection can only mean HTTP:
                                     // the HTTP path answers what it cannot parse with 400.
