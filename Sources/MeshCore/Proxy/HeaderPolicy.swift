@@ -9,6 +9,9 @@ public enum HeaderPolicy {
     /// The header through which an outbound meshd names the workload address it picked; a node
     /// proxy's inbound listener forwards to it. Removed before the request reaches the application.
     public static let destinationHeader = "x-meshd-dst"
+    /// Set by an outbound meshd that carries an HTTP/1.1 request over HTTP/2 to another meshd; the
+    /// receiving meshd removes it and speaks HTTP/1.1 to the application again (`appProtocol: auto`).
+    public static let originalProtocolHeader = "x-meshd-orig-proto"
 
     /// Lowercased names to remove: the fixed hop-by-hop set plus every token of `Connection`.
     public static func namesToRemove(connectionHeaderValues: [String]) -> Set<String> {

@@ -8,7 +8,8 @@ struct Latency: AsyncParsableCommand {
         abstract: "Compare the latency of targets (direct, through a sidecar, through a node proxy) under one constant-rate workload.",
         discussion: """
             Each target gets the same workload, one after another: --rate requests per second spread over \
-            --connections keep-alive HTTP/1.1 connections, for --warmup (not recorded) and then --duration. The load \
+            --connections keep-alive HTTP/1.1 connections (--http2: HTTP/2 connections, one stream per request, many \
+            in flight per connection), for --warmup (not recorded) and then --duration. The load \
             is open loop: request i is due at start + i/rate whether or not earlier ones have completed; if every \
             connection is busy it waits, and its latency counts from its due time (this corrects coordinated \
             omission). Latencies go into an HDR histogram (µs, 3 significant digits). The first target is the \
@@ -29,7 +30,8 @@ struct Latency: AsyncParsableCommand {
         name: .customLong("header"), help: ArgumentHelp("Extra request header NAME:VALUE (repeatable).", valueName: "name:value"))
     var headers: [String] = []
     @Option(help: "Requests per second (0 = as fast as possible, --closed-loop only).") var rate: Double = 1000
-    @Option(help: "Keep-alive connections per target.") var connections: Int = 8
+    @Option(help: "Keep-alive connections per target (HTTP/1.1: one request at a time each; --http2: many streams each).")
+    var connections: Int = 8
     @Option(help: "Measured time per target.") var duration = DurationArgument(.seconds(10))
     @Option(help: "Time per target before measuring (sent, not recorded).") var warmup = DurationArgument(.seconds(2))
     @Option(help: "A request not answered this long after its scheduled time (closed loop: its send) fails as a timeout.")
@@ -41,19 +43,20 @@ struct Latency: AsyncParsableCommand {
         name: .customLong("closed-loop"),
         help: "Time from the actual send instead of the scheduled time (what a closed-loop client reports; for comparison).")
     var closedLoop = false
-    @Flag(name: .customLong("http2"), help: "Use HTTP/2 (not available in this build: swift-nio-http2 is not a dependency).")
+    @Flag(
+        name: .customLong("http2"),
+        help: "Speak HTTP/2 with prior knowledge (h2c): every request is a new stream, round robin over the connections.")
     var http2 = false
     @Option(help: ArgumentHelp("Write a percentile-distribution chart of all targets to this SVG file.", valueName: "file.svg"))
     var plot: String?
     @Option(name: [.short, .customLong("output")], help: "table or json.") var output: OutputFormat = .table
 
     func validate() throws {
-        if http2 {
-            throw ValidationError(
-                "--http2 is not supported by this build: swift-nio-http2 is not a dependency of meshctl yet; HTTP/1.1 only")
-        }
         if targets.isEmpty && vias.isEmpty { throw ValidationError("give at least one --target or --via") }
         guard rate >= 0, rate.isFinite, rate <= 1_000_000 else { throw ValidationError("--rate must be between 0 and 1000000") }
+        if rate == 0 && http2 {
+            throw ValidationError("--rate 0 is not available with --http2 (no fixed number of requests in flight): give a rate")
+        }
         if rate == 0 && !closedLoop { throw ValidationError("--rate 0 (as fast as possible) is closed loop: add --closed-loop") }
         guard (1...10_000).contains(connections) else { throw ValidationError("--connections must be between 1 and 10000") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be between 1 and 64") }
@@ -87,7 +90,7 @@ struct Latency: AsyncParsableCommand {
                     String(h[..<i]).trimmingCharacters(in: .whitespaces),
                     String(h[h.index(after: i)...]).trimmingCharacters(in: .whitespaces)
                 )
-            })
+            }, proto: http2 ? .h2 : .http1)
     }
 
     func run() async throws {
@@ -110,7 +113,8 @@ struct Latency: AsyncParsableCommand {
         let report = LatencyReport(
             settings: ReportSettings(
                 rate: rate, connections: connections, durationSeconds: duration.seconds, warmupSeconds: warmup.seconds,
-                timeoutSeconds: timeout.seconds, threads: workload.schedule.workers, closedLoop: closedLoop, authority: authority),
+                timeoutSeconds: timeout.seconds, threads: workload.schedule.workers, closedLoop: closedLoop, authority: authority,
+                proto: workload.proto),
             measurements: measurements)
         if let plot {
             let series = measurements.compactMap { LatencyPlot.series(name: $0.target.name, histogram: $0.result.latency) }

@@ -44,6 +44,7 @@ struct ReportSettings: Sendable {
     var threads: Int
     var closedLoop: Bool
     var authority: String?
+    var proto: LoadProtocol = .http1
 }
 
 /// Renders measurements as a table or JSON; the first target is the baseline for "added".
@@ -69,7 +70,7 @@ struct LatencyReport {
             : "open loop: timed from each request's scheduled send time"
         return
             "\(rate), \(settings.connections) connections, \(String(format: "%g", settings.durationSeconds))s after "
-            + "\(String(format: "%g", settings.warmupSeconds))s warm-up, HTTP/1.1, \(loop)"
+            + "\(String(format: "%g", settings.warmupSeconds))s warm-up, \(settings.proto.label), \(loop)"
     }
 
     func table() -> String {
@@ -127,7 +128,7 @@ struct LatencyReport {
         for (i, m) in measurements.enumerated() {
             let e = m.result.errors
             var t: [String: Any] = [
-                "name": m.target.name, "url": m.target.label, "host": m.target.hostHeader,
+                "name": m.target.name, "url": m.target.label, "host": m.target.hostHeader, "protocol": m.proto.rawValue,
                 "achievedRate": (m.achievedRate * 10).rounded() / 10, "requests": Int(m.result.measuredRequests), "ok": Int(m.result.ok),
                 "errors": Int(e.total),
                 "errorKinds": [
@@ -148,7 +149,7 @@ struct LatencyReport {
             "settings": [
                 "rate": settings.rate, "connections": settings.connections, "duration": settings.durationSeconds,
                 "warmup": settings.warmupSeconds, "timeout": settings.timeoutSeconds, "threads": settings.threads,
-                "mode": settings.closedLoop ? "closed-loop" : "open-loop", "protocol": "HTTP/1.1",
+                "mode": settings.closedLoop ? "closed-loop" : "open-loop", "protocol": settings.proto == .h2 ? "HTTP/2" : "HTTP/1.1",
                 "authority": settings.authority.map { $0 as Any } ?? NSNull(), "unit": "ms",
             ],
             "targets": targets,

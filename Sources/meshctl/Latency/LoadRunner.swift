@@ -3,6 +3,22 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
+/// The HTTP version the load is sent with.
+enum LoadProtocol: String, Sendable {
+    /// Keep-alive HTTP/1.1 connections, one request at a time each.
+    case http1 = "http/1.1"
+    /// HTTP/2 over cleartext with prior knowledge (h2c): one stream per request, many at a time per connection.
+    case h2
+
+    /// For reports.
+    var label: String {
+        switch self {
+        case .http1: "HTTP/1.1"
+        case .h2: "HTTP/2 (h2c)"
+        }
+    }
+}
+
 /// The workload `meshctl latency` sends to every target.
 struct Workload: Sendable {
     var schedule: LoadSchedule
@@ -11,6 +27,7 @@ struct Workload: Sendable {
     var timeoutNanos: UInt64
     var connectTimeoutNanos: UInt64
     var headers: [(String, String)]
+    var proto: LoadProtocol = .http1
 
     /// Bound on requests waiting for a free connection, over all workers: the requests of one timeout
     /// period (at least 1024). Open loop expires older ones as timeouts before the bound is reached.
@@ -28,8 +45,22 @@ struct TargetMeasurement: Sendable {
     var failure: String?
     /// Seconds of the measured window (for the achieved rate).
     var windowSeconds: Double
+    var proto: LoadProtocol = .http1
 
     var achievedRate: Double { windowSeconds > 0 ? Double(result.completedInWindow) / windowSeconds : 0 }
+}
+
+/// One event loop's share of the load against one target, whatever the protocol (`LoadWorker` for
+/// HTTP/1.1, `H2LoadWorker` for HTTP/2). Used on its loop only.
+protocol LoadWorking: AnyObject {
+    /// Opens the connections once; succeeds (with the number that connected) when every first
+    /// attempt has finished, whatever its outcome.
+    func connectAll() -> EventLoopFuture<Int>
+    /// Runs this worker's share of the schedule from `start` (monotonic nanoseconds); completes once
+    /// every request is answered, failed or timed out and the connections are closed.
+    func run(start: UInt64) -> EventLoopFuture<WorkerResult>
+    /// The first connect error seen (for the report when no connection could be opened).
+    var firstConnectError: String? { get }
 }
 
 enum LoadRunner {
@@ -43,7 +74,8 @@ enum LoadRunner {
             address = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
         } catch {
             return TargetMeasurement(
-                target: target, result: WorkerResult(), failure: "cannot resolve \(target.host): \(error)", windowSeconds: window)
+                target: target, result: WorkerResult(), failure: "cannot resolve \(target.host): \(error)", windowSeconds: window,
+                proto: workload.proto)
         }
         var headers = HTTPHeaders()
         headers.add(name: "host", value: target.hostHeader)
@@ -53,7 +85,7 @@ enum LoadRunner {
 
         let loops = Array(group.makeIterator())
         let workers = workload.schedule.workers
-        var bound: [(EventLoop, NIOLoopBound<LoadWorker>)] = []
+        var bound: [(EventLoop, NIOLoopBound<any LoadWorking>)] = []
         for j in 0..<workers {
             let loop = loops[j % loops.count]
             // Connections spread over the workers; the first ones get the remainder.
@@ -62,8 +94,14 @@ enum LoadRunner {
                 schedule: workload.schedule, connections: connections, closedLoop: workload.closedLoop,
                 timeoutNanos: workload.timeoutNanos, connectTimeoutNanos: workload.connectTimeoutNanos,
                 maxQueue: max(1, workload.maxQueue / workers))
+            let proto = workload.proto
             let w = try await loop.submit {
-                NIOLoopBound(LoadWorker(loop: loop, index: j, address: address, requestHead: head, settings: settings), eventLoop: loop)
+                let worker: any LoadWorking =
+                    switch proto {
+                    case .http1: LoadWorker(loop: loop, index: j, address: address, requestHead: head, settings: settings)
+                    case .h2: H2LoadWorker(loop: loop, index: j, address: address, requestHead: head, settings: settings)
+                    }
+                return NIOLoopBound(worker, eventLoop: loop)
             }.get()
             bound.append((loop, w))
         }
@@ -77,13 +115,14 @@ enum LoadRunner {
             }
             return TargetMeasurement(
                 target: target, result: WorkerResult(),
-                failure: "cannot connect to \(target.host):\(target.port): \(firstError ?? "unknown error")", windowSeconds: window)
+                failure: "cannot connect to \(target.host):\(target.port): \(firstError ?? "unknown error")", windowSeconds: window,
+                proto: workload.proto)
         }
         // A common start a little ahead, so that every worker is armed before the first request is due.
         let start = monotonicNanos() + 20_000_000
         let futures = bound.map { (loop, w) in loop.flatSubmit { w.value.run(start: start) } }
         var merged = WorkerResult()
         for f in futures { merged.merge(try await f.get()) }
-        return TargetMeasurement(target: target, result: merged, failure: nil, windowSeconds: window)
+        return TargetMeasurement(target: target, result: merged, failure: nil, windowSeconds: window, proto: workload.proto)
     }
 }

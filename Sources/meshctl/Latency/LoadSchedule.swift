@@ -49,6 +49,26 @@ struct LoadSchedule: Sendable, Equatable {
     }
 }
 
+/// Round robin over a fixed set of connections of which only some are usable at a time (connected,
+/// not draining): each pick starts just after the previous one, so the usable ones take turns.
+struct RoundRobin: Sendable, Equatable {
+    /// Where the next search starts.
+    private(set) var next = 0
+
+    /// The first usable index at or after `next` (wrapping), or nil when none of the `count` is usable.
+    mutating func pick(count: Int, isUsable: (Int) -> Bool) -> Int? {
+        guard count > 0 else { return nil }
+        for k in 0..<count {
+            let i = (next + k) % count
+            if isUsable(i) {
+                next = (i + 1) % count
+                return i
+            }
+        }
+        return nil
+    }
+}
+
 /// Everything a worker needs to run its share of the load against one target.
 struct LoadSettings: Sendable {
     var schedule: LoadSchedule
@@ -76,7 +96,8 @@ struct ErrorCounts: Sendable, Equatable {
     var status: UInt64 = 0
     /// No complete response within `--timeout`.
     var timeout: UInt64 = 0
-    /// The connection closed or failed while the request was in flight.
+    /// The connection closed or failed while the request was in flight (HTTP/2: also a stream the
+    /// server reset or that could not be opened).
     var io: UInt64 = 0
     /// Refused because the queue of requests waiting for a connection was full.
     var dropped: UInt64 = 0

@@ -6,14 +6,14 @@ import NIOPosix
 /// Monotonic time in nanoseconds (the clock NIO's timers use).
 @inline(__always) func monotonicNanos() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
-/// One event loop's share of a constant-rate run against one target: its connections, its part of
+/// One event loop's share of a constant-rate HTTP/1.1 run against one target: its connections, its part of
 /// the schedule, the queue of due requests waiting for a free connection, and its histograms.
 ///
 /// Everything here runs on `loop` (no locks): the scheduler timer, the connections' handlers and the
 /// housekeeping tick. Request i is due at `start + i / rate`; when it is due and every connection is
 /// busy it waits in the queue, and its latency still counts from the due time (the correction for
 /// coordinated omission). In closed-loop mode latency counts from the actual send instead.
-final class LoadWorker {
+final class LoadWorker: LoadWorking {
     let loop: EventLoop
     let index: Int
     let address: SocketAddress

@@ -413,6 +413,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 req.target = snapshot.appAddress
             }
             outHead.headers.remove(name: HeaderPolicy.destinationHeader)
+            if head.headers.contains(name: HeaderPolicy.originalProtocolHeader) {
+                // An HTTP/1.1 request that rode HTTP/2 between two meshd: HTTP/1.1 again to the app.
+                outHead.headers.remove(name: HeaderPolicy.originalProtocolHeader)
+                if snapshot.config.inbound.appProtocol == .auto { req.upstreamH2 = false }
+            }
         }
 
         if req.grpc, let value = head.headers.first(name: "grpc-timeout"), let timeout = GRPC.parseTimeout(value) {
@@ -439,6 +444,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             req.upgrade = upgrade
             outHead.headers.replaceOrAdd(name: "upgrade", value: upgrade)
             outHead.headers.replaceOrAdd(name: "connection", value: "upgrade")
+            req.upstreamH2 = false  // an upgrade is HTTP/1.1 only
+        }
+        if direction == .outbound && req.upstreamH2 && !multiplexed {
+            outHead.headers.replaceOrAdd(name: HeaderPolicy.originalProtocolHeader, value: "HTTP/1.1")
         }
         req.head = outHead
 

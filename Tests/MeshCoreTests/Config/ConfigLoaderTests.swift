@@ -108,6 +108,11 @@ struct ConfigLoaderTests {
             ("threads: lots\n", "threads", 1, "an integer"),
             ("services: {}\n", "services", 1, "a list of services"),
             ("a: [1, 2\n", "", 2, "YAML syntax error"),
+            ("http2:\n  initialWindowSize: 1000\n", "http2.initialWindowSize", 2, "an integer in"),
+            ("http2:\n  maxStreams: 1\n", "http2.maxStreams", 2, "unknown key"),
+            ("inbound:\n  appProtocol: spdy\n", "inbound.appProtocol", 2, "auto, http1, http2 or grpc"),
+            ("outbound:\n  protocol: h3\n", "outbound.protocol", 2, "detect, http1, http2 or tcp"),
+            ("services:\n  - name: a\n    protocol: h2\n", "services[0].protocol", 3, "auto, http1, http2, grpc or tcp"),
         ] as [(String, String, Int?, String)])
     func badFilesNamePathAndLine(yaml: String, path: String, line: Int?, message: String) {
         do {
@@ -121,6 +126,37 @@ struct ConfigLoaderTests {
                 #expect(problem.description.contains(message), "\(problem)")
             }
         }
+    }
+
+    @Test func protocolsAndHTTP2Settings() throws {
+        let config = try ConfigLoader.load(
+            yaml: """
+                outbound: { protocol: http2 }
+                inbound: { appProtocol: http1 }
+                http2: { maxConcurrentStreams: 50, initialWindowSize: 1048576, maxConnectionsPerEndpoint: 2 }
+                services:
+                  - { name: a, protocol: grpc, endpoints: ["127.0.0.1:1"] }
+                  - { name: b, endpoints: ["127.0.0.1:2"] }
+                """)
+        #expect(config.outbound.protocol == .http2)
+        #expect(config.inbound.appProtocol == .http1)
+        #expect(config.http2.maxConcurrentStreams == 50)
+        #expect(config.http2.initialWindowSize == 1 << 20)
+        #expect(config.http2.maxConnectionsPerEndpoint == 2)
+        #expect(config.services[0].protocol == .grpc)
+        #expect(config.services[1].protocol == .auto)
+        let snapshot = MeshSnapshot(config: config, version: 1)
+        #expect(snapshot.services[0].upstreamProtocol == .grpc)
+        #expect(snapshot.services[1].upstreamProtocol == .auto)
+    }
+
+    @Test func upstreamProtocolChoice() {
+        #expect(UpstreamProtocol.auto.usesHTTP2(downstreamHTTP2: true))
+        #expect(!UpstreamProtocol.auto.usesHTTP2(downstreamHTTP2: false))
+        #expect(!UpstreamProtocol.http1.usesHTTP2(downstreamHTTP2: true))
+        #expect(UpstreamProtocol.http2.usesHTTP2(downstreamHTTP2: false))
+        #expect(UpstreamProtocol.grpc.usesHTTP2(downstreamHTTP2: false))
+        #expect(ServiceProtocol.tcp.upstream == nil)
     }
 
     @Test func allProblemsAreReportedNotOnlyTheFirst() {

@@ -1,0 +1,513 @@
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+
+/// The HTTP/2 counterpart of `LoadWorker`: one event loop's share of a constant-rate run against one
+/// target over HTTP/2 with prior knowledge (h2c), on the same schedule and with the same result.
+///
+/// Each request is a new stream on one of the worker's connections, taken round robin among those that
+/// are ready (the server's SETTINGS received, no GOAWAY); a connection carries any number of streams at
+/// once. NIO opens at most the server's SETTINGS_MAX_CONCURRENT_STREAMS of them at a time and buffers
+/// the rest in order: that wait is latency like any other (open loop: counted from the due time). A
+/// request waits in the worker's own queue only while no connection is ready.
+///
+/// Everything here runs on `loop`, like `LoadWorker`: the scheduler timer, the connection and stream
+/// handlers and the housekeeping tick.
+final class H2LoadWorker: LoadWorking {
+    let loop: EventLoop
+    let index: Int
+    let address: SocketAddress
+    let settings: LoadSettings
+    /// The request as an HTTP/1 head: `HTTP2FramePayloadToHTTP1ClientCodec` turns it into HEADERS
+    /// (its `host` header becomes `:authority`).
+    let requestHead: HTTPRequestHead
+
+    private var connections: [H2Connection] = []
+    private var roundRobin = RoundRobin()
+    private var queue = CircularBuffer<UInt64>()
+    /// Requests handed to a connection and not yet removed, in send order. That is deadline order (a
+    /// deadline is the due time, or in closed loop the send, plus the timeout), so the timeout check
+    /// only looks at the front; finished requests are dropped when they reach it.
+    private var inFlight = CircularBuffer<H2Request>()
+    /// Requests handed to a connection and not finished.
+    private var busyCount = 0
+    private var result = WorkerResult()
+
+    private var started = false
+    private var finished = false
+    private var start: UInt64 = 0
+    private var measureStart: UInt64 = 0
+    private var end: UInt64 = 0
+    private var hardStop: UInt64 = 0
+    private var nextLocal: UInt64 = 0
+    private var localTotal: UInt64 = 0
+    private var schedulingDone = false
+    private var housekeeping: RepeatedTask?
+    private var done: EventLoopPromise<WorkerResult>?
+
+    /// Our SETTINGS: NIO's defaults, and no server push.
+    static let connectionConfiguration: NIOHTTP2Handler.ConnectionConfiguration = {
+        var c = NIOHTTP2Handler.ConnectionConfiguration()
+        c.initialSettings = nioDefaultSettings + [HTTP2Setting(parameter: .enablePush, value: 0)]
+        return c
+    }()
+
+    init(loop: EventLoop, index: Int, address: SocketAddress, requestHead: HTTPRequestHead, settings: LoadSettings) {
+        precondition(!settings.schedule.unthrottled, "HTTP/2 runs need a rate (Latency.validate refuses --rate 0 with --http2)")
+        self.loop = loop
+        self.index = index
+        self.address = address
+        self.requestHead = requestHead
+        self.settings = settings
+        self.queue.reserveCapacity(min(settings.maxQueue, 4096))
+    }
+
+    var firstConnectError: String? { result.firstConnectError }
+
+    // MARK: Phase 1: connect
+
+    func connectAll() -> EventLoopFuture<Int> {
+        loop.preconditionInEventLoop()
+        let futures = (0..<settings.connections).map { _ -> EventLoopFuture<Void> in
+            let connection = H2Connection(worker: self)
+            connections.append(connection)
+            return connect(connection)
+        }
+        return EventLoopFuture.andAllComplete(futures, on: loop).assumeIsolated().map {
+            self.connections.filter(\.everConnected).count
+        }.nonisolated()
+    }
+
+    /// One connection attempt: TCP, then the HTTP/2 handshake (our preface and SETTINGS, the server's
+    /// SETTINGS). The future succeeds when the attempt is over, ready or failed.
+    @discardableResult
+    private func connect(_ connection: H2Connection) -> EventLoopFuture<Void> {
+        connection.state = .connecting
+        connection.attempt += 1
+        connection.handshakeError = nil
+        connection.active = 0
+        let attempt = connection.attempt
+        let attemptOver = loop.makePromise(of: Void.self)
+        connection.attemptOver = attemptOver
+        let bound = NIOLoopBound(connection, eventLoop: loop)
+        ClientBootstrap(group: loop)
+            .connectTimeout(.nanoseconds(Int64(settings.connectTimeoutNanos)))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let connection = bound.value
+                    // Server-initiated streams (push) are refused by our SETTINGS; any that came would be ignored.
+                    connection.multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                        mode: .client, connectionConfiguration: H2LoadWorker.connectionConfiguration, streamConfiguration: .init()
+                    ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
+                    try channel.pipeline.syncOperations.addHandler(H2ConnectionHandler(connection: connection))
+                    connection.channel = channel
+                }
+            }
+            .connect(to: address)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    self.tcpConnected(connection, channel, attempt: attempt)
+                case .failure(let error):
+                    if connection.attempt == attempt { self.attemptFailed(connection, "\(error)") }
+                }
+            }
+        return attemptOver.futureResult
+    }
+
+    private func tcpConnected(_ connection: H2Connection, _ channel: Channel, attempt: Int) {
+        guard connection.attempt == attempt, connection.state == .connecting, connection.channel === channel else { return }
+        // The server has --connect-timeout again to answer our preface with its SETTINGS.
+        let timeout = settings.connectTimeoutNanos
+        connection.handshakeTimer = loop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(timeout))) {
+            guard connection.attempt == attempt, connection.state == .connecting else { return }
+            connection.handshakeError = "no HTTP/2 SETTINGS from the server within \(timeout / 1_000_000) ms"
+            channel.close(promise: nil)
+        }
+    }
+
+    private func attemptFailed(_ connection: H2Connection, _ error: String) {
+        guard connection.state == .connecting else { return }
+        connection.handshakeTimer?.cancel()
+        connection.handshakeTimer = nil
+        connection.state = .disconnected
+        connection.channel = nil
+        connection.multiplexer = nil
+        if result.firstConnectError == nil { result.firstConnectError = error }
+        connection.attemptOver?.succeed()
+        connection.attemptOver = nil
+        guard started, !finished else { return }
+        if monotonicNanos() >= measureStart { result.errors.connect += 1 }
+        loop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(settings.reconnectDelayNanos))) {
+            if !self.finished && connection.state == .disconnected { self.connect(connection) }
+        }
+    }
+
+    // MARK: Connection events (from H2ConnectionHandler, on this loop)
+
+    /// The server's SETTINGS: the connection can carry streams.
+    fileprivate func settingsReceived(_ connection: H2Connection, _ channel: Channel) {
+        guard connection.channel === channel, connection.state == .connecting else { return }
+        connection.handshakeTimer?.cancel()
+        connection.handshakeTimer = nil
+        connection.everConnected = true
+        connection.attemptOver?.succeed()
+        connection.attemptOver = nil
+        if finished {
+            connection.state = .closing
+            channel.close(promise: nil)
+            return
+        }
+        connection.state = .ready
+        if started { dispatch() }
+    }
+
+    /// A GOAWAY: no new streams on this connection; it closes once its streams are done, and is then
+    /// replaced. Streams above the GOAWAY's last stream ID fail (NIO closes them) and count as `io`.
+    fileprivate func goAwayReceived(_ connection: H2Connection, _ channel: Channel, _ code: HTTP2ErrorCode) {
+        guard connection.channel === channel else { return }
+        switch connection.state {
+        case .connecting:
+            connection.handshakeError = "the server sent GOAWAY (\(code)) during the HTTP/2 handshake"
+            channel.close(promise: nil)
+        case .ready:
+            connection.state = .draining
+            if connection.active == 0 { channel.close(promise: nil) }
+        case .draining, .closing, .disconnected:
+            break
+        }
+    }
+
+    fileprivate func connectionError(_ connection: H2Connection, _ channel: Channel, _ error: Error) {
+        guard connection.channel === channel, connection.state == .connecting, connection.handshakeError == nil else { return }
+        connection.handshakeError = "\(error)"
+    }
+
+    fileprivate func connectionClosed(_ connection: H2Connection, _ channel: Channel) {
+        guard connection.channel === channel else { return }
+        switch connection.state {
+        case .connecting:
+            let why = connection.handshakeError ?? "the server closed the connection"
+            attemptFailed(connection, "HTTP/2 handshake failed (is it an h2c server, with prior knowledge?): \(why)")
+            return
+        case .ready, .draining, .closing, .disconnected:
+            break
+        }
+        // Its streams are closed by NIO and end (as `io` errors when unfinished) through their own handlers.
+        connection.state = .disconnected
+        connection.channel = nil
+        connection.multiplexer = nil
+        connection.active = 0
+        if started && !finished { connect(connection) }
+        checkFinished()
+    }
+
+    // MARK: Phase 2: run
+
+    func run(start: UInt64) -> EventLoopFuture<WorkerResult> {
+        loop.preconditionInEventLoop()
+        started = true
+        let done = loop.makePromise(of: WorkerResult.self)
+        self.done = done
+        self.start = start
+        measureStart = start + settings.schedule.warmupNanos
+        end = start + settings.schedule.totalNanos
+        hardStop = end + settings.timeoutNanos + 1_000_000_000
+        localTotal = settings.schedule.requests(forWorker: index)
+        let s = settings.schedule
+        var measured: UInt64 = 0
+        for i in 0..<localTotal where s.offsetNanos(s.globalIndex(worker: index, local: i)) >= s.warmupNanos { measured += 1 }
+        result.measuredRequests = measured
+        for connection in connections where connection.state == .disconnected { connect(connection) }
+        housekeeping = loop.scheduleRepeatedTask(initialDelay: .milliseconds(10), delay: .milliseconds(10)) {
+            [bound = NIOLoopBound(self, eventLoop: loop)] _ in
+            bound.value.tick()
+        }
+        scheduleFire(at: start)
+        return done.futureResult
+    }
+
+    private func scheduleFire(at t: UInt64) {
+        loop.assumeIsolated().scheduleTask(deadline: .uptimeNanoseconds(t)) { self.fire() }
+    }
+
+    /// Enqueues every request that is due, opens streams for them, and sets the timer for the next one.
+    private func fire() {
+        guard !finished else { return }
+        let now = monotonicNanos()
+        let s = settings.schedule
+        while nextLocal < localTotal {
+            let due = start + s.offsetNanos(s.globalIndex(worker: index, local: nextLocal))
+            if due > now {
+                dispatch()
+                scheduleFire(at: due)
+                return
+            }
+            if queue.count >= settings.maxQueue {
+                if due >= measureStart { result.errors.dropped += 1 }
+            } else {
+                queue.append(due)
+            }
+            nextLocal += 1
+        }
+        schedulingDone = true
+        dispatch()
+        checkFinished()
+    }
+
+    private func dispatch() {
+        guard !finished else { return }
+        let now = monotonicNanos()
+        while !queue.isEmpty, let i = roundRobin.pick(count: connections.count, isUsable: { connections[$0].state == .ready }) {
+            let due = queue.removeFirst()
+            if !settings.closedLoop && now >= due + settings.timeoutNanos {
+                if due >= measureStart { result.errors.timeout += 1 }
+                continue
+            }
+            open(due: due, on: connections[i], now: now)
+        }
+    }
+
+    /// Opens a stream for the request due at `due`; the request is written once the stream exists
+    /// (the multiplexer creates it on the next loop tick).
+    private func open(due: UInt64, on connection: H2Connection, now: UInt64) {
+        guard let multiplexer = connection.multiplexer else { return }
+        let request = H2Request(
+            connection: connection, attempt: connection.attempt, due: due, sent: now,
+            deadline: (settings.closedLoop ? now : due) + settings.timeoutNanos)
+        connection.active += 1
+        busyCount += 1
+        inFlight.append(request)
+        let bound = NIOLoopBound(request, eventLoop: loop)
+        multiplexer.createStreamChannel { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                try stream.pipeline.syncOperations.addHandler(H2StreamHandler(request: bound.value))
+            }
+        }.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let stream): self.streamOpened(request, stream)
+            case .failure: self.streamEnded(request)
+            }
+        }
+    }
+
+    private func streamOpened(_ request: H2Request, _ stream: Channel) {
+        guard !request.finished else {
+            // Timed out (or the run stopped) before the stream existed.
+            stream.close(promise: nil)
+            return
+        }
+        request.stream = stream
+        let now = monotonicNanos()
+        request.sent = now
+        if request.due >= measureStart { result.sendDelay.record(LatencyUnits.micros(now - request.due)) }
+        stream.write(HTTPClientRequestPart.head(requestHead), promise: nil)
+        stream.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+    }
+
+    /// Marks a request done (whatever the outcome); a draining connection closes after its last stream.
+    private func finish(_ request: H2Request) {
+        request.finished = true
+        request.stream = nil
+        busyCount -= 1
+        let connection = request.connection
+        guard request.attempt == connection.attempt else { return }
+        connection.active -= 1
+        if connection.state == .draining && connection.active == 0 { connection.channel?.close(promise: nil) }
+    }
+
+    // MARK: Stream events (from H2StreamHandler, on this loop)
+
+    fileprivate func responseComplete(_ request: H2Request) {
+        guard !request.finished else { return }
+        finish(request)
+        let now = monotonicNanos()
+        let measured = request.due >= measureStart
+        if (200..<300).contains(request.status) {
+            if measured {
+                result.latency.record(LatencyUnits.micros(now - (settings.closedLoop ? request.sent : request.due)))
+                result.ok += 1
+            }
+            if now >= measureStart && now <= end { result.completedInWindow += 1 }
+        } else if measured {
+            result.errors.status += 1
+        }
+        checkFinished()
+    }
+
+    /// The stream closed before its response was complete (reset, connection lost), or could not be opened.
+    fileprivate func streamEnded(_ request: H2Request) {
+        guard !request.finished else { return }
+        finish(request)
+        if request.due >= measureStart { result.errors.io += 1 }
+        checkFinished()
+    }
+
+    /// Every 10 ms: time out streams and queued requests, stop at the hard deadline.
+    private func tick() {
+        guard started, !finished else { return }
+        let now = monotonicNanos()
+        while let request = inFlight.first, request.finished || now >= request.deadline {
+            inFlight.removeFirst()
+            if !request.finished { timeOut(request) }
+        }
+        if !settings.closedLoop {
+            while let due = queue.first, now >= due + settings.timeoutNanos {
+                queue.removeFirst()
+                if due >= measureStart { result.errors.timeout += 1 }
+            }
+        }
+        if now >= hardStop {
+            for due in queue where due >= measureStart { result.errors.timeout += 1 }
+            queue.removeAll()
+            while let request = inFlight.popFirst() {
+                if !request.finished { timeOut(request) }
+            }
+            schedulingDone = true
+        }
+        checkFinished()
+    }
+
+    /// Counts a timeout and resets the stream (RST_STREAM CANCEL); the connection stays.
+    private func timeOut(_ request: H2Request) {
+        let stream = request.stream
+        finish(request)
+        if request.due >= measureStart { result.errors.timeout += 1 }
+        stream?.close(promise: nil)
+    }
+
+    private func checkFinished() {
+        guard started, !finished, schedulingDone, queue.isEmpty, busyCount == 0 else { return }
+        finished = true
+        housekeeping?.cancel()
+        result.connected = connections.filter(\.everConnected).count
+        var closes: [EventLoopFuture<Void>] = []
+        for connection in connections {
+            if let channel = connection.channel {
+                connection.state = .closing
+                closes.append(channel.close())
+            }
+        }
+        let result = self.result
+        let done = self.done
+        EventLoopFuture.andAllComplete(closes, on: loop).whenComplete { _ in done?.succeed(result) }
+    }
+}
+
+/// One HTTP/2 connection of a worker, reused across reconnects.
+final class H2Connection {
+    enum State: Equatable {
+        case disconnected
+        /// TCP connect and HTTP/2 handshake in progress.
+        case connecting
+        /// Handshake done: new streams go here.
+        case ready
+        /// GOAWAY received: no new streams; closes after its last one.
+        case draining
+        /// Closing at the end of the run.
+        case closing
+    }
+
+    unowned let worker: H2LoadWorker
+    var state: State = .disconnected
+    var channel: Channel?
+    var multiplexer: NIOHTTP2Handler.StreamMultiplexer?
+    var everConnected = false
+    /// Counts connection attempts; events of an earlier attempt are ignored.
+    var attempt = 0
+    var handshakeTimer: Scheduled<Void>?
+    /// Why the handshake of the current attempt failed, when known before the connection closed.
+    var handshakeError: String?
+    /// Completed when the current attempt is over (ready or failed).
+    var attemptOver: EventLoopPromise<Void>?
+    /// Unfinished streams of the current attempt.
+    var active = 0
+
+    init(worker: H2LoadWorker) { self.worker = worker }
+}
+
+/// One request: a stream on a connection.
+final class H2Request {
+    let connection: H2Connection
+    /// The connection attempt the stream belongs to.
+    let attempt: Int
+    let due: UInt64
+    /// When it was handed to the connection; then when its HEADERS were written.
+    var sent: UInt64
+    let deadline: UInt64
+    var stream: Channel?
+    var status = 0
+    var finished = false
+
+    init(connection: H2Connection, attempt: Int, due: UInt64, sent: UInt64, deadline: UInt64) {
+        self.connection = connection
+        self.attempt = attempt
+        self.due = due
+        self.sent = sent
+        self.deadline = deadline
+    }
+}
+
+/// Watches a connection's own frames (stream 0) and its lifetime: the server's SETTINGS completes the
+/// handshake, a GOAWAY drains the connection, a connection error closes it.
+final class H2ConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    private let connection: H2Connection
+
+    init(connection: H2Connection) { self.connection = connection }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data).payload {
+        case .settings(.settings):
+            connection.worker.settingsReceived(connection, context.channel)
+        case .goAway(_, let code, _):
+            connection.worker.goAwayReceived(connection, context.channel, code)
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.worker.connectionClosed(connection, context.channel)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        connection.worker.connectionError(connection, context.channel, error)
+        context.close(promise: nil)
+    }
+}
+
+/// Feeds one stream's response to its worker.
+final class H2StreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private let request: H2Request
+
+    init(request: H2Request) { self.request = request }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            // A 1xx head is followed by the final one.
+            request.status = Int(head.status.code)
+        case .body:
+            break
+        case .end:
+            request.connection.worker.responseComplete(request)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        request.connection.worker.streamEnded(request)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
