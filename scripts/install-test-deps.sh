@@ -26,5 +26,5 @@ if command -v service >/dev/null 2>&1; then
 fi
 
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
-# WebSocket peer for the protocol tests.
-python3 -c 'import websockets, kubernetes_validate, yaml' 2>/dev/null || python3 -m pip install -q -r tests/e2e/requirements.txt
+# WebSocket peer for the protocol tests; gRPC peers and an HTTP/2 client for test_grpc.py.
+python3 -c 'import websockets, kubernetes_validate, yaml, grpc, grpc_tools, h2' 2>/dev/null || python3 -m pip install -q -r tests/e2e/requirements.txt

@@ -51,7 +51,8 @@ enum HTTP2Downstream {
     }
 }
 
-/// Last handler of a downstream HTTP/2 connection: root-stream frames end here; a connection-level
+/// Last handler of a downstream HTTP/2 connection: root-stream frames end here; the client's EOF
+/// closes the connection; a connection-level
 /// protocol error (bad preface, malformed frames, too-large header lists...) is logged and counted
 /// (`meshd_errors_total{kind="bad-request"}`) — NIO's handler has already sent GOAWAY — and the
 /// connection closed.
@@ -68,6 +69,16 @@ final class HTTP2ConnectionErrorHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The listener keeps a client's EOF as an event (for opaque TCP); HTTP/2 has no half-closed
+        // connection: the client is gone, and its streams with it.
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if !reported && !(error is IOError) {

@@ -1222,6 +1222,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         // Pseudo-headers come first.
         var headers: HPACKHeaders = [":status": String(head.status.code)]
         headers.add(contentsOf: HPACKHeaders(httpHeaders: head.headers, normalizeHTTPHeaders: true))
+        headers.remove(name: "content-length")  // NIO's codec adds 0 for a head that ended the stream
         codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))), promise: nil)
     }
 

@@ -40,6 +40,12 @@ final class UpstreamPool {
 
     /// Gives a connection back after a complete exchange; it is kept if there is room.
     func release(_ conn: UpstreamConnection) {
+        if conn.isStream {
+            // An HTTP/2 stream whose exchange completed closes by itself; closing it here, before
+            // NIO has seen both ends, would reset it (RST_STREAM), which peers count as abuse.
+            conn.owner = nil
+            return
+        }
         guard conn.isUsable, (idle[conn.address]?.count ?? 0) < config.maxIdlePerEndpoint else {
             conn.close()
             return
