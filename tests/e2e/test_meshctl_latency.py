@@ -4,7 +4,11 @@
 - a backend serialising requests at 10 ms each, asked for 200 req/s on one connection, shows the
   queueing in open loop (p99 ≫ 10 ms) and hides it in closed loop (p99 near 10 ms);
 - the direct path against the path through meshd's outbound listener (--target and --via), JSON
-  shape, the added latency per hop, the SVG plot, and clear errors for bad input.
+  shape, the added latency per hop, the SVG plot, and clear errors for bad input;
+- --http2 (h2c, prior knowledge) against nginx: the requested rate with no errors, `:authority` from
+  --authority, GOAWAYs (nginx's keepalive_requests) absorbed without errors; against `meshctl
+  delay-backend --http2` (5 ms): p50 within 5–8 ms (debug builds); against HTTP/1.1-only servers:
+  reported, no hang.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -227,8 +233,163 @@ def test_errors_are_counted_and_unreachable_targets_reported(meshctl, slow5, sid
     assert "cannot connect" in t["failure"], t
 
 
+# --------------------------------------------------------------------------------------------
+# --http2
+
+
+H2_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} http2{default};
+        server_name {name};
+{extra}        location / {{ return {status} "{name}\\n"; }}
+    }}
+"""
+
+
+class H2Nginx:
+    """nginx (1.22) serving h2c with prior knowledge (`listen … http2` without ssl), plus one plain HTTP/1.1
+    server. `h2`: 200 on every path; `goaway`: the same, but a connection is closed with GOAWAY after 50
+    requests (keepalive_requests); `routed`: 200 for `:authority` orders, 404 for any other; `http1`: an
+    HTTP/1.1-only listener."""
+
+    def __init__(self, workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = {n: meshlib.free_port() for n in ("h2", "goaway", "routed", "http1")}
+        servers = "".join([
+            H2_SERVER.format(port=self.ports["h2"], default="", name="h2", extra="", status=200),
+            H2_SERVER.format(port=self.ports["goaway"], default="", name="goaway", status=200,
+                             extra="        keepalive_requests 50;\n"),
+            H2_SERVER.format(port=self.ports["routed"], default="", name="orders", extra="", status=200),
+            H2_SERVER.format(port=self.ports["routed"], default=" default_server", name="other", extra="", status=404),
+            meshlib.NGINX_SERVER.format(port=self.ports["http1"], body="http1"),
+        ])
+        conf = workdir / "nginx.conf"
+        conf.write_text(meshlib.NGINX_CONF.format(d=workdir, servers=servers))
+        self.proc = meshlib.popen(["/usr/sbin/nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)],
+                                  stdout=open(workdir / "stdout.log", "wb"), stderr=open(workdir / "stderr.log", "wb"))
+        try:
+            for p in self.ports.values():
+                meshlib.wait_port("127.0.0.1", p, 10.0)
+        except Exception:
+            self.stop()
+            raise RuntimeError("nginx did not start:\n" + "".join(
+                f.read_text() for f in (workdir / "stderr.log", workdir / "error.log") if f.exists()))
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}/"
+
+    def stop(self):
+        meshlib.kill_group(self.proc, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def h2nginx(tmp_path_factory):
+    n = H2Nginx(tmp_path_factory.mktemp("h2nginx"))
+    yield n
+    n.stop()
+
+
+def test_http2_against_nginx_h2c_rate_errors_and_percentiles(meshctl, h2nginx):
+    # Debug builds of meshctl pay ~0.5 ms of CPU per HTTP/2 request (NIO's HTTP/2 stack unoptimised):
+    # 400 req/s leaves room on a shared 2-core machine.
+    out = latency_json(meshctl, "--http2", "--target", f"nginx={h2nginx.url('h2')}", "--rate", 400, "--connections", 2,
+                       "--duration", "3s", "--warmup", "1s")
+    assert out["settings"]["protocol"] == "HTTP/2"
+    t = out["targets"][0]
+    assert t["protocol"] == "h2", t
+    assert t["errors"] == 0, t
+    assert t["requests"] == 1200 and t["ok"] == 1200, t
+    assert abs(t["achievedRate"] - 400) <= 20, t
+    for k in ("p50", "p90", "p99", "p999", "max"):
+        assert isinstance(t[k], float | int) and t[k] > 0, (k, t)
+    assert t["p50"] <= t["p90"] <= t["p99"] <= t["p999"] <= t["max"], t
+    assert t["sendDelay"]["p50"] is not None, t
+    print(f"h2 p50 {t['p50']} ms, p99 {t['p99']} ms, scheduler lag p50 {t['sendDelay']['p50']} ms")
+
+
+def test_http2_goaway_authority_and_table(meshctl, h2nginx):
+    # `goaway` closes every connection after 50 streams: ~12 GOAWAYs in this run. Streams above a GOAWAY's
+    # last stream ID were not processed and are sent again on the next connection: no request is lost.
+    # `routed` answers 200 only for :authority orders (from --authority, through the Host header).
+    out = latency_json(meshctl, "--http2", "--target", f"goaway={h2nginx.url('goaway')}", "--target",
+                       f"routed={h2nginx.url('routed')}", "--authority", "orders", "--rate", 200, "--connections", 2,
+                       "--duration", "3s", "--warmup", "0s")
+    for t in out["targets"]:
+        assert t["errors"] == 0 and t["ok"] == 600, t
+        assert t["host"] == "orders", t
+    # Any other authority: nginx's default server answers 404, counted as status errors.
+    r = latency(meshctl, "--http2", "--target", f"other={h2nginx.url('routed')}", "--authority", "elsewhere", "--rate", 50,
+                "--connections", 1, "--duration", "1s", "--warmup", "0s", "-o", "json")
+    assert r.returncode == 1, r.stderr.decode()
+    t = json.loads(r.stdout)["targets"][0]
+    assert t["ok"] == 0 and t["errorKinds"]["status"] == 50 and t["errors"] == 50, t
+    # The table names the protocol.
+    r = latency(meshctl, "--http2", "--target", f"nginx={h2nginx.url('h2')}", "--rate", 50, "--connections", 1,
+                "--duration", "1s", "--warmup", "0s")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "HTTP/2 (h2c)" in r.stdout.decode(), r.stdout.decode()
+
+
+@pytest.fixture(scope="module")
+def slow5_h2(meshctl):
+    """`meshctl delay-backend --http2 --delay 5ms`: an h2c backend with a known latency."""
+    proc = meshlib.popen([meshctl, "delay-backend", "--http2", "--delay", "5ms"], stdout=subprocess.PIPE)
+    line = proc.stdout.readline()
+    m = re.match(rb"PORT (\d+)", line or b"")
+    if not m:
+        meshlib.kill_group(proc)
+        raise RuntimeError(f"delay-backend --http2 did not start: {line!r}")
+    yield f"127.0.0.1:{int(m.group(1))}"
+    meshlib.kill_group(proc)
+
+
+def test_http2_fixed_5ms_backend_p50_between_5_and_8_ms(meshctl, slow5_h2):
+    # As the HTTP/1.1 check (retried when the shared machine disturbs a run; the lower bound holds in every
+    # run), with room for the debug builds: their HTTP/2 stack costs ~0.6 ms per request on each side
+    # (measured: nginx p50 1.1 ms over h2c against 0.5 ms over HTTP/1.1, same meshctl, 300 req/s), so the
+    # debug client against the debug backend measures 5 ms as ~6.8 ms.
+    p50s = []
+    for _ in range(3):
+        out = latency_json(meshctl, "--http2", "--target", f"h2=http://{slow5_h2}/", "--rate", 300, "--connections", 2,
+                           "--duration", "3s", "--warmup", "1s")
+        t = out["targets"][0]
+        assert t["errors"] == 0 and t["ok"] == 900, t
+        assert t["p50"] >= 5.0, t
+        p50s.append(t["p50"])
+        print(f"h2 p50 {t['p50']} ms, p99 {t['p99']} ms")
+        if t["p50"] <= 8.0:
+            break
+    assert any(5.0 <= p <= 8.0 for p in p50s), f"p50 per run (ms): {p50s}"
+
+
+def test_http2_against_http1_only_servers_reports_and_does_not_hang(meshctl, h2nginx, slow5):
+    # nginx without `http2` answers the preface with a 400, Python's http.server with an HTML error page:
+    # neither is HTTP/2.
+    # The h2c target before them is measured; each HTTP/1.1-only one is reported as a failure (exit 1).
+    r = latency(meshctl, "--http2", "--target", f"h2={h2nginx.url('h2')}", "--target", f"nginx-h1={h2nginx.url('http1')}",
+                "--target", f"python-h1=http://{slow5.addr}/", "--rate", 50, "--connections", 2, "--duration", "1s",
+                "--warmup", "0s", "-o", "json", timeout=30)
+    assert r.returncode == 1, r.stderr.decode()
+    h2, *h1s = json.loads(r.stdout)["targets"]
+    assert h2["errors"] == 0 and h2["ok"] == 50, h2
+    for t in h1s:
+        assert t["ok"] == 0 and t["p50"] is None, t
+        assert "HTTP/2 handshake failed" in t["failure"] and "h2c" in t["failure"], t
+    # A server that accepts and never answers: the handshake times out after --connect-timeout.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        r = latency(meshctl, "--http2", "--target", f"silent=http://127.0.0.1:{port}/", "--rate", 10, "--duration", "0.5s",
+                    "--warmup", "0s", "--connect-timeout", "300ms", "-o", "json", timeout=30)
+    finally:
+        silent.close()
+    assert r.returncode == 1, r.stderr.decode()
+    t = json.loads(r.stdout)["targets"][0]
+    assert "no HTTP/2 SETTINGS" in t["failure"], t
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--target", "x=http://127.0.0.1:1/", "--http2"], "--http2 is not supported"),
+    (["--target", "x=http://127.0.0.1:1/", "--http2", "--rate", "0", "--closed-loop"], "not available with --http2"),
     ([], "--target or --via"),
     (["--via", "127.0.0.1:4140"], "--authority"),
     (["--target", "x=https://127.0.0.1:1/"], "only http://"),

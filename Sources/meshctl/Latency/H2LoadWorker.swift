@@ -7,10 +7,18 @@ import NIOPosix
 /// target over HTTP/2 with prior knowledge (h2c), on the same schedule and with the same result.
 ///
 /// Each request is a new stream on one of the worker's connections, taken round robin among those that
-/// are ready (the server's SETTINGS received, no GOAWAY); a connection carries any number of streams at
-/// once. NIO opens at most the server's SETTINGS_MAX_CONCURRENT_STREAMS of them at a time and buffers
-/// the rest in order: that wait is latency like any other (open loop: counted from the due time). A
-/// request waits in the worker's own queue only while no connection is ready.
+/// are ready (the server's SETTINGS received, no GOAWAY) and below the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS; a connection carries up to that many streams at once. When every
+/// connection is full (or none is ready) the request waits in the worker's queue, and its latency still
+/// counts from its due time, as with HTTP/1.1. The worker keeps this bound itself rather than letting
+/// NIO buffer streams beyond it: a buffered stream costs CPU on every flush, and a queue of them grows
+/// without bound once the event loop falls behind (then it never catches up: NIO runs due timers and
+/// tasks before reading the socket, so the responses that would free streams are not read).
+///
+/// A stream the server did not process — reset with REFUSED_STREAM, above the last stream ID of a
+/// GOAWAY, or never sent — is sent again on another connection (at most `maxRetries` times), its
+/// latency still counted from its due time; any other stream that ends without a complete response
+/// is an `io` error.
 ///
 /// Everything here runs on `loop`, like `LoadWorker`: the scheduler timer, the connection and stream
 /// handlers and the housekeeping tick.
@@ -25,10 +33,12 @@ final class H2LoadWorker: LoadWorking {
 
     private var connections: [H2Connection] = []
     private var roundRobin = RoundRobin()
-    private var queue = CircularBuffer<UInt64>()
+    /// Requests due and waiting for a ready connection, in due order.
+    private var queue = CircularBuffer<Pending>()
     /// Requests handed to a connection and not yet removed, in send order. That is deadline order (a
-    /// deadline is the due time, or in closed loop the send, plus the timeout), so the timeout check
-    /// only looks at the front; finished requests are dropped when they reach it.
+    /// deadline is the due time, or in closed loop the send, plus the timeout) but for retried
+    /// requests, so the timeout check only looks at the front (a retried request may time out up to
+    /// one retry's delay late); finished requests are dropped when they reach it.
     private var inFlight = CircularBuffer<H2Request>()
     /// Requests handed to a connection and not finished.
     private var busyCount = 0
@@ -45,6 +55,16 @@ final class H2LoadWorker: LoadWorking {
     private var schedulingDone = false
     private var housekeeping: RepeatedTask?
     private var done: EventLoopPromise<WorkerResult>?
+
+    /// Sends of one request the server did not process, after the first.
+    static let maxRetries = 2
+
+    /// A request waiting in the queue.
+    struct Pending {
+        var due: UInt64
+        /// Earlier sends the server did not process.
+        var retries = 0
+    }
 
     /// Our SETTINGS: NIO's defaults, and no server push.
     static let connectionConfiguration: NIOHTTP2Handler.ConnectionConfiguration = {
@@ -72,7 +92,9 @@ final class H2LoadWorker: LoadWorking {
         let futures = (0..<settings.connections).map { _ -> EventLoopFuture<Void> in
             let connection = H2Connection(worker: self)
             connections.append(connection)
-            return connect(connection)
+            let attemptOver = loop.makePromise(of: Void.self)
+            connect(connection, attemptOver: attemptOver)
+            return attemptOver.futureResult
         }
         return EventLoopFuture.andAllComplete(futures, on: loop).assumeIsolated().map {
             self.connections.filter(\.everConnected).count
@@ -80,15 +102,16 @@ final class H2LoadWorker: LoadWorking {
     }
 
     /// One connection attempt: TCP, then the HTTP/2 handshake (our preface and SETTINGS, the server's
-    /// SETTINGS). The future succeeds when the attempt is over, ready or failed.
-    @discardableResult
-    private func connect(_ connection: H2Connection) -> EventLoopFuture<Void> {
+    /// SETTINGS). `attemptOver` (first attempts only: every one of them ends, ready or failed, before
+    /// the run starts) is succeeded when the attempt is over.
+    private func connect(_ connection: H2Connection, attemptOver: EventLoopPromise<Void>? = nil) {
         connection.state = .connecting
         connection.attempt += 1
         connection.handshakeError = nil
+        connection.goAwayLastStreamID = nil
         connection.active = 0
+        connection.maxStreams = H2Connection.defaultMaxStreams
         let attempt = connection.attempt
-        let attemptOver = loop.makePromise(of: Void.self)
         connection.attemptOver = attemptOver
         let bound = NIOLoopBound(connection, eventLoop: loop)
         ClientBootstrap(group: loop)
@@ -114,7 +137,6 @@ final class H2LoadWorker: LoadWorking {
                     if connection.attempt == attempt { self.attemptFailed(connection, "\(error)") }
                 }
             }
-        return attemptOver.futureResult
     }
 
     private func tcpConnected(_ connection: H2Connection, _ channel: Channel, attempt: Int) {
@@ -147,9 +169,15 @@ final class H2LoadWorker: LoadWorking {
 
     // MARK: Connection events (from H2ConnectionHandler, on this loop)
 
-    /// The server's SETTINGS: the connection can carry streams.
-    fileprivate func settingsReceived(_ connection: H2Connection, _ channel: Channel) {
-        guard connection.channel === channel, connection.state == .connecting else { return }
+    /// The server's SETTINGS: the first completes the handshake (the connection can carry streams); any
+    /// may change how many streams it takes at once.
+    fileprivate func settingsReceived(_ connection: H2Connection, _ channel: Channel, maxConcurrentStreams: Int?) {
+        guard connection.channel === channel else { return }
+        if let maxConcurrentStreams { connection.maxStreams = maxConcurrentStreams }
+        guard connection.state == .connecting else {
+            if started { dispatch() }
+            return
+        }
         connection.handshakeTimer?.cancel()
         connection.handshakeTimer = nil
         connection.everConnected = true
@@ -165,9 +193,13 @@ final class H2LoadWorker: LoadWorking {
     }
 
     /// A GOAWAY: no new streams on this connection; it closes once its streams are done, and is then
-    /// replaced. Streams above the GOAWAY's last stream ID fail (NIO closes them) and count as `io`.
-    fileprivate func goAwayReceived(_ connection: H2Connection, _ channel: Channel, _ code: HTTP2ErrorCode) {
+    /// replaced. Streams above the GOAWAY's last stream ID were not processed: NIO closes them, and
+    /// they are sent again (`streamEnded`).
+    fileprivate func goAwayReceived(
+        _ connection: H2Connection, _ channel: Channel, lastStreamID: HTTP2StreamID, _ code: HTTP2ErrorCode
+    ) {
         guard connection.channel === channel else { return }
+        connection.goAwayLastStreamID = min(lastStreamID, connection.goAwayLastStreamID ?? lastStreamID)
         switch connection.state {
         case .connecting:
             connection.handshakeError = "the server sent GOAWAY (\(code)) during the HTTP/2 handshake"
@@ -182,7 +214,16 @@ final class H2LoadWorker: LoadWorking {
 
     fileprivate func connectionError(_ connection: H2Connection, _ channel: Channel, _ error: Error) {
         guard connection.channel === channel, connection.state == .connecting, connection.handshakeError == nil else { return }
-        connection.handshakeError = "\(error)"
+        connection.handshakeError = Self.describe(error)
+    }
+
+    /// An error as the report shows it. NIO's HTTP/2 errors print the file and line that threw them:
+    /// keep the name; an answer that does not parse as frames is, in practice, from an HTTP/1 server.
+    static func describe(_ error: Error) -> String {
+        if error is NIOHTTP2Errors.UnableToParseFrame { return "the answer is not HTTP/2 frames" }
+        let text = "\(error)"
+        guard let paren = text.firstIndex(of: "("), text.contains("file:") || text.contains("location:") else { return text }
+        return String(text[..<paren])
     }
 
     fileprivate func connectionClosed(_ connection: H2Connection, _ channel: Channel) {
@@ -190,7 +231,7 @@ final class H2LoadWorker: LoadWorking {
         switch connection.state {
         case .connecting:
             let why = connection.handshakeError ?? "the server closed the connection"
-            attemptFailed(connection, "HTTP/2 handshake failed (is it an h2c server, with prior knowledge?): \(why)")
+            attemptFailed(connection, "HTTP/2 handshake failed: \(why) (--http2 needs a server that speaks h2c with prior knowledge)")
             return
         case .ready, .draining, .closing, .disconnected:
             break
@@ -201,7 +242,6 @@ final class H2LoadWorker: LoadWorking {
         connection.multiplexer = nil
         connection.active = 0
         if started && !finished { connect(connection) }
-        checkFinished()
     }
 
     // MARK: Phase 2: run
@@ -248,7 +288,7 @@ final class H2LoadWorker: LoadWorking {
             if queue.count >= settings.maxQueue {
                 if due >= measureStart { result.errors.dropped += 1 }
             } else {
-                queue.append(due)
+                queue.append(Pending(due: due))
             }
             nextLocal += 1
         }
@@ -260,23 +300,23 @@ final class H2LoadWorker: LoadWorking {
     private func dispatch() {
         guard !finished else { return }
         let now = monotonicNanos()
-        while !queue.isEmpty, let i = roundRobin.pick(count: connections.count, isUsable: { connections[$0].state == .ready }) {
-            let due = queue.removeFirst()
-            if !settings.closedLoop && now >= due + settings.timeoutNanos {
-                if due >= measureStart { result.errors.timeout += 1 }
+        while !queue.isEmpty, let i = roundRobin.pick(count: connections.count, isUsable: { connections[$0].canOpenStream }) {
+            let pending = queue.removeFirst()
+            if !settings.closedLoop && now >= pending.due + settings.timeoutNanos {
+                if pending.due >= measureStart { result.errors.timeout += 1 }
                 continue
             }
-            open(due: due, on: connections[i], now: now)
+            open(pending, on: connections[i], now: now)
         }
     }
 
-    /// Opens a stream for the request due at `due`; the request is written once the stream exists
-    /// (the multiplexer creates it on the next loop tick).
-    private func open(due: UInt64, on connection: H2Connection, now: UInt64) {
+    /// Opens a stream for a request; the request is written once the stream exists (the multiplexer
+    /// creates it on the next loop tick).
+    private func open(_ pending: Pending, on connection: H2Connection, now: UInt64) {
         guard let multiplexer = connection.multiplexer else { return }
         let request = H2Request(
-            connection: connection, attempt: connection.attempt, due: due, sent: now,
-            deadline: (settings.closedLoop ? now : due) + settings.timeoutNanos)
+            connection: connection, attempt: connection.attempt, due: pending.due, retries: pending.retries, sent: now,
+            deadline: (settings.closedLoop ? now : pending.due) + settings.timeoutNanos)
         connection.active += 1
         busyCount += 1
         inFlight.append(request)
@@ -289,7 +329,7 @@ final class H2LoadWorker: LoadWorking {
         }.assumeIsolated().whenComplete { result in
             switch result {
             case .success(let stream): self.streamOpened(request, stream)
-            case .failure: self.streamEnded(request)
+            case .failure: self.streamEnded(request, streamID: nil)
             }
         }
     }
@@ -300,22 +340,35 @@ final class H2LoadWorker: LoadWorking {
             stream.close(promise: nil)
             return
         }
+        guard request.attempt == request.connection.attempt, request.connection.state == .ready else {
+            // A GOAWAY (or a close) came between the choice of the connection and the stream: nothing
+            // was sent, send it elsewhere.
+            stream.close(promise: nil)
+            return
+        }
         request.stream = stream
-        let now = monotonicNanos()
-        request.sent = now
-        if request.due >= measureStart { result.sendDelay.record(LatencyUnits.micros(now - request.due)) }
-        stream.write(HTTPClientRequestPart.head(requestHead), promise: nil)
+        // Sent once its HEADERS are out (NIO holds them back if the server has just lowered its
+        // SETTINGS_MAX_CONCURRENT_STREAMS): that wait is client-side queueing, in `sendDelay` and left
+        // out in closed loop.
+        stream.write(HTTPClientRequestPart.head(requestHead)).assumeIsolated().whenSuccess {
+            let now = monotonicNanos()
+            request.sent = now
+            if request.due >= self.measureStart { self.result.sendDelay.record(LatencyUnits.micros(now - request.due)) }
+        }
         stream.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
     }
 
-    /// Marks a request done (whatever the outcome); a draining connection closes after its last stream.
+    /// Marks a request done, whatever the outcome. The caller counts the outcome, then calls `dispatch`
+    /// and `checkFinished`; `closeIfDrained` comes last, as closing runs handlers at once.
     private func finish(_ request: H2Request) {
         request.finished = true
         request.stream = nil
         busyCount -= 1
-        let connection = request.connection
-        guard request.attempt == connection.attempt else { return }
-        connection.active -= 1
+        if request.attempt == request.connection.attempt { request.connection.active -= 1 }
+    }
+
+    /// A connection that got a GOAWAY closes after its last stream (and is then replaced).
+    private func closeIfDrained(_ connection: H2Connection) {
         if connection.state == .draining && connection.active == 0 { connection.channel?.close(promise: nil) }
     }
 
@@ -335,15 +388,30 @@ final class H2LoadWorker: LoadWorking {
         } else if measured {
             result.errors.status += 1
         }
+        dispatch()
         checkFinished()
+        closeIfDrained(request.connection)
     }
 
-    /// The stream closed before its response was complete (reset, connection lost), or could not be opened.
-    fileprivate func streamEnded(_ request: H2Request) {
+    /// The stream closed before its response was complete (reset, connection lost), or could not be
+    /// opened. `streamID` is nil when its HEADERS never reached the connection.
+    fileprivate func streamEnded(_ request: H2Request, streamID: HTTP2StreamID?) {
         guard !request.finished else { return }
         finish(request)
-        if request.due >= measureStart { result.errors.io += 1 }
+        let connection = request.connection
+        var unprocessed = request.status == 0 && (streamID == nil || request.resetCode == .refusedStream)
+        if let streamID, let last = connection.goAwayLastStreamID, request.attempt == connection.attempt, streamID > last {
+            unprocessed = request.status == 0
+        }
+        if unprocessed && request.retries < Self.maxRetries && !finished {
+            // Ahead of the queue: it is older than everything there.
+            queue.prepend(Pending(due: request.due, retries: request.retries + 1))
+        } else if request.due >= measureStart {
+            result.errors.io += 1
+        }
+        dispatch()
         checkFinished()
+        closeIfDrained(connection)
     }
 
     /// Every 10 ms: time out streams and queued requests, stop at the hard deadline.
@@ -355,20 +423,22 @@ final class H2LoadWorker: LoadWorking {
             if !request.finished { timeOut(request) }
         }
         if !settings.closedLoop {
-            while let due = queue.first, now >= due + settings.timeoutNanos {
+            while let pending = queue.first, now >= pending.due + settings.timeoutNanos {
                 queue.removeFirst()
-                if due >= measureStart { result.errors.timeout += 1 }
+                if pending.due >= measureStart { result.errors.timeout += 1 }
             }
         }
         if now >= hardStop {
-            for due in queue where due >= measureStart { result.errors.timeout += 1 }
+            for pending in queue where pending.due >= measureStart { result.errors.timeout += 1 }
             queue.removeAll()
             while let request = inFlight.popFirst() {
                 if !request.finished { timeOut(request) }
             }
             schedulingDone = true
         }
+        dispatch()
         checkFinished()
+        for connection in connections { closeIfDrained(connection) }
     }
 
     /// Counts a timeout and resets the stream (RST_STREAM CANCEL); the connection stays.
@@ -421,10 +491,18 @@ final class H2Connection {
     var handshakeTimer: Scheduled<Void>?
     /// Why the handshake of the current attempt failed, when known before the connection closed.
     var handshakeError: String?
-    /// Completed when the current attempt is over (ready or failed).
+    /// Completed when the current attempt is over (ready or failed); first attempts only.
     var attemptOver: EventLoopPromise<Void>?
     /// Unfinished streams of the current attempt.
     var active = 0
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS; until it says, NIO's own assumption (100).
+    var maxStreams = H2Connection.defaultMaxStreams
+    static let defaultMaxStreams = 100
+
+    /// Whether a new request can go here now.
+    var canOpenStream: Bool { state == .ready && active < maxStreams }
+    /// The last stream ID of the GOAWAY received on the current attempt, if any.
+    var goAwayLastStreamID: HTTP2StreamID?
 
     init(worker: H2LoadWorker) { self.worker = worker }
 }
@@ -435,17 +513,23 @@ final class H2Request {
     /// The connection attempt the stream belongs to.
     let attempt: Int
     let due: UInt64
-    /// When it was handed to the connection; then when its HEADERS were written.
+    /// Earlier sends the server did not process.
+    let retries: Int
+    /// When it was handed to a connection; then when its HEADERS went out.
     var sent: UInt64
     let deadline: UInt64
     var stream: Channel?
+    /// The response status; 0 until the response head.
     var status = 0
+    /// The error code of a RST_STREAM from the server.
+    var resetCode: HTTP2ErrorCode?
     var finished = false
 
-    init(connection: H2Connection, attempt: Int, due: UInt64, sent: UInt64, deadline: UInt64) {
+    init(connection: H2Connection, attempt: Int, due: UInt64, retries: Int, sent: UInt64, deadline: UInt64) {
         self.connection = connection
         self.attempt = attempt
         self.due = due
+        self.retries = retries
         self.sent = sent
         self.deadline = deadline
     }
@@ -462,10 +546,11 @@ final class H2ConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data).payload {
-        case .settings(.settings):
-            connection.worker.settingsReceived(connection, context.channel)
-        case .goAway(_, let code, _):
-            connection.worker.goAwayReceived(connection, context.channel, code)
+        case .settings(.settings(let settings)):
+            let max = settings.last(where: { $0.parameter == .maxConcurrentStreams }).map(\.value)
+            connection.worker.settingsReceived(connection, context.channel, maxConcurrentStreams: max)
+        case .goAway(let lastStreamID, let code, _):
+            connection.worker.goAwayReceived(connection, context.channel, lastStreamID: lastStreamID, code)
         default:
             break
         }
@@ -503,11 +588,14 @@ final class H2StreamHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        request.connection.worker.streamEnded(request)
+        // No stream ID: its HEADERS never reached the connection.
+        let streamID = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)
+        request.connection.worker.streamEnded(request, streamID: streamID)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let closed = error as? NIOHTTP2Errors.StreamClosed { request.resetCode = closed.errorCode }
         context.close(promise: nil)
     }
 }

@@ -81,6 +81,8 @@ final class HTTP2ConnectionErrorHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // One stream's error (NIO has reset that stream) leaves the connection and its other streams alone.
+        if HTTP2Errors.isStreamLevel(error) { return }
         if !reported && !(error is IOError) {
             reported = true
             shared.metrics.error(.badRequest, direction).increment()

@@ -153,6 +153,9 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A stream's error (reset, protocol error on one stream) ends that stream only; its owner
+        // hears of it through the stream channel.
+        if HTTP2Errors.isStreamLevel(error) { return }
         shared.logger.info("upstream HTTP/2 connection error", metadata: ["target": "\(address)", "error": "\(error)"])
         draining = true
         context.close(promise: nil)
@@ -196,6 +199,10 @@ extension UpstreamPool {
         connectionConfig.targetWindowSize = settings.initialWindowSize * settings.maxConcurrentStreams
         var streamConfig = NIOHTTP2Handler.StreamConfiguration()
         streamConfig.targetWindowSize = settings.initialWindowSize
+        // NIO's rapid-reset defence (200 RST_STREAM per 30 s) guards a server against its clients; an
+        // endpoint that ends streams with RST_STREAM(NO_ERROR) after a full response (RFC 9113 §8.1,
+        // nginx does) would otherwise get its connection dropped every 200 requests.
+        streamConfig.streamResetFrameRateLimit.maximumCount = Int(Int32.max)
         let connection = connectionConfig
         let stream = streamConfig
         let loopBound = NIOLoopBound(conn, eventLoop: eventLoop)
@@ -254,4 +261,11 @@ extension UpstreamPool {
     }
 
     var http2ConnectionCount: Int { http2.values.reduce(0) { $0 + $1.count } }
+}
+
+enum HTTP2Errors {
+    /// Whether an error the HTTP/2 handler raised concerns one stream, not the connection.
+    static func isStreamLevel(_ error: Error) -> Bool {
+        error is NIOHTTP2Errors.StreamError || error is NIOHTTP2Errors.NoSuchStream || error is NIOHTTP2Errors.StreamClosed
+    }
 }

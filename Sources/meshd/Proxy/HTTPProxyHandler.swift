@@ -540,27 +540,34 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         let (future, reused) = connectUpstream(target, timeout: connectTimeout, counters: counters)
         req.reusedConnection = reused
         future.assumeIsolated().whenComplete { [self] result in
-                if self.req.countedPending {
-                    self.req.countedPending = false
-                    counters?.pending.wrappingDecrement(ordering: .relaxed)
-                }
-                guard case .connecting = self.state, self.serial == serial, self.req.attempts == attempt,
-                    let context = self.context
-                else {
-                    if case .success(let conn) = result { conn.close() }
-                    return
-                }
-                switch result {
-                case .success(let conn):
-                    self.attach(conn, context: context)
-                case .failure(let error):
-                    self.loop.shared.logger.info(
-                        "upstream connect failed",
-                        metadata: ["target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)"])
-                    self.attemptFailed(
-                        .connectFailure, error: .connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
-                }
+            if self.req.countedPending {
+                self.req.countedPending = false
+                counters?.pending.wrappingDecrement(ordering: .relaxed)
             }
+            guard case .connecting = self.state, self.serial == serial, self.req.attempts == attempt,
+                let context = self.context
+            else {
+                if case .success(let conn) = result { conn.close() }
+                return
+            }
+            switch result {
+            case .success(let conn):
+                self.attach(conn, context: context)
+            case .failure(let error) where self.req.upstreamH2 && reused && !self.req.retried:
+                // The multiplexed connection closed (GOAWAY, reset) as this stream was opened on it:
+                // nothing reached the endpoint; once, on another connection, outside the retry policy.
+                self.req.retried = true
+                self.loop.shared.metrics.upstreamStaleRetries.increment()
+                self.loop.shared.logger.debug("HTTP/2 stream not opened, trying another connection", metadata: ["error": "\(error)"])
+                self.dispatch(context: context)
+            case .failure(let error):
+                self.loop.shared.logger.info(
+                    "upstream connect failed",
+                    metadata: ["target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)"])
+                self.attemptFailed(
+                    .connectFailure, error: .connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
+            }
+        }
     }
 
     /// A new HTTP/1.1 connection, or a stream of a (new or existing) multiplexed HTTP/2 connection.
@@ -598,6 +605,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             scheduleRetry(reason: reason, context: context)
             return
         }
+        loop.shared.logger.info(
+            "upstream attempt failed", metadata: ["direction": "\(direction.label)", "error": "\(error.rawValue)", "detail": "\(detail)"])
         reply(error, context: context, detail: detail)
     }
 
@@ -1037,19 +1046,19 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         let serial = self.serial
         connectUpstream(endpoint.address, timeout: service.connectTimeout, counters: service.counters).0
             .assumeIsolated().whenComplete { [self] result in
-            self.hedgeConnecting = false
-            guard self.serial == serial, case .proxying = self.state, !self.req.responseStarted, self.hedgeEndpoint === endpoint
-            else {
-                if case .success(let conn) = result { conn.close() }
-                return
+                self.hedgeConnecting = false
+                guard self.serial == serial, case .proxying = self.state, !self.req.responseStarted, self.hedgeEndpoint === endpoint
+                else {
+                    if case .success(let conn) = result { conn.close() }
+                    return
+                }
+                switch result {
+                case .success(let conn): send(conn)
+                case .failure:
+                    service.record(endpoint, .connectFailure, now: Int64(NIODeadline.now().uptimeNanoseconds))
+                    self.dropHedge()
+                }
             }
-            switch result {
-            case .success(let conn): send(conn)
-            case .failure:
-                service.record(endpoint, .connectFailure, now: Int64(NIODeadline.now().uptimeNanoseconds))
-                self.dropHedge()
-            }
-        }
     }
 
     private func hedgeRead(_ part: HTTPClientResponsePart, conn: UpstreamConnection, context: ChannelHandlerContext) {

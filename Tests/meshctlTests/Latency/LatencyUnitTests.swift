@@ -45,6 +45,43 @@ struct LatencyUnitTests {
         #expect(w(10_000, 5_000_000_000).maxQueue == 50_000)
     }
 
+    @Test("round robin: the usable connections take turns, the others are skipped")
+    func roundRobin() {
+        var rr = RoundRobin()
+        #expect((0..<6).map { _ in rr.pick(count: 3) { _ in true } } == [0, 1, 2, 0, 1, 2])
+        // 1 is full or not connected: 0 and 2 alternate.
+        #expect((0..<4).map { _ in rr.pick(count: 3) { $0 != 1 } } == [0, 2, 0, 2])
+        // Only 1 is usable: it is found wherever the search starts.
+        #expect(rr.pick(count: 3) { $0 == 1 } == 1)
+        #expect(rr.next == 2)
+        #expect(rr.pick(count: 3) { _ in false } == nil)
+        #expect(rr.next == 2, "a failed pick does not move the cursor")
+        #expect(rr.pick(count: 0) { _ in true } == nil)
+    }
+
+    @Test("--http2 is parsed into the workload; --rate 0 is refused with it")
+    func http2Flag() throws {
+        let h2 = try Latency.parse(["--target", "x=http://127.0.0.1:1/", "--http2"])
+        #expect(h2.workload.proto == .h2)
+        let h1 = try Latency.parse(["--target", "x=http://127.0.0.1:1/"])
+        #expect(h1.workload.proto == .http1)
+        #expect(throws: (any Error).self) {
+            try Latency.parse(["--target", "x=http://127.0.0.1:1/", "--http2", "--rate", "0", "--closed-loop"])
+        }
+    }
+
+    @Test("HTTP/2 errors are reported by name, without NIO's source location")
+    func h2ErrorText() {
+        struct Located: Error, CustomStringConvertible {
+            var description: String { #"StreamClosed(streamID: HTTP2StreamID(1), location: "NIOHTTP2/X.swift:1")"# }
+        }
+        struct Plain: Error, CustomStringConvertible {
+            var description: String { "connection reset (error set): Connection refused (errno: 111)" }
+        }
+        #expect(H2LoadWorker.describe(Located()) == "StreamClosed")
+        #expect(H2LoadWorker.describe(Plain()) == Plain().description)
+    }
+
     @Test("targets: NAME=URL, bare URLs, --via with --authority")
     func targets() throws {
         let t = try LatencyTarget.parse(target: "direct=http://10.0.0.9:8080/api?x=1", authority: nil)
@@ -126,6 +163,27 @@ struct LatencyUnitTests {
         let table = report.table()
         #expect(table.contains("added latency against direct"))
         #expect(table.contains("+0.25"))
+        #expect(table.contains("HTTP/1.1"))
+        #expect(targets[0]["protocol"] as? String == "http/1.1")
+        let settings = try #require(json["settings"] as? [String: Any])
+        #expect(settings["protocol"] as? String == "HTTP/1.1")
+    }
+
+    @Test("an HTTP/2 run says so: per target (h2), in the settings and in the table's header")
+    func reportHTTP2() throws {
+        var m = Self.measurement("direct", [100, 200, 300], completed: 3)
+        m.proto = .h2
+        let report = LatencyReport(
+            settings: ReportSettings(
+                rate: 10, connections: 1, durationSeconds: 1, warmupSeconds: 0, timeoutSeconds: 5, threads: 1, closedLoop: false,
+                authority: nil, proto: .h2),
+            measurements: [m])
+        let json = try #require(JSONSerialization.jsonObject(with: Data(report.json().utf8)) as? [String: Any])
+        let targets = try #require(json["targets"] as? [[String: Any]])
+        #expect(targets[0]["protocol"] as? String == "h2")
+        let settings = try #require(json["settings"] as? [String: Any])
+        #expect(settings["protocol"] as? String == "HTTP/2")
+        #expect(report.table().contains("HTTP/2 (h2c)"))
     }
 
     final class SVGCounter: NSObject, XMLParserDelegate {

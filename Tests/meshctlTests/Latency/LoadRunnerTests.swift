@@ -7,20 +7,21 @@ import Testing
 /// The load generator against the in-process delay backend over loopback (port 0).
 @Suite("latency: open loop against a real backend", .serialized)
 struct LoadRunnerTests {
-    static func workload(rate: Double, connections: Int, duration: UInt64, warmup: UInt64 = 200_000_000, closedLoop: Bool = false)
-        -> Workload
-    {
+    static func workload(
+        rate: Double, connections: Int, duration: UInt64, warmup: UInt64 = 200_000_000, closedLoop: Bool = false,
+        proto: LoadProtocol = .http1
+    ) -> Workload {
         Workload(
             schedule: LoadSchedule(rate: rate, warmupNanos: warmup, durationNanos: duration, workers: 1), connections: connections,
-            closedLoop: closedLoop, timeoutNanos: 5_000_000_000, connectTimeoutNanos: 1_000_000_000, headers: [])
+            closedLoop: closedLoop, timeoutNanos: 5_000_000_000, connectTimeoutNanos: 1_000_000_000, headers: [], proto: proto)
     }
 
     /// One event loop for the load generator and the backend: one thread, nothing else competing for the
     /// machine's 2 cores from this test.
     static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
-    static func backend(delayNanos: UInt64, serial: Bool) async throws -> DelayBackend {
-        try await DelayBackend.start(delayNanos: delayNanos, serial: serial, on: group.next())
+    static func backend(delayNanos: UInt64, serial: Bool, http2: Bool = false) async throws -> DelayBackend {
+        try await DelayBackend.start(delayNanos: delayNanos, serial: serial, http2: http2, on: group.next())
     }
 
     static func measure(port: Int, _ w: Workload) async throws -> TargetMeasurement {
@@ -96,5 +97,40 @@ struct LoadRunnerTests {
         #expect(flat.result.errors.total == 0)
         #expect(flat.result.ok > 100)
         #expect(flat.result.ok == flat.result.measuredRequests)
+    }
+
+    @Test("HTTP/2: a backend answering after 5 ms, every request a stream, none faster than the backend")
+    func http2FixedDelay() async throws {
+        let backend = try await Self.backend(delayNanos: 5_000_000, serial: false, http2: true)
+        defer { Task { await backend.stop() } }
+        let m = try await Self.measure(
+            port: backend.port, Self.workload(rate: 500, connections: 2, duration: 1_000_000_000, proto: .h2))
+        #expect(m.failure == nil)
+        #expect(m.proto == .h2)
+        #expect(m.result.errors.total == 0)
+        #expect(m.result.ok == 500)
+        #expect(m.result.measuredRequests == 500)
+        #expect(m.result.connected == 2)
+        let p = try #require(Percentiles(m.result.latency))
+        #expect(p.p50 >= 5.0, "the latency can never be below the backend's delay")
+    }
+
+    @Test("HTTP/2: streams past the timeout are reset and counted; an HTTP/1.1-only server is reported, not measured")
+    func http2Errors() async throws {
+        let slow = try await Self.backend(delayNanos: 2_000_000_000, serial: false, http2: true)
+        defer { Task { await slow.stop() } }
+        var w = Self.workload(rate: 50, connections: 2, duration: 500_000_000, warmup: 0, proto: .h2)
+        w.timeoutNanos = 100_000_000
+        let m = try await Self.measure(port: slow.port, w)
+        #expect(m.result.ok == 0)
+        #expect(m.result.errors.timeout == 25)
+        #expect(m.result.errors.failedRequests == m.result.measuredRequests)
+
+        let http1 = try await Self.backend(delayNanos: 0, serial: false)
+        defer { Task { await http1.stop() } }
+        let refused = try await Self.measure(
+            port: http1.port, Self.workload(rate: 50, connections: 2, duration: 200_000_000, proto: .h2))
+        #expect(refused.result.ok == 0)
+        #expect(refused.failure?.contains("HTTP/2 handshake failed") == true, "\(refused.failure ?? "no failure")")
     }
 }
