@@ -181,7 +181,7 @@ struct Decoder {
     mutating func listenerProtocol(_ node: Node, _ path: String) -> ListenerProtocol? {
         guard let text = string(node, path) else { return nil }
         guard let p = ListenerProtocol(rawValue: text) else {
-            fail(path, node, .invalidValue(text, expected: "detect, http1, http2 or tcp"))
+            fail(path, node, .invalidValue(text, expected: "detect, http1, http2, grpc or tcp"))
             return nil
         }
         return p

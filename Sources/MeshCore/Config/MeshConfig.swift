@@ -76,11 +76,12 @@ public struct SelfLocality: Sendable, Equatable {
 }
 
 /// What a listener expects: `detect` reads the first bytes (HTTP/1.1, HTTP/2 preface, TLS, otherwise
-/// opaque TCP); `http1`, `http2` (prior knowledge, h2c) and `tcp` skip detection.
+/// opaque TCP); `http1`, `http2` (prior knowledge, h2c; `grpc` is the same) and `tcp` skip detection.
 public enum ListenerProtocol: String, Sendable, Equatable, CaseIterable {
     case detect
     case http1
     case http2
+    case grpc
     case tcp
 }
 

@@ -155,7 +155,7 @@ final class MeshRuntime: Sendable {
                     }
                     switch proto {
                     case .http1: try addHTTP()
-                    case .http2: try addHTTP2()
+                    case .http2, .grpc: try addHTTP2()
                     case .tcp: try addTCP()
                     case .detect:
                         // A connection that sends nothing is closed after the shorter of the detect and

@@ -111,7 +111,7 @@ struct ConfigLoaderTests {
             ("http2:\n  initialWindowSize: 1000\n", "http2.initialWindowSize", 2, "an integer in"),
             ("http2:\n  maxStreams: 1\n", "http2.maxStreams", 2, "unknown key"),
             ("inbound:\n  appProtocol: spdy\n", "inbound.appProtocol", 2, "auto, http1, http2 or grpc"),
-            ("outbound:\n  protocol: h3\n", "outbound.protocol", 2, "detect, http1, http2 or tcp"),
+            ("outbound:\n  protocol: h3\n", "outbound.protocol", 2, "detect, http1, http2, grpc or tcp"),
             ("services:\n  - name: a\n    protocol: h2\n", "services[0].protocol", 3, "auto, http1, http2, grpc or tcp"),
         ] as [(String, String, Int?, String)])
     func badFilesNamePathAndLine(yaml: String, path: String, line: Int?, message: String) {
