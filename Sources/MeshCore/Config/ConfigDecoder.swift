@@ -340,7 +340,7 @@ struct Decoder {
     }
 
     mutating func decodeHTTP2(_ node: Node, into h2: inout HTTP2Config) {
-        let allowed = ["maxConcurrentStreams", "initialWindowSize", "maxConnectionsPerEndpoint"]
+        let allowed = ["maxConcurrentStreams", "initialWindowSize", "maxConnectionsPerEndpoint", "maxResetStreams"]
         guard let entries = mapping(node, "http2", allowed: allowed) else { return }
         for (k, v) in entries {
             let p = "http2." + k
@@ -349,6 +349,7 @@ struct Decoder {
             // RFC 9113 §6.5.2: at least the 65 535 default, at most 2^31 - 1; meshd caps at 16 MiB.
             case "initialWindowSize": if let n = int(v, p, range: 65_535...(16 << 20)) { h2.initialWindowSize = n }
             case "maxConnectionsPerEndpoint": if let n = int(v, p, range: 1...1024) { h2.maxConnectionsPerEndpoint = n }
+            case "maxResetStreams": if let n = int(v, p, range: 10...1_000_000) { h2.maxResetStreams = n }
             default: break
             }
         }

@@ -116,6 +116,10 @@ public struct HTTP2Config: Sendable, Equatable {
     /// Upstream HTTP/2 connections per endpoint per event loop (each carrying up to
     /// maxConcurrentStreams); past it requests wait for a stream (bounded by the service's maxPending).
     public var maxConnectionsPerEndpoint: Int = 16
+    /// RST_STREAM frames a downstream client may send per 30 s before meshd closes its connection
+    /// (the rapid-reset defence, CVE-2023-44487). gRPC clients reset a stream for every call they
+    /// cancel or that passes its deadline, so this is above SwiftNIO's default of 200.
+    public var maxResetStreams: Int = 1000
     public init() {}
 }
 

@@ -28,6 +28,7 @@ enum HTTP2Downstream {
         connection.targetWindowSize = config.http2.initialWindowSize * config.http2.maxConcurrentStreams
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = config.http2.initialWindowSize
+        stream.streamResetFrameRateLimit.maximumCount = config.http2.maxResetStreams
         let manager = NIOHTTP2ServerConnectionManagementHandler(
             eventLoop: channel.eventLoop,
             configuration: .init(
