@@ -118,8 +118,10 @@ public struct HTTP2Config: Sendable, Equatable {
     public var maxConnectionsPerEndpoint: Int = 16
     /// RST_STREAM frames a downstream client may send per 30 s before meshd closes its connection
     /// (the rapid-reset defence, CVE-2023-44487). gRPC clients reset a stream for every call they
-    /// cancel or that passes its deadline, so this is above SwiftNIO's default of 200.
-    public var maxResetStreams: Int = 1000
+    /// cancel or that passes its deadline, and a calling meshd's pooled connection carries the
+    /// cancellations of a whole pod, so this is far above SwiftNIO's default of 200 (an attack sends
+    /// hundreds of thousands per second).
+    public var maxResetStreams: Int = 10_000
     public init() {}
 }
 

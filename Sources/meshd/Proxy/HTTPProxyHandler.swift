@@ -446,6 +446,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             outHead.headers.replaceOrAdd(name: "connection", value: "upgrade")
             req.upstreamH2 = false  // an upgrade is HTTP/1.1 only
         }
+        if scan.teTrailers && !req.upstreamH2 {
+            // `TE: trailers` is kept for HTTP/2 (gRPC needs it); in HTTP/1.1 it is hop-by-hop.
+            outHead.headers.remove(name: "te")
+        }
         if direction == .outbound && req.upstreamH2 && !multiplexed {
             outHead.headers.replaceOrAdd(name: HeaderPolicy.originalProtocolHeader, value: "HTTP/1.1")
         }

@@ -2,6 +2,7 @@ import Logging
 import MeshCore
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 
 /// Keep-alive HTTP/1.1 connections to endpoints, owned by one event loop: the connections it holds
@@ -168,6 +169,8 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private(set) var active = false
     /// Requests this connection carried (1 = fresh).
     var uses = 0
+    /// A request head was written (an HTTP/2 stream is then open, or about to be, at the endpoint).
+    private var wroteHead = false
 
     /// An HTTP/2 stream (a child channel of an `HTTP2UpstreamConnection`) rather than a connection:
     /// never pooled (one exchange per stream), not counted as a connection.
@@ -273,10 +276,12 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(_ part: HTTPClientRequestPart) {
+        if case .head = part { wroteHead = true }
         context?.write(wrapOutboundOut(part), promise: nil)
     }
 
     func writeAndFlush(_ part: HTTPClientRequestPart) {
+        if case .head = part { wroteHead = true }
         context?.writeAndFlush(wrapOutboundOut(part), promise: nil)
     }
 
@@ -289,6 +294,16 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     func close() {
         reusable = false
         owner = nil
+        if isStream && wroteHead, let context,
+            let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ClientCodec.self)
+        {
+            // A stream whose HEADERS may still wait in the connection's outbound buffer: closing its
+            // channel would drop the channel but not those HEADERS, leaving a stream open at the
+            // endpoint forever (each one taking a slot of its max concurrent streams). RST_STREAM
+            // written behind them cancels it in order; the channel closes when NIO has sent it.
+            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.cancel)), promise: nil)
+            return
+        }
         context?.close(promise: nil)
     }
 
