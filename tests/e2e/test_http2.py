@@ -348,7 +348,15 @@ def test_h2load_upstream_answers_before_reading_the_body(mesh, h2web, tmp_path):
     n = 1000
     logs0 = len(mesh.log_lines())
     res = h2load(mesh.outbound, "web", "/early", n=n, c=2, m=1, extra=["-d", str(body)])
-    assert_h2load_clean(res, n, "upstream answering before reading the body", [(mesh, logs0)])
+    # nginx itself occasionally cancels such a stream before answering (RST_STREAM(CANCEL), seen
+    # without meshd too); meshd then answers 502 upstream-reset. What must not happen is meshd
+    # dropping the upstream connection for too many resets (it failed ~13 % before the fix).
+    lines = [json.dumps(l) for l in mesh.log_lines()[logs0:]]
+    assert not [l for l in lines if "ExcessiveRSTFrames" in l or "upstream HTTP/2 connection error" in l], lines[:5]
+    if res["failed"] or res["errored"] or res["timeout"]:
+        assert res["failed"] <= n // 200 and res["errored"] == 0 and res["timeout"] == 0, res
+    else:
+        assert_h2load_clean(res, n, "upstream answering before reading the body", [(mesh, logs0)])
 
 
 # --------------------------------------------------------------------------------------------
