@@ -76,70 +76,9 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Process bookkeeping and cleanup (runs on every exit path, including failures and signals).
-TMP=$(mktemp -d /tmp/meshd-bench-http1.XXXXXX)
-chmod 755 "$TMP" # nginx workers run as 'nobody' when started as root
-PIDS=()
-CURRENT_WRK=""
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local all=() p c alive
-    if [[ -n $CURRENT_WRK ]]; then kill -TERM "$CURRENT_WRK" 2>/dev/null || true; fi
-    for p in "${PIDS[@]}"; do
-        all+=("$p")
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        alive=0
-        for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${all[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then
-            log "process $p ($(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-60)) did not exit within 5 s of SIGTERM; sending SIGKILL"
-            kill -KILL "$p" 2>/dev/null || true
-        fi
-    done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Allocate a free loopback TCP port (not in the ephemeral range, so wrk's client ports cannot
-# collide with it) into the named variable.
-USED_PORTS=" "
-free_port() {
-    local __var=$1 p
-    for _ in $(seq 500); do
-        p=$((20000 + RANDOM % 12000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if command -v ss >/dev/null 2>&1; then
-            [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] || continue
-        else
-            (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-        fi
-        USED_PORTS+="$p "
-        printf -v "$__var" '%s' "$p"
-        return 0
-    done
-    die "could not find a free loopback port"
-}
-
-# start_bg <logfile> <cmd...>: start in the background, remember the pid in LAST_PID.
-start_bg() {
-    local logfile=$1
-    shift
-    "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
+BENCH_NAME=http1
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 # wait_http <name> <pid> <logfile> <url> <expected body>: poll (at most 15 s) until the URL
 # answers with the expected body (curl strips nothing; $(...) strips the trailing newline).
@@ -160,49 +99,6 @@ wait_http() {
     sed 's/^/    /' "$logfile" >&2 || true
     die "$name did not answer '$expect' on $url within 15 s (last body: '${body:-}')"
 }
-
-# utime+stime (clock ticks) of a process and its direct children (nginx master + worker).
-proc_ticks() {
-    local total=0 p s f
-    [[ -r /proc/$1/stat ]] || return 0
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        s=${s##*) } # drop "pid (comm) ", comm may contain spaces
-        read -r -a f <<<"$s"
-        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
-    done
-    echo "$total"
-}
-
-# proc_mem <pid> <VmRSS|VmHWM>: kB, summed over the process and its direct children.
-proc_mem() {
-    local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        v=$(awk -v k="$2:" '$1 == k { print $2 }' "/proc/$p/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-# Busy ticks of the whole machine (all CPUs) from /proc/stat: user + nice + system + steal.
-# irq/softirq time is left out: loopback packet processing lands there and is charged to no
-# process, so it cannot be told apart from our own traffic.
-machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9; exit }' /proc/stat; }
-
-# CPU time (ticks) of this shell's reaped children: includes wrk, reaped through timeout.
-# 'times' must run in this shell (a $(...) subshell has no reaped children), hence the file.
-children_ticks() {
-    local t
-    times >"$TMP/times"
-    t=$(sed -n 2p "$TMP/times")
-    CHILD_TICKS=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-        n = split(t, a, " "); s = 0
-        for (i = 1; i <= n; i++) { split(a[i], b, "m"); sub(/s$/, "", b[2]); s += b[1] * 60 + b[2] }
-        printf "%d\n", s * hz + 0.5 }')
-}
-
-CLK_TCK=$(getconf CLK_TCK)
-LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
 # Backend: nginx, one worker, returns "ok\n". It is reachable as three endpoints so that the
@@ -447,9 +343,9 @@ run_wrk() {
     local secs=$1 port=$2 out=$3 rc=0
     timeout -k 5 $((secs + 20)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency \
         -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >"$out" 2>&1 &
-    CURRENT_WRK=$!
-    wait "$CURRENT_WRK" || rc=$?
-    CURRENT_WRK=""
+    CURRENT_LOAD=$!
+    wait "$CURRENT_LOAD" || rc=$?
+    CURRENT_LOAD=""
     return "$rc"
 }
 
@@ -548,8 +444,6 @@ cp "$TMP/backend/nginx.conf" "$RAW_DIR/nginx-backend.conf" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation and report.
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 0) print "n/a"; else printf "%.3f", v }'; }
 col() { # col <array name> <candidate>: values across runs
@@ -608,7 +502,6 @@ read -r RR_RPS_SPREAD RR_RPS_MIN RR_RPS_MAX <<<"$(spread "${v[@]}")"
 v=()
 for r in $(seq 1 "$RUNS"); do v+=("$(cpu_per_1k "${R_TICKS[meshd,$r]}" "${R_REQ[meshd,$r]}")"); done
 read -r RR_CPU_SPREAD RR_CPU_MIN RR_CPU_MAX <<<"$(spread "${v[@]}")"
-pct() { awk -v x="$1" 'BEGIN { if (x == "n/a" || x == "") print "n/a"; else printf "%.1f %%", x * 100 }'; }
 
 REPORT=$TMP/report.md
 {

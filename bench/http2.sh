@@ -91,68 +91,9 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Process bookkeeping and cleanup (every exit path, including failures and signals).
-TMP=$(mktemp -d /tmp/meshd-bench-http2.XXXXXX)
-chmod 755 "$TMP" # nginx workers run as 'nobody' when started as root
-PIDS=()
-CURRENT_LOAD=""
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local all=() p c alive
-    if [[ -n $CURRENT_LOAD ]]; then kill -TERM "$CURRENT_LOAD" 2>/dev/null || true; fi
-    for p in "${PIDS[@]}"; do
-        all+=("$p")
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        alive=0
-        for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${all[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then
-            log "process $p ($(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-60)) did not exit within 5 s of SIGTERM; sending SIGKILL"
-            kill -KILL "$p" 2>/dev/null || true
-        fi
-    done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A free loopback TCP port outside the ephemeral range, into the named variable.
-USED_PORTS=" "
-free_port() {
-    local __var=$1 p
-    for _ in $(seq 500); do
-        p=$((20000 + RANDOM % 12000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if command -v ss >/dev/null 2>&1; then
-            [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] || continue
-        else
-            (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-        fi
-        USED_PORTS+="$p "
-        printf -v "$__var" '%s' "$p"
-        return 0
-    done
-    die "could not find a free loopback port"
-}
-
-start_bg() {
-    local logfile=$1
-    shift
-    "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
+BENCH_NAME=http2
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 # wait_h2 <name> <pid> <logfile> <port>: poll (at most 15 s) until an h2c GET / (authority "bench")
 # on 127.0.0.1:<port> answers "ok" over HTTP/2.
@@ -190,42 +131,6 @@ check_grpc() {
         return 1
     fi
 }
-
-proc_ticks() {
-    local total=0 p s f
-    [[ -r /proc/$1/stat ]] || return 0
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        s=${s##*) }
-        read -r -a f <<<"$s"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
-proc_mem() {
-    local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        v=$(awk -v k="$2:" '$1 == k { print $2 }' "/proc/$p/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9; exit }' /proc/stat; }
-
-children_ticks() {
-    local t
-    times >"$TMP/times"
-    t=$(sed -n 2p "$TMP/times")
-    CHILD_TICKS=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-        n = split(t, a, " "); s = 0
-        for (i = 1; i <= n; i++) { split(a[i], b, "m"); sub(/s$/, "", b[2]); s += b[1] * 60 + b[2] }
-        printf "%d\n", s * hz + 0.5 }')
-}
-
-CLK_TCK=$(getconf CLK_TCK)
-LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
 # gRPC-shaped payloads: 5-byte gRPC frame header (flag 0, big-endian length) + protobuf field 1.
@@ -628,14 +533,11 @@ cp "$TMP/backend/error.log" "$RAW_DIR/nginx-backend-error.log" 2>/dev/null || tr
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation and report.
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 <= 0 || b + 0 <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 fmt_ms() { awk -v v="$1" 'BEGIN { if (v == "" || v < 0) print "n/a"; else printf "%.3f", v }'; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a < 0 || b < 0) print "n/a"; else printf "%+.3f", a - b }'; }
 cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0 || t < 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
 mib() { awk -v k="${1:-0}" 'BEGIN { if (k <= 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
-pct() { awk -v x="$1" 'BEGIN { if (x == "n/a" || x == "") print "n/a"; else printf "%.1f %%", x * 100 }'; }
 spread() {
     printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{ a[NR] = $1 }
         END { if (NR < 2) { print "n/a"; exit }

@@ -118,6 +118,33 @@ def run(args, timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, p.returncode, out, err)
 
 
+class ThreadedListener:
+    """A loopback listener that hands each accepted connection to `self._conn(sock)` on its own
+    thread (for small hand-made peers in tests); `addr` is "127.0.0.1:PORT"."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+
+    def _conn(self, c: socket.socket):
+        raise NotImplementedError
+
+
 class Backend:
     """A backend.py process. `delay_ms` delays every answer by that much; `netns` runs it inside that
     network namespace (then `host` is an address inside it, and `count()` is not reachable from here)."""

@@ -43,7 +43,7 @@ import h2.connection  # noqa: E402
 import h2.events  # noqa: E402
 
 import grpc_proto  # noqa: E402
-from meshlib import HERE, _readline_timeout, base_config, kill_group, metric_value, popen  # noqa: E402
+from meshlib import HERE, ThreadedListener, _readline_timeout, base_config, kill_group, metric_value, popen  # noqa: E402
 
 pb2, pb2_grpc = grpc_proto.load()  # generate once here, before any grpc_server.py process starts
 
@@ -85,28 +85,16 @@ class GrpcServer:
     stop = kill
 
 
-class HangServer:
+class HangServer(ThreadedListener):
     """An HTTP/2 (h2c) server that accepts every stream and never finishes it, so only meshd can end a
     call: on a path containing `HeadersThenHang` it sends a 200 gRPC response head first, otherwise
     nothing at all. Counts requests and the streams the peer reset."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests: list[dict] = []
         self.resets: list[int] = []
         self.lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _conn(self, c: socket.socket):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import tcp_echo
-from meshlib import (HERE, NetNS, NetNSUnavailable, _readline_timeout, base_config, kill_group, meshd_bin,
+from meshlib import (HERE, NetNS, NetNSUnavailable, ThreadedListener, _readline_timeout, base_config, kill_group, meshd_bin,
                      metric_value, parse_addr, parse_response_head, popen, raw_exchange, run, wait_for)
 
 TCP_ECHO = HERE / "tcp_echo.py"
@@ -756,30 +756,11 @@ def test_websocket_server_speaks_first_through_two_hops(two_hops):
             assert ws.recv(timeout=5) == "x"
 
 
-class RawUpgradeServer:
+class RawUpgradeServer(ThreadedListener):
     """Answers the first request head on each connection with a 101 and, in the same send(), the
     first bytes of the new protocol; then echoes."""
 
     FIRST = b"SERVER-FIRST"
-
-    def __init__(self):
-        import threading
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        import threading
-
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
 
     def _conn(self, c):
         c.settimeout(10)

@@ -320,7 +320,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         req.started = .now()
         req.method = head.method
         req.keepAlive = multiplexed || head.isKeepAlive
-        if let ct = head.headers.first(name: "content-type"), GRPC.isGRPC(contentType: ct) { req.grpc = true }
+        // One pass over the headers: framing, Expect, hop-by-hop, XFF, gRPC, the meshd marks.
+        let scan = head.headers.meshScan()
+        req.grpc = scan.grpc
         let snapshot = loop.snapshot
 
         // Authority: absolute-form URI (as http_proxy clients send it) or the Host header.
@@ -413,20 +415,19 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 req.target = snapshot.appAddress
             }
             outHead.headers.remove(name: HeaderPolicy.destinationHeader)
-            if head.headers.contains(name: HeaderPolicy.originalProtocolHeader) {
+            if scan.originalProtocol {
                 // An HTTP/1.1 request that rode HTTP/2 between two meshd: HTTP/1.1 again to the app.
                 outHead.headers.remove(name: HeaderPolicy.originalProtocolHeader)
                 if snapshot.config.inbound.appProtocol == .auto { req.upstreamH2 = false }
             }
         }
 
-        if req.grpc, let value = head.headers.first(name: "grpc-timeout"), let timeout = GRPC.parseTimeout(value) {
+        if let value = scan.grpcTimeout, req.grpc, let timeout = GRPC.parseTimeout(value) {
             // The caller's deadline covers the whole call (the route's timeout only the response head).
             req.deadline = req.started + .nanoseconds(timeout.nanoseconds)
             req.grpcDeadline = true
         }
         // Hop-by-hop headers go; framing is re-added by the encoder; x-forwarded-for grows.
-        let scan = head.headers.meshScan()
         req.expectContinue = scan.expectContinue
         outHead.headers.meshStripHopByHop(scan, removeExpect: scan.expectContinue)
         if let existing = scan.forwardedFor {
@@ -847,10 +848,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             if req.requestEnded, case .proxying(let upstream) = state {
                 // Done both ways: the upstream goes back first (ending an HTTP/2 stream may close
                 // its channel right inside the write below).
-                upstream.owner = nil
-                finishRequest(status: req.status, error: nil, reuse: true)
-                loop.pool.release(upstream)
-                state = .idle(since: .now())
+                releaseUpstream(upstream)
                 writeResponseEnd(trailers, context: context)
                 goIdleOrClose()
                 return
@@ -1110,10 +1108,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// Request and response both complete: return the upstream connection and go idle.
     private func completeExchange() {
         guard case .proxying(let upstream) = state else { return }
+        releaseUpstream(upstream)
+        goIdleOrClose()
+    }
+
+    /// The exchange is complete: the request is accounted and the upstream goes back to the pool.
+    private func releaseUpstream(_ upstream: UpstreamConnection) {
         upstream.owner = nil
         finishRequest(status: req.status, error: nil, reuse: true)
         loop.pool.release(upstream)
-        goIdleOrClose()
+        state = .idle(since: .now())
     }
 
     private func goIdleOrClose() {
@@ -1240,28 +1244,24 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     }
 
     /// meshd's reply to a gRPC call: HTTP 200 with the status in `grpc-status` / `grpc-message` (and
-    /// `x-meshd-error`). On HTTP/2 it is "trailers-only": one HEADERS frame that ends the stream,
-    /// written below NIO's HTTP/1 codec (which would split it into headers and trailers).
+    /// `x-meshd-error`). On HTTP/2 it is "trailers-only" (see `writeResponseEnd`).
     private func grpcReply(_ error: MeshError, context: ChannelHandlerContext, detail: String) {
         req.grpcStatus = error.grpcStatus
         finishRequest(status: 200, error: error, reuse: false)
         let message = GRPC.percentEncode("meshd: " + detail)
         req.responseStarted = true
         req.responseEnded = true
-        if multiplexed, let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ServerCodec.self) {
-            let headers: HPACKHeaders = [
-                ":status": "200", "content-type": "application/grpc", "grpc-status": String(error.grpcStatus),
-                "grpc-message": message, MeshError.headerName: error.rawValue,
-            ]
-            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))), promise: nil)
+        var headers: HTTPHeaders = ["content-type": "application/grpc", MeshError.headerName: error.rawValue]
+        let status: HTTPHeaders = ["grpc-status": String(error.grpcStatus), "grpc-message": message]
+        if multiplexed {
+            // Trailers-only: the status goes in the one HEADERS frame.
+            headers.add(contentsOf: status)
+            trailersOnlyHead = HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)
+            writeResponseEnd(nil, context: context)
         } else {
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "application/grpc")
-            headers.add(name: MeshError.headerName, value: error.rawValue)
             if !req.keepAlive || quiescing { headers.add(name: "connection", value: "close") }
-            let trailers: HTTPHeaders = ["grpc-status": String(error.grpcStatus), "grpc-message": message]
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(status)), promise: nil)
         }
         if req.requestEnded {
             goIdleOrClose()

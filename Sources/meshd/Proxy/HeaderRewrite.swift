@@ -11,10 +11,16 @@ struct HeaderScan {
     var forwardedForCount = 0
     /// `TE: trailers` (gRPC needs it end to end; RFC 9113 §8.2.2 allows exactly this TE in HTTP/2).
     var teTrailers = false
+    /// `content-type: application/grpc…`.
+    var grpc = false
+    var grpcTimeout: String?
+    /// `x-meshd-orig-proto`: an HTTP/1.1 request another meshd carried over HTTP/2.
+    var originalProtocol = false
 }
 
 extension HTTPHeaders {
-    /// One pass over the headers, no allocation: framing, `Expect`, hop-by-hop presence, XFF.
+    /// One pass over the headers, no allocation: framing, `Expect`, hop-by-hop presence, XFF, gRPC
+    /// (content type, `grpc-timeout`) and meshd's original-protocol mark.
     func meshScan() -> HeaderScan {
         var scan = HeaderScan()
         for (name, value) in self {
@@ -24,6 +30,12 @@ extension HTTPHeaders {
             case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "te"):
                 scan.teTrailers = scan.teTrailers || HeaderPolicy.listContains(value, token: "trailers")
                 scan.hasHopByHop = true
+            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-type"):
+                scan.grpc = GRPC.isGRPC(contentType: value)
+            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
+                scan.grpcTimeout = value
+            case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):
+                scan.originalProtocol = true
             case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):
                 scan.forwardedFor = value
                 scan.forwardedForCount += 1
