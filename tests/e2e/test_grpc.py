@@ -663,10 +663,6 @@ def test_many_calls_on_one_connection(topo):
                             f"meshd during 300 sequential calls (its pooled HTTP/2 connection was closed){topo.logs()}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open bug: after a burst of 300 concurrent calls cancelled at their deadline, a later call on the "
-    "same pooled meshd -> app HTTP/2 connection can get no response (the app answered; nothing reached meshd's "
-    "stream). Reproducible with http2.maxConcurrentStreams 100, not with 50; see docs/operations.md"))
 def test_cancelled_calls_keep_the_connection(sidecar_topo):
     """300 calls that the client cancels at their deadline (each one an RST_STREAM to meshd) on one
     connection: meshd keeps the connection (http2.maxResetStreams, 10 000 per 30 s, not SwiftNIO's

@@ -101,3 +101,54 @@ def test_sidecar_via_node_to_app(node, backend, start_meshd_module):
     eps = sidecar.admin_json("/services")["services"][0]["endpoints"]
     assert eps[0]["address"] == backend.addr and eps[0].get("via") == f"{NODE_IP}:{node.inbound[1]}", eps
     assert eps[0]["requests"] == 1
+
+
+# A node proxy never forwards into meshd itself, nor to loopback it was not told is a pod (issue 15, 1).
+
+
+@pytest.fixture(scope="module")
+def loopback_node(start_meshd_module):
+    """A node whose pods are all of 127.0.0.0/8 (as on one test machine): its own listeners lie inside."""
+    return start_meshd_module({
+        "mode": "node", "nodeIP": NODE_IP, "threads": 1,
+        "outbound": {"listen": f"{NODE_IP}:0"}, "inbound": {"listen": f"{NODE_IP}:0"},
+        "admin": {"listen": "127.0.0.1:0"},
+        "node": {"podCIDRs": ["127.0.0.0/8"], "allowedSources": [f"{POD_SOURCE}/32"]},
+        "services": [], "routes": [],
+    }, name="loopback-node")
+
+
+@pytest.mark.parametrize("which", ["admin", "inbound", "outbound"])
+def test_inbound_never_forwards_to_meshd_itself(loopback_node, which):
+    host, port = {"admin": loopback_node.admin, "inbound": loopback_node.inbound, "outbound": loopback_node.outbound}[which]
+    for method, path in (("GET", "/config"), ("POST", "/shutdown")):
+        status, h, body = http_request(loopback_node.inbound, method, path,
+                                       headers={"Host": "app", "x-meshd-dst": f"{host}:{port}"})
+        assert status == 403, (which, method, status, body)
+        assert h.get("x-meshd-error") == "destination-not-allowed"
+        assert b"own listeners" in body, body
+    assert loopback_node.proc.poll() is None, "meshd stopped"
+    assert loopback_node.admin_json("/config")["mode"] == "node"
+
+
+def test_inbound_to_a_loopback_pod_named_by_pod_cidrs(loopback_node, backend):
+    status, h, _ = http_request(loopback_node.inbound, "GET", "/", headers={"Host": "app", "x-meshd-dst": backend.addr})
+    assert status == 200 and h.get("x-backend") == "py"
+
+
+def test_inbound_never_forwards_to_unspecified_address(loopback_node, backend):
+    port = backend.addr.rsplit(":", 1)[1]
+    status, h, body = http_request(loopback_node.inbound, "GET", "/", headers={"Host": "app", "x-meshd-dst": f"0.0.0.0:{port}"})
+    assert status == 403 and h.get("x-meshd-error") == "destination-not-allowed", body
+
+
+def test_node_without_pod_cidrs_forwards_nowhere(start_meshd, backend):
+    node = start_meshd({
+        "mode": "node", "nodeIP": NODE_IP, "threads": 1,
+        "outbound": {"listen": f"{NODE_IP}:0"}, "inbound": {"listen": f"{NODE_IP}:0"},
+        "admin": {"listen": "127.0.0.1:0"}, "services": [], "routes": [],
+    }, name="no-pods-node")
+    assert "node.podCIDRs is empty" in node.stderr_text()  # said at start
+    for dst in (backend.addr, f"{node.admin[0]}:{node.admin[1]}", "127.0.0.1:22"):
+        status, h, body = http_request(node.inbound, "GET", "/", headers={"Host": "app", "x-meshd-dst": dst})
+        assert status == 403 and b"node.podCIDRs is empty" in body, (dst, status, body)

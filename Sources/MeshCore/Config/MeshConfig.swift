@@ -59,11 +59,6 @@ public struct MeshConfig: Sendable, Equatable {
         if !node.podCIDRs.isEmpty { return node.podCIDRs + [CIDR.loopbackV4, CIDR.loopbackV6] }
         return [CIDR.loopbackV4, CIDR.loopbackV6]
     }
-
-    /// Node mode: the destinations the inbound listener may forward to (the pods of this node).
-    public var effectiveInboundDestinations: [CIDR] {
-        node.podCIDRs.isEmpty ? [CIDR.loopbackV4, CIDR.loopbackV6] : node.podCIDRs
-    }
 }
 
 public struct SelfLocality: Sendable, Equatable {
@@ -123,6 +118,12 @@ public struct HTTP2Config: Sendable, Equatable {
     /// hundreds of thousands per second).
     public var maxResetStreams: Int = 10_000
     public init() {}
+
+    /// Streams a connection remembers as reset by meshd, so that the peer's frames still in flight
+    /// for them are ignored (RFC 9113 §5.4.2) rather than taken as a protocol error that ends the
+    /// connection (GOAWAY STREAM_CLOSED). SwiftNIO remembers 32; a burst of cancelled calls resets up
+    /// to every open stream at once, so meshd remembers four times the concurrency limit.
+    public var recentlyResetStreams: Int { max(4 * maxConcurrentStreams, 32) }
 }
 
 public struct OutboundConfig: Sendable, Equatable {

@@ -26,6 +26,7 @@ enum HTTP2Downstream {
             HTTP2Setting(parameter: .maxHeaderListSize, value: config.http.maxHeaderBytes),
         ]
         connection.targetWindowSize = config.http2.initialWindowSize * config.http2.maxConcurrentStreams
+        connection.maximumRecentlyResetStreams = config.http2.recentlyResetStreams
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = config.http2.initialWindowSize
         stream.streamResetFrameRateLimit.maximumCount = config.http2.maxResetStreams

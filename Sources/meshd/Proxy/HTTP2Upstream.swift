@@ -61,6 +61,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         let queued = waiting
         waiting.removeAll()
         streams -= queued.count
+        shared.metrics.upstreamHTTP2StreamsOpen.decrement(by: Double(queued.count))
         for promise in queued { promise.fail(error) }
         pool?.removeHTTP2(self)
     }
@@ -68,6 +69,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     /// A new stream, as an `UpstreamConnection` the proxy handler writes the request to.
     func openStream(on eventLoop: EventLoop) -> EventLoopFuture<UpstreamConnection> {
         streams += 1
+        shared.metrics.upstreamHTTP2StreamsOpen.increment()
         let promise = eventLoop.makePromise(of: UpstreamConnection.self)
         if ready {
             createStream(promise)
@@ -80,6 +82,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     private func createStream(_ promise: EventLoopPromise<UpstreamConnection>) {
         guard let multiplexer, let channel, !draining || channel.isActive else {
             streams -= 1
+            shared.metrics.upstreamHTTP2StreamsOpen.decrement()
             promise.fail(ChannelError.ioOnClosedChannel)
             return
         }
@@ -111,6 +114,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
 
     private func streamClosed() {
         streams -= 1
+        shared.metrics.upstreamHTTP2StreamsOpen.decrement()
         if streams == 0 {
             idleSince = .now()
             if draining { close() }
@@ -154,8 +158,9 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // A stream's error (reset, protocol error on one stream) ends that stream only; its owner
-        // hears of it through the stream channel.
-        if HTTP2Errors.isStreamLevel(error) { return }
+        // hears of it through the stream channel. Anything else is a connection error: NIO has sent
+        // GOAWAY and the connection cannot carry streams any more, so it leaves the pool and closes
+        // (its streams' owners see them close and answer or retry).
         shared.logger.info("upstream HTTP/2 connection error", metadata: ["target": "\(address)", "error": "\(error)"])
         draining = true
         context.close(promise: nil)
@@ -197,6 +202,7 @@ extension UpstreamPool {
             HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderBytes),
         ]
         connectionConfig.targetWindowSize = settings.initialWindowSize * settings.maxConcurrentStreams
+        connectionConfig.maximumRecentlyResetStreams = settings.recentlyResetStreams
         var streamConfig = NIOHTTP2Handler.StreamConfiguration()
         streamConfig.targetWindowSize = settings.initialWindowSize
         // NIO's rapid-reset defence (200 RST_STREAM per 30 s) guards a server against its clients; an
@@ -265,7 +271,9 @@ extension UpstreamPool {
 
 enum HTTP2Errors {
     /// Whether an error the HTTP/2 handler raised concerns one stream, not the connection.
+    /// `NoSuchStream` is not one of them: NIO raises it for a frame on a stream it has forgotten (closed,
+    /// and no longer among the recently reset ones) as a connection error, after sending GOAWAY.
     static func isStreamLevel(_ error: Error) -> Bool {
-        error is NIOHTTP2Errors.StreamError || error is NIOHTTP2Errors.NoSuchStream || error is NIOHTTP2Errors.StreamClosed
+        error is NIOHTTP2Errors.StreamError || error is NIOHTTP2Errors.StreamClosed
     }
 }

@@ -399,15 +399,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             req.upstreamH2 = snapshot.config.inbound.appProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
             if snapshot.config.mode == .node {
                 // A node proxy forwards to the pod the calling meshd picked, if it is one of this node's.
-                guard let dst = head.headers.first(name: HeaderPolicy.destinationHeader),
-                    case .success(let hp) = HostPort.parse(dst),
-                    let ip = IPAddress(hp.host),
-                    snapshot.config.effectiveInboundDestinations.contains(where: { $0.contains(ip) }),
-                    let addr = try? SocketAddress(ipAddress: hp.host, port: hp.port)
-                else {
-                    reply(
-                        .destinationNotAllowed, context: context,
-                        detail: "x-meshd-dst must name a pod address of this node (node.podCIDRs)")
+                let dst: HostPort
+                switch loop.nodeInbound.destination(head.headers.first(name: HeaderPolicy.destinationHeader)) {
+                case .success(let d): dst = d
+                case .failure(let refusal):
+                    reply(.destinationNotAllowed, context: context, detail: refusal.rawValue)
+                    return
+                }
+                guard let addr = try? SocketAddress(ipAddress: dst.host, port: dst.port) else {
+                    reply(.destinationNotAllowed, context: context, detail: NodeInboundPolicy.Refusal.malformed.rawValue)
                     return
                 }
                 req.target = addr
@@ -512,6 +512,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// Sends the request head to a pooled connection or opens a new one.
     private func dispatch(context: ChannelHandlerContext) {
         guard let target = req.target else { return }
+        releasePending()
         if !req.upstreamH2, let conn = loop.pool.lease(target) {
             req.reusedConnection = true
             attach(conn, context: context)
@@ -545,10 +546,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         let (future, reused) = connectUpstream(target, timeout: connectTimeout, counters: counters)
         req.reusedConnection = reused
         future.assumeIsolated().whenComplete { [self] result in
-            if self.req.countedPending {
-                self.req.countedPending = false
-                counters?.pending.wrappingDecrement(ordering: .relaxed)
-            }
+            // (a request that ended while connecting gave its pending slot back in finishRequest)
+            if self.serial == serial && self.req.attempts == attempt { self.releasePending() }
             guard case .connecting = self.state, self.serial == serial, self.req.attempts == attempt,
                 let context = self.context
             else {
@@ -593,6 +592,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// An attempt ended without a usable response head: feed the outlier detector, then retry if the
     /// policy and budget allow, or answer with `error`.
     private func attemptFailed(_ outcome: AttemptOutcome, error: MeshError, context: ChannelHandlerContext, detail: String) {
+        releasePending()
         if hedge != nil, case .proxying = state {
             // A hedged attempt is still running: it takes over.
             if let endpoint = req.endpoint { req.service?.record(endpoint, outcome, now: Int64(NIODeadline.now().uptimeNanoseconds)) }
@@ -1137,7 +1137,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         }
     }
 
+    /// The attempt is connected, failed, or the request ended: its `maxPending` slot is free again.
+    private func releasePending() {
+        guard req.countedPending else { return }
+        req.countedPending = false
+        req.service?.counters.pending.wrappingDecrement(ordering: .relaxed)
+    }
+
     private func finishRequest(status: Int, error: MeshError?, reuse: Bool) {
+        releasePending()
         dropHedge()
         cancelAttemptTimers()
         if let endpoint = req.endpoint {

@@ -300,8 +300,14 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
             // A stream whose HEADERS may still wait in the connection's outbound buffer: closing its
             // channel would drop the channel but not those HEADERS, leaving a stream open at the
             // endpoint forever (each one taking a slot of its max concurrent streams). RST_STREAM
-            // written behind them cancels it in order; the channel closes when NIO has sent it.
-            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.cancel)), promise: nil)
+            // written behind them cancels it in order. Once it is processed the channel is closed:
+            // NIO closes it itself when the stream was open at the endpoint, but a stream whose
+            // HEADERS were still queued (peer's concurrency limit, or the connection not writable)
+            // is just dropped from the queue, and its channel would otherwise stay open forever.
+            let channel = context.channel
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.cancel)), promise: promise)
             return
         }
         context?.close(promise: nil)

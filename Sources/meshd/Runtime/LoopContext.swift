@@ -175,6 +175,8 @@ final class LoopContext: @unchecked Sendable {
     private(set) var routeStates: [RouteState] = []
     private var tickTask: RepeatedTask?
     var accessLog = AccessLogBuffer()
+    /// Node mode inbound: which `x-meshd-dst` destinations may be forwarded to.
+    private(set) var nodeInbound: NodeInboundPolicy
 
     init(eventLoop: EventLoop, index: Int, shared: SharedRuntime, snapshot: ResolvedSnapshot, seed: UInt64) {
         self.eventLoop = eventLoop
@@ -189,6 +191,13 @@ final class LoopContext: @unchecked Sendable {
         self.services = Self.makeServices(snapshot, shared: shared, previous: [], seed: seed)
         for s in services { s.keepsGauges = index == 0 }
         self.routeStates = Self.makeRouteStates(snapshot, previous: [], loops: 1)
+        self.nodeInbound = NodeInboundPolicy(config: snapshot.config, boundListeners: shared.boundListeners)
+    }
+
+    /// The listeners' bound addresses changed (after start): the node inbound policy learns them.
+    func refreshNodeInboundPolicy() {
+        eventLoop.preconditionInEventLoop()
+        nodeInbound = NodeInboundPolicy(config: snapshot.config, boundListeners: shared.boundListeners)
     }
 
     /// Route state is kept by route name across reloads when the policy is unchanged.
@@ -269,6 +278,7 @@ final class LoopContext: @unchecked Sendable {
     func install(_ snapshot: ResolvedSnapshot) {
         eventLoop.preconditionInEventLoop()
         self.snapshot = snapshot
+        self.nodeInbound = NodeInboundPolicy(config: snapshot.config, boundListeners: shared.boundListeners)
         self.services = Self.makeServices(snapshot, shared: shared, previous: services, seed: rng.next())
         for s in services { s.keepsGauges = index == 0 }
         self.routeStates = Self.makeRouteStates(snapshot, previous: routeStates, loops: loopCount)

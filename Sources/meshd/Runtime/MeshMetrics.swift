@@ -29,6 +29,8 @@ final class MeshMetrics: Sendable {
     let upstreamConnectsOK: CoreMetrics.Counter
     let upstreamConnectsFailed: CoreMetrics.Counter
     let upstreamConnectionsOpen: CoreMetrics.Meter
+    /// Streams open on upstream HTTP/2 connections (handed out and not yet closed), all loops.
+    let upstreamHTTP2StreamsOpen: CoreMetrics.Meter
     let upstreamPoolReuse: CoreMetrics.Counter
     let upstreamStaleRetries: CoreMetrics.Counter
     let reloadsOK: CoreMetrics.Counter
@@ -70,6 +72,7 @@ final class MeshMetrics: Sendable {
         upstreamConnectsFailed = CoreMetrics.Counter(
             label: "meshd_upstream_connects_total", dimensions: [("result", "failed")], factory: factory)
         upstreamConnectionsOpen = CoreMetrics.Meter(label: "meshd_upstream_connections_open", factory: factory)
+        upstreamHTTP2StreamsOpen = CoreMetrics.Meter(label: "meshd_upstream_http2_streams_open", factory: factory)
         upstreamPoolReuse = CoreMetrics.Counter(label: "meshd_upstream_pool_reuse_total", factory: factory)
         upstreamStaleRetries = CoreMetrics.Counter(label: "meshd_upstream_stale_retries_total", factory: factory)
         reloadsOK = CoreMetrics.Counter(label: "meshd_config_reloads_total", dimensions: [("result", "ok")], factory: factory)

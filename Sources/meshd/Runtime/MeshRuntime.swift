@@ -26,6 +26,8 @@ final class MeshRuntime: Sendable {
     let overrides: ConfigLoader.Overrides
     /// One per proxy listener: a helper tracks the connections of exactly one server channel.
     private let quiesce: [Direction: ServerQuiescingHelper]
+    /// One per `protocol: tcp` service listener (bound at start).
+    private let tcpQuiesce = NIOLockedValueBox<[ServerQuiescingHelper]>([])
     private let channels = NIOLockedValueBox<[String: Channel]>([:])
     private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?)>((1, nil))
     let shutdownRequested: @Sendable () -> Void
@@ -77,8 +79,13 @@ final class MeshRuntime: Sendable {
         let inbound = try await bindProxy(.inbound, config.effectiveInboundListen)
         channels.withLockedValue { $0["inbound"] = inbound }
         try await bindTCPServices()
+        listenersBound()
         discovery.runtime = self
         discovery.sync(with: config)
+        if config.mode == .node && config.node.podCIDRs.isEmpty {
+            shared.logger.warning(
+                "\(NodeInboundPolicy.Refusal.noPodCIDRs.rawValue): every inbound request gets 403 until it names the node's pod CIDRs")
+        }
         shared.ready.store(true, ordering: .relaxed)
         shared.metrics.ready.record(1)
         shared.logger.info(
@@ -89,6 +96,16 @@ final class MeshRuntime: Sendable {
                 "admin": "\(admin.localAddress.map(Self.hostPort) ?? "?")",
                 "threads": "\(loops.count)", "mode": "\(config.mode.rawValue)",
             ])
+    }
+
+    /// Every listener is bound: a node proxy's inbound policy learns their addresses (ports the kernel
+    /// picked included), so it never forwards to meshd itself.
+    private func listenersBound() {
+        shared.boundListeners = boundAddresses().values.compactMap { a in
+            guard let ip = a.ipAddress, let port = a.port else { return nil }
+            return HostPort(host: ip, port: port)
+        }
+        for loop in loops { loop.eventLoop.execute { loop.refreshNodeInboundPolicy() } }
     }
 
     /// `127.0.0.1:4140` / `[::1]:4140`.
@@ -243,11 +260,17 @@ final class MeshRuntime: Sendable {
             let name = service.name
             let runtime = self
             let shared = self.shared
-            let quiesce = self.quiesce[.outbound]!
-            _ = quiesce
+            // Its own quiescing helper: a drain stops this listener accepting at once, like the others.
+            let quiesce = ServerQuiescingHelper(group: group)
+            tcpQuiesce.withLockedValue { $0.append(quiesce) }
             let channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                    }
+                }
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
@@ -413,7 +436,8 @@ final class MeshRuntime: Sendable {
         let timeout = config.drainTimeout
         shared.logger.info("draining: listeners closed, waiting for in-flight requests", metadata: ["drainTimeout": "\(timeout)"])
         let promise = group.next().makePromise(of: Void.self)
-        let perListener = quiesce.values.map { helper in
+        let helpers = Array(quiesce.values) + tcpQuiesce.withLockedValue { $0 }
+        let perListener = helpers.map { helper in
             let p = group.next().makePromise(of: Void.self)
             helper.initiateShutdown(promise: p)
             return p.futureResult
@@ -432,7 +456,6 @@ final class MeshRuntime: Sendable {
         if open > 0 {
             shared.logger.warning("drain timeout reached; closing remaining connections", metadata: ["open": "\(open)"])
         }
-        for (name, ch) in channels.withLockedValue({ $0 }) where name.hasPrefix("tcp:") { try? await ch.close() }
         if let admin = channels.withLockedValue({ $0["admin"] }) { try? await admin.close() }
         for loop in loops { try? await loop.eventLoop.submit { loop.stop() }.get() }
         try? await group.shutdownGracefully()

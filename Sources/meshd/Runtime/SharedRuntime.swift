@@ -16,6 +16,14 @@ final class SharedRuntime: Sendable {
     private let counters = NIOLockedValueBox<[String: ServiceCounters]>([:])
     /// Every loop's context, for broadcasts (set once at start).
     let loops = NIOLockedValueBox<[LoopContext]>([])
+    private let bound = NIOLockedValueBox<[HostPort]>([])
+
+    /// The addresses meshd's listeners are bound to (a node proxy never forwards to them). Read when a
+    /// loop installs a snapshot, never per request.
+    var boundListeners: [HostPort] {
+        get { bound.withLockedValue { $0 } }
+        set { bound.withLockedValue { $0 = newValue } }
+    }
 
     /// The circuit-breaker counters of a service, shared by all loops (created once per name).
     func serviceCounters(_ name: String) -> ServiceCounters {

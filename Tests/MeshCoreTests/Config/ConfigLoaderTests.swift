@@ -190,7 +190,9 @@ struct ConfigLoaderTests {
         let withPods = try ConfigLoader.load(yaml: "mode: node\nnodeIP: 10.1.2.3\nnode: { podCIDRs: [10.42.1.0/24] }\n")
         #expect(withPods.effectiveAllowedSources.contains { $0.contains(IPAddress("10.42.1.17")!) })
         #expect(!withPods.effectiveAllowedSources.contains { $0.contains(IPAddress("10.42.2.17")!) })
-        #expect(withPods.effectiveInboundDestinations == [CIDR("10.42.1.0/24")!])
+        #expect(NodeInboundPolicy(config: withPods).destination("10.42.1.17:8080") == .success(HostPort(host: "10.42.1.17", port: 8080)))
+        #expect(NodeInboundPolicy(config: withPods).destination("127.0.0.1:8080") == .failure(.notAPod))
+        #expect(NodeInboundPolicy(config: bare).destination("127.0.0.1:8080") == .failure(.noPodCIDRs))
     }
 
     @Test func effectiveConfigRendersAsJSON() throws {
