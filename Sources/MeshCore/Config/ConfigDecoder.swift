@@ -340,7 +340,7 @@ struct Decoder {
     }
 
     mutating func decodeHTTP2(_ node: Node, into h2: inout HTTP2Config) {
-        let allowed = ["maxConcurrentStreams", "initialWindowSize", "maxConnectionsPerEndpoint", "maxResetStreams"]
+        let allowed = ["maxConcurrentStreams", "initialWindowSize", "maxConnectionsPerEndpoint", "maxResetStreams", "maxPrematureResets"]
         guard let entries = mapping(node, "http2", allowed: allowed) else { return }
         for (k, v) in entries {
             let p = "http2." + k
@@ -350,6 +350,7 @@ struct Decoder {
             case "initialWindowSize": if let n = int(v, p, range: 65_535...(16 << 20)) { h2.initialWindowSize = n }
             case "maxConnectionsPerEndpoint": if let n = int(v, p, range: 1...1024) { h2.maxConnectionsPerEndpoint = n }
             case "maxResetStreams": if let n = int(v, p, range: 10...1_000_000) { h2.maxResetStreams = n }
+            case "maxPrematureResets": if let n = int(v, p, range: 1...1_000_000) { h2.maxPrematureResets = n }
             default: break
             }
         }

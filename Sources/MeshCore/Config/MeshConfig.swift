@@ -117,6 +117,11 @@ public struct HTTP2Config: Sendable, Equatable {
     /// cancellations of a whole pod, so this is far above SwiftNIO's default of 200 (an attack sends
     /// hundreds of thousands per second).
     public var maxResetStreams: Int = 10_000
+    /// Streams a downstream client may reset before meshd started working on them (RST_STREAM in the
+    /// same read as the HEADERS) per second before meshd closes its connection. A flood sends
+    /// hundreds of thousands per second; a gRPC client whose queued calls expire together sends as
+    /// many as it had calls queued (grpcio sends HEADERS and RST_STREAM at once for each).
+    public var maxPrematureResets: Int = 1000
     public init() {}
 
     /// Streams a connection remembers as reset by meshd, so that the peer's frames still in flight

@@ -19,6 +19,12 @@ final class ConnectionGuard: ChannelInboundHandler {
     var sawBytes = false
     /// Outbound: where an iptables REDIRECT sent this connection (SO_ORIGINAL_DST), if it was.
     var originalDestination: SocketAddress?
+    /// HTTP/2: the rapid-reset defence (streams reset before meshd started work on them).
+    var prematureResets: PrematureResetLimiter?
+    /// Streams whose first attempt waits for the end of the current read cycle.
+    private var deferred: [HTTPProxyHandler] = []
+    private var inReadCycle = false
+    private var closeAtReadComplete = false
 
     init(direction: Direction, shared: SharedRuntime, allowedSources: [CIDR]?, openCount: ManagedAtomic<Int>, maxConnections: Int) {
         self.direction = direction
@@ -31,7 +37,10 @@ final class ConnectionGuard: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        deferred.removeAll()  // (each handler holds this guard: no cycle may outlive the connection)
+    }
 
     /// Writes bytes below the HTTP codec and closes: for a reply when no request is in progress at
     /// the HTTP layer (the 408 of a request head that never completed).
@@ -73,6 +82,7 @@ final class ConnectionGuard: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        deferred.removeAll()
         if counted {
             counted = false
             let open = openCount.wrappingDecrementThenLoad(ordering: .relaxed)
@@ -81,8 +91,63 @@ final class ConnectionGuard: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
+    /// An HTTP/2 stream of this connection was reset by the client before meshd started working on
+    /// it; past `http2.maxPrematureResets` in a second the connection is closed (its other streams with it).
+    func streamResetPrematurely() {
+        guard var limiter = prematureResets, let context else { return }
+        let over = limiter.record(now: Int64(NIODeadline.now().uptimeNanoseconds))
+        prematureResets = limiter
+        guard over else { return }
+        prematureResets = nil  // once
+        shared.metrics.counter("meshd_connections_closed_total", [("direction", direction.label), ("reason", "rapid_reset")])
+            .increment()
+        shared.logger.warning(
+            "closing HTTP/2 connection: streams reset as soon as opened (rapid reset)",
+            metadata: [
+                "direction": "\(direction.label)", "client": "\(context.channel.remoteAddress?.description ?? "?")",
+                "limit": "\(limiter.limit) per second",
+            ])
+        closeAfterRead(context: context)
+    }
+
+    /// Closes the connection once the current read cycle is over. Closing it from inside the HTTP/2
+    /// handler's frame loop (a stream's event) leaves the streams that loop creates afterwards open
+    /// forever, with their pipelines (about 1 KiB each).
+    private func closeAfterRead(context: ChannelHandlerContext) {
+        if inReadCycle {
+            closeAtReadComplete = true
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         sawBytes = true
+        inReadCycle = true
         context.fireChannelRead(data)
+    }
+
+    /// HTTP/2: holds a stream's first attempt until every frame of this read is processed (a reset
+    /// in the same read closes the stream first). False outside a read cycle: start now.
+    func deferUntilReadComplete(_ handler: HTTPProxyHandler) -> Bool {
+        guard inReadCycle else { return false }
+        deferred.append(handler)
+        return true
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // The HTTP/2 handler (further on) parses nothing more in this cycle once this propagates,
+        // and hands streams their pending frames on the way.
+        context.fireChannelReadComplete()
+        inReadCycle = false
+        if closeAtReadComplete {
+            deferred.removeAll()
+            context.close(promise: nil)
+            return
+        }
+        guard !deferred.isEmpty else { return }
+        let ready = deferred
+        deferred.removeAll(keepingCapacity: true)
+        for handler in ready { handler.startDeferredAttempt() }
     }
 }

@@ -35,6 +35,7 @@ enum HTTP2Downstream {
             configuration: .init(
                 maxIdleTime: .nanoseconds(config.http.idleTimeout.nanoseconds), maxAge: nil,
                 maxGraceTime: .nanoseconds(config.drainTimeout.nanoseconds), keepalive: nil))
+        connectionGuard.prematureResets = PrematureResetLimiter(limit: config.http2.maxPrematureResets)
         let bound = NIOLoopBound((loop, connectionGuard), eventLoop: channel.eventLoop)
         _ = try sync.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
@@ -95,6 +96,6 @@ final class HTTP2ConnectionErrorHandler: ChannelInboundHandler {
                     "client": "\(context.channel.remoteAddress?.description ?? "?")",
                 ])
         }
-        context.close(promise: nil)
+        HTTP2Errors.closeAfterFrameLoop(context)
     }
 }

@@ -163,7 +163,8 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         // (its streams' owners see them close and answer or retry).
         shared.logger.info("upstream HTTP/2 connection error", metadata: ["target": "\(address)", "error": "\(error)"])
         draining = true
-        context.close(promise: nil)
+        pool?.removeHTTP2(self)
+        HTTP2Errors.closeAfterFrameLoop(context)
     }
 }
 
@@ -275,5 +276,13 @@ enum HTTP2Errors {
     /// and no longer among the recently reset ones) as a connection error, after sending GOAWAY.
     static func isStreamLevel(_ error: Error) -> Bool {
         error is NIOHTTP2Errors.StreamError || error is NIOHTTP2Errors.StreamClosed
+    }
+
+    /// Closes an HTTP/2 connection after a connection error, once NIO's frame loop has returned:
+    /// closed from inside it (errors are raised there), the streams the loop still creates would
+    /// stay open forever with their pipelines — the memory a rapid-reset flood used to pile up.
+    static func closeAfterFrameLoop(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.eventLoop.assumeIsolated().execute { channel.close(promise: nil) }
     }
 }

@@ -57,6 +57,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     private var attemptTimers: [Scheduled<Void>] = []
     private var readPending = false
     private var upstreamNeedsFlush = false
+    /// An HTTP/2 stream's first attempt waits for the end of the read cycle (see `startRequest`).
+    private var attemptDeferred = false
     private var clientIP = "unknown"
     private var firstRequest = true
     /// A trailers-only gRPC response head waiting for its end (HTTP/2 downstream only).
@@ -149,6 +151,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if multiplexed && (attemptDeferred || firstRequest) {
+            // Reset in the same read as its HEADERS (before NIO handed them over, or before the
+            // first attempt started at the end of the read): no upstream work was started for it.
+            attemptDeferred = false
+            connectionGuard.streamResetPrematurely()
+        }
         switch state {
         case .proxying(let upstream) where req.responseEnded:
             // The response is out (an HTTP/2 stream closes as its last frame is written).
@@ -456,6 +464,21 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         }
         req.head = outHead
 
+        if multiplexed {
+            // An HTTP/2 stream's first attempt starts when the connection's read cycle ends: a
+            // RST_STREAM that came in the same read (a rapid-reset flood, CVE-2023-44487) has closed
+            // the stream by then, and no upstream work is started for it.
+            state = .connecting
+            attemptDeferred = connectionGuard.deferUntilReadComplete(self)
+            if attemptDeferred { return }
+        }
+        beginAttempt(context: context)
+    }
+
+    /// The connection's read cycle ended (see `startRequest`): the stream is still open.
+    func startDeferredAttempt() {
+        guard attemptDeferred, let context, case .connecting = state else { return }
+        attemptDeferred = false
         beginAttempt(context: context)
     }
 
@@ -551,7 +574,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             guard case .connecting = self.state, self.serial == serial, self.req.attempts == attempt,
                 let context = self.context
             else {
-                if case .success(let conn) = result { conn.close() }
+                // The request is gone: a fresh HTTP/1.1 connection serves the next one from the pool.
+                if case .success(let conn) = result {
+                    if conn.isStream { conn.close() } else { self.loop.pool.release(conn) }
+                }
                 return
             }
             switch result {

@@ -133,7 +133,7 @@ struct ConfigLoaderTests {
             yaml: """
                 outbound: { protocol: http2 }
                 inbound: { appProtocol: http1 }
-                http2: { maxConcurrentStreams: 50, initialWindowSize: 1048576, maxConnectionsPerEndpoint: 2, maxResetStreams: 50 }
+                http2: { maxConcurrentStreams: 50, initialWindowSize: 1048576, maxConnectionsPerEndpoint: 2, maxResetStreams: 50, maxPrematureResets: 7 }
                 services:
                   - { name: a, protocol: grpc, endpoints: ["127.0.0.1:1"] }
                   - { name: b, endpoints: ["127.0.0.1:2"] }
@@ -144,6 +144,7 @@ struct ConfigLoaderTests {
         #expect(config.http2.initialWindowSize == 1 << 20)
         #expect(config.http2.maxConnectionsPerEndpoint == 2)
         #expect(config.http2.maxResetStreams == 50)
+        #expect(config.http2.maxPrematureResets == 7)
         #expect(config.services[0].protocol == .grpc)
         #expect(config.services[1].protocol == .auto)
         let snapshot = MeshSnapshot(config: config, version: 1)
