@@ -669,3 +669,51 @@ def test_route_timeout_bounds_retries(start_meshd, faults):
     tries = hang.count()
     assert 2 <= tries <= 3, f"{tries} attempts in 700 ms with perTryTimeout 300ms"
     assert mesh.alive()
+
+
+# ------------------------------------------------------------------------------------------------
+# Semantics for the whole proxy, whatever the number of event loops (issue 10, defects 1 and 2)
+
+
+def two_loops(cfg: dict) -> dict:
+    cfg["threads"] = 2
+    return cfg
+
+
+def test_outlier_counts_across_event_loops(start_meshd, faults):
+    """consecutive5xx: 5 means the failing endpoint gets exactly 5 requests before its ejection, with
+    two event loops and the client's connections spread over both (it used to get up to 9)."""
+    good = [faults("x1"), faults("x2")]
+    bad = faults("xbad", "500")
+    mesh = start_meshd(two_loops(web_config(
+        [good[0].addr, bad.addr, good[1].addr],
+        service={"outlierDetection": {"consecutive5xx": 5, "baseEjectionTime": "30s", "maxEjectionPercent": 50}})))
+    statuses = [get(mesh)[0] for _ in range(40)]  # a fresh connection each: both loops serve
+    assert bad.count() == 5, f"the failing endpoint served {bad.count()} requests before its ejection"
+    assert statuses.count(500) == 5, statuses
+    assert endpoint_states(mesh)[bad.addr]["state"] == "ejected"
+    assert metric(mesh, "meshd_outlier_ejections_total", service="web") == 1
+
+
+@pytest.mark.parametrize("spread", ["one-connection", "many-connections"])
+def test_route_rate_limit_holds_for_the_whole_proxy(start_meshd, faults, spread):
+    """A route limited to 20 req/s (burst 20) admits burst + 20/s whatever the loop count and however
+    the client's connections land on loops (each loop used to take half: ~half the limit on one loop)."""
+    b = faults(f"rl2-{spread}")
+    mesh = start_meshd(two_loops(web_config([b.addr], route={"rateLimit": {"requestsPerSecond": 20, "burst": 20}})))
+    seconds = 3.0
+    ok = 0
+    t0 = time.monotonic()
+    if spread == "one-connection":
+        c = KeepAliveClient(mesh, host="web")
+        try:
+            while time.monotonic() - t0 < seconds:
+                ok += c.request("GET", "/")[0] == 200
+        finally:
+            c.close()
+    else:
+        while time.monotonic() - t0 < seconds:
+            ok += get(mesh)[0] == 200
+    elapsed = time.monotonic() - t0
+    expected = 20 + 20 * elapsed
+    assert abs(ok - expected) <= 0.05 * expected + 2, f"{ok} admitted in {elapsed:.2f}s, expected ~{expected:.0f}"

@@ -33,15 +33,12 @@ public struct OutlierDetector: Sendable {
 
     public init(config: Config) { self.config = config }
 
-    /// Records an attempt's outcome; returns an ejection when this one crosses a threshold and the
-    /// ejection cap allows it. `total` is the number of endpoints of the service.
+    /// Records an attempt's outcome, counting consecutive failures here (one event loop's view);
+    /// returns an ejection when this one crosses a threshold and the ejection cap allows it. `total`
+    /// is the number of endpoints of the service.
     public mutating func record(address: String, outcome: AttemptOutcome, total: Int, now: Int64) -> Action? {
         guard config.enabled else { return nil }
         var e = entries[address] ?? Entry(healthySince: now)
-        if e.ejectedUntil != nil {
-            entries[address] = e
-            return nil
-        }
         let failure = outcome.isFailure
         if failure.fiveXX || failure.gateway {
             if failure.fiveXX { e.consecutive5xx += 1 }
@@ -50,6 +47,27 @@ public struct OutlierDetector: Sendable {
             e.consecutive5xx = 0
             e.consecutiveGateway = 0
         }
+        return record(address: address, consecutive: (e.consecutive5xx, e.consecutiveGateway), entry: e, total: total, now: now)
+    }
+
+    /// Records an outcome whose consecutive-failure counts were kept elsewhere (shared by every event
+    /// loop, so the thresholds hold for the whole proxy); returns an ejection when they cross a
+    /// threshold and the ejection cap allows it.
+    public mutating func record(address: String, consecutive: (fiveXX: Int, gateway: Int), total: Int, now: Int64) -> Action? {
+        guard config.enabled else { return nil }
+        return record(address: address, consecutive: consecutive, entry: entries[address] ?? Entry(healthySince: now), total: total, now: now)
+    }
+
+    private mutating func record(address: String, consecutive: (fiveXX: Int, gateway: Int), entry: Entry, total: Int, now: Int64)
+        -> Action?
+    {
+        var e = entry
+        if e.ejectedUntil != nil {
+            entries[address] = e
+            return nil
+        }
+        e.consecutive5xx = consecutive.fiveXX
+        e.consecutiveGateway = consecutive.gateway
         var action: Action?
         let tripped =
             (config.consecutive5xx > 0 && e.consecutive5xx >= config.consecutive5xx)

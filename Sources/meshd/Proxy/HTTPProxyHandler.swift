@@ -671,7 +671,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             skipped?["limit"]?.increment()
             return nil
         }
-        guard rs.budget.tryRetry(now: Int64(NIODeadline.now().uptimeNanoseconds)) else {
+        guard rs.tryRetry(now: Int64(NIODeadline.now().uptimeNanoseconds)) else {
             skipped?["budget"]?.increment()
             return nil
         }
@@ -1041,7 +1041,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             choice = nil
         }
         guard let index = choice else { return }  // no other endpoint: nothing to hedge to
-        guard rs.budget.tryRetry(now: nanos) else {
+        guard rs.tryRetry(now: nanos) else {
             service.resilience?.retriesSkipped["budget"]?.increment()
             return
         }

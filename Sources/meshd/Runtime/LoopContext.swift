@@ -18,10 +18,14 @@ final class LoopEndpoint {
     weak var service: LoopService?
     var index = 0
 
-    init(config: EndpointConfig, address: SocketAddress) {
+    /// The outlier state every loop shares for this endpoint.
+    let sharedState: SharedEndpointState
+
+    init(config: EndpointConfig, address: SocketAddress, sharedState: SharedEndpointState = SharedEndpointState()) {
         self.config = config
         self.address = address
         self.destinationHeader = config.address.description
+        self.sharedState = sharedState
     }
 
     func started() {
@@ -84,12 +88,16 @@ final class LoopService {
         self.shared = shared
     }
 
-    /// Feeds an attempt's outcome to the outlier detector; an ejection is broadcast to every loop.
+    /// Feeds an attempt's outcome to the outlier detector. The consecutive counts are the endpoint's,
+    /// shared by every loop; the loop whose outcome trips the threshold claims the ejection and
+    /// broadcasts it to every loop.
     func record(_ endpoint: LoopEndpoint, _ outcome: AttemptOutcome, now: Int64) {
-        guard endpoint.service === self else { return }
+        guard endpoint.service === self, outlier.config.enabled else { return }
         let address = endpoint.config.address.description
-        if let action = outlier.record(address: address, outcome: outcome, total: endpoints.count, now: now),
-            case .eject(let a, let until, let times) = action
+        let counts = endpoint.sharedState.count(outcome)
+        if counts.fiveXX == 0 && counts.gateway == 0 && outlier.ejectedUntil(address) == nil { return }
+        if let action = outlier.record(address: address, consecutive: counts, total: endpoints.count, now: now),
+            case .eject(let a, let until, let times) = action, endpoint.sharedState.claimEjection(until: until, now: now)
         {
             resilience?.ejections.increment()
             shared?.logger.warning(
@@ -190,7 +198,7 @@ final class LoopContext: @unchecked Sendable {
             requestCounters: shared.metrics.requestCounters(direction: .inbound, service: "local"))
         self.services = Self.makeServices(snapshot, shared: shared, previous: [], seed: seed)
         for s in services { s.keepsGauges = index == 0 }
-        self.routeStates = Self.makeRouteStates(snapshot, previous: [], loops: 1)
+        self.routeStates = Self.makeRouteStates(snapshot, previous: [])
         self.nodeInbound = NodeInboundPolicy(config: snapshot.config, boundListeners: shared.boundListeners)
     }
 
@@ -201,12 +209,12 @@ final class LoopContext: @unchecked Sendable {
     }
 
     /// Route state is kept by route name across reloads when the policy is unchanged.
-    static func makeRouteStates(_ snapshot: ResolvedSnapshot, previous: [RouteState], loops: Int) -> [RouteState] {
+    static func makeRouteStates(_ snapshot: ResolvedSnapshot, previous: [RouteState]) -> [RouteState] {
         let now = Int64(NIODeadline.now().uptimeNanoseconds)
         let old = Dictionary(previous.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        return snapshot.mesh.routes.routes.map { r in
-            if let o = old[r.name], o.retry == r.retry, o.rateLimit == r.rateLimit { return o }
-            return RouteState(name: r.name, retry: r.retry, rateLimit: r.rateLimit, loops: loops, mode: snapshot.config.mode, now: now)
+        return zip(snapshot.mesh.routes.routes, snapshot.routes).map { r, shared in
+            if let o = old[r.name], o.retry == r.retry, o.shared === shared { return o }
+            return RouteState(name: r.name, retry: r.retry, rateLimit: r.rateLimit, shared: shared, now: now)
         }
     }
 
@@ -236,10 +244,12 @@ final class LoopContext: @unchecked Sendable {
         let services = snapshot.mesh.services.map { s -> LoopService in
             let oldEndpoints = Dictionary(
                 (old[s.name]?.endpoints ?? []).map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
+            let sharedService = snapshot.services[s.index]
             let endpoints = zip(s.endpoints, snapshot.connectAddresses[s.index]).map { cfg, addr -> LoopEndpoint in
+                let sharedState = sharedService.endpoints[cfg.address.description] ?? SharedEndpointState()
                 // Keep the endpoints that survive the update (their requests in flight point at them).
-                if let e = oldEndpoints[addr], e.config == cfg { return e }
-                return LoopEndpoint(config: cfg, address: addr)
+                if let e = oldEndpoints[addr], e.config == cfg, e.sharedState === sharedState { return e }
+                return LoopEndpoint(config: cfg, address: addr, sharedState: sharedState)
             }
             var balancer = LoadBalancer(
                 config: s.balancer, endpoints: s.endpoints, seed: seed &+ UInt64(s.index),
@@ -253,10 +263,9 @@ final class LoopContext: @unchecked Sendable {
             }
             let svc = LoopService(
                 name: s.name, endpoints: endpoints, balancer: balancer,
-                requestCounters: shared.metrics.requestCounters(direction: .outbound, service: s.name),
-                counters: shared.serviceCounters(s.name), limits: s.limits, outlier: outlier,
-                connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout,
-                resilience: shared.metrics.resilience(service: s.name), shared: shared)
+                requestCounters: sharedService.requestCounters, counters: sharedService.counters, limits: s.limits,
+                outlier: outlier, connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout,
+                resilience: sharedService.resilience, shared: shared)
             svc.upstreamProtocol = s.upstreamProtocol
             // Endpoints still ejected stay out of rotation in the new balancer.
             for (i, e) in s.endpoints.enumerated() where outlier.ejectedUntil(e.address.description) != nil {
@@ -281,7 +290,7 @@ final class LoopContext: @unchecked Sendable {
         self.nodeInbound = NodeInboundPolicy(config: snapshot.config, boundListeners: shared.boundListeners)
         self.services = Self.makeServices(snapshot, shared: shared, previous: services, seed: rng.next())
         for s in services { s.keepsGauges = index == 0 }
-        self.routeStates = Self.makeRouteStates(snapshot, previous: routeStates, loops: loopCount)
+        self.routeStates = Self.makeRouteStates(snapshot, previous: routeStates)
         pool.configure(snapshot.config.upstream)
         // Idle connections to endpoints that left every service are closed; busy ones finish first.
         var addresses = Set(snapshot.connectAddresses.joined())
@@ -289,12 +298,7 @@ final class LoopContext: @unchecked Sendable {
         pool.closeIdle(except: addresses, keepAnyInboundTarget: snapshot.config.mode == .node)
     }
 
-    /// How many event loops share the rate limits (each takes its share).
-    var loopCount = 1
-
-    func start(loopCount: Int) {
-        self.loopCount = loopCount
-        self.routeStates = Self.makeRouteStates(snapshot, previous: [], loops: loopCount)
+    func start() {
         pool.configure(snapshot.config.upstream)
         tickTask = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) {
             [self] _ in
@@ -318,7 +322,6 @@ final class LoopContext: @unchecked Sendable {
         for t in timed.values { t.checkTimeouts(now: now) }
         let nanos = Int64(now.uptimeNanoseconds)
         for s in services { s.expireEjections(now: nanos) }
-        for r in routeStates { r.evictFullSourceBuckets(now: nanos) }
         pool.sweep(now: now)
         accessLog.flush()
     }
@@ -346,52 +349,38 @@ final class LoopContext: @unchecked Sendable {
 }
 
 /// A route's per-loop state: retry budget and rate-limit buckets (this loop's share of the rate).
+/// A route as one event loop sees it: its retry policy, the ratio part of its retry budget (this
+/// loop's requests and retries: the ratio holds for the sum), and the state every loop shares —
+/// the rate limit and the budget's per-second minimum (`SharedRouteState`).
 final class RouteState {
     let name: String
     let retry: RetryPolicy
     let rateLimit: RateLimitConfig?
+    let shared: SharedRouteState
     var budget: RetryBudget
-    var bucket: TokenBucket?
-    /// Node mode (or `perSource: true`): one bucket per source IP, at most `maxSources`.
-    var sourceBuckets: [String: TokenBucket] = [:]
-    let perSource: Bool
-    let share: (rate: Double, burst: Double)
     /// Whether requests must be kept for replay: retries on a response outcome are possible.
     let keepsReplay: Bool
-    static let maxSources = 4096
 
-    init(name: String, retry: RetryPolicy, rateLimit: RateLimitConfig?, loops: Int, mode: MeshConfig.Mode, now: Int64) {
+    init(name: String, retry: RetryPolicy, rateLimit: RateLimitConfig?, shared: SharedRouteState, now: Int64) {
         self.name = name
         self.retry = retry
         self.rateLimit = rateLimit
-        var budgetConfig = retry.budget
-        budgetConfig.minPerSecond /= Double(max(1, loops))
-        self.budget = RetryBudget(config: budgetConfig, now: now)
-        let n = Double(max(1, loops))
-        self.share = ((rateLimit?.requestsPerSecond ?? 0) / n, max(1, (rateLimit?.burst ?? 0) / n))
-        self.perSource = rateLimit?.perSource ?? (mode == .node)
+        self.shared = shared
+        var ratioOnly = retry.budget
+        ratioOnly.minPerSecond = 0
+        self.budget = RetryBudget(config: ratioOnly, now: now)
         self.keepsReplay = retry.attempts > 1 && !retry.retryOn.subtracting([.connectFailure]).isEmpty
-        if let _ = rateLimit, !perSource { bucket = TokenBucket(rate: share.rate, burst: share.burst, now: now) }
     }
 
-    /// Takes a token for a request from `source`; nil when allowed, else seconds to wait.
+    /// nil when a request from `source` is allowed, else seconds to wait (`retry-after`).
     func admit(source: String, now: Int64) -> Int? {
-        guard rateLimit != nil else { return nil }
-        if perSource {
-            var b = sourceBuckets[source] ?? TokenBucket(rate: share.rate, burst: share.burst, now: now)
-            defer {
-                if sourceBuckets.count < Self.maxSources || sourceBuckets[source] != nil { sourceBuckets[source] = b }
-            }
-            return b.take(now: now) ? nil : b.retryAfterSeconds(now: now)
-        }
-        guard var b = bucket else { return nil }
-        defer { bucket = b }
-        return b.take(now: now) ? nil : b.retryAfterSeconds(now: now)
+        rateLimit == nil ? nil : shared.admit(source: source, now: now)
     }
 
-    func evictFullSourceBuckets(now: Int64) {
-        guard !sourceBuckets.isEmpty else { return }
-        sourceBuckets = sourceBuckets.filter { !$0.value.isFull(now: now) }
+    /// Whether a retry may be sent now (counted if so): within the ratio of this loop's requests, or
+    /// from the per-second minimum shared by every loop.
+    func tryRetry(now: Int64) -> Bool {
+        budget.tryRetry(now: now) || shared.takeRetryMinimum(now: now)
     }
 }
 

@@ -84,7 +84,7 @@ final class MeshMetrics: Sendable {
     }
 
     /// Per-service resilience counters, created once per service (config install).
-    struct ServiceResilience {
+    struct ServiceResilience: Sendable {
         let retries: [String: CoreMetrics.Counter]
         let retriesSkipped: [String: CoreMetrics.Counter]
         let ejections: CoreMetrics.Counter

@@ -41,7 +41,7 @@ final class MeshRuntime: Sendable {
         config: MeshConfig, configText: String?, configPath: String?, overrides: ConfigLoader.Overrides,
         logger: Logger, metrics: MeshMetrics, shutdownRequested: @escaping @Sendable () -> Void
     ) throws(ConfigError) {
-        let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
+        let snapshot = try ResolvedSnapshot.resolve(config, version: 1, metrics: metrics)
         let threads = config.threads > 0 ? config.threads : System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.shared = SharedRuntime(metrics: metrics, logger: logger, snapshot: snapshot)
@@ -69,8 +69,7 @@ final class MeshRuntime: Sendable {
     /// Binds admin, outbound and inbound listeners; ready once all are bound.
     func start() async throws {
         shared.loops.withLockedValue { $0 = loops }
-        let count = loops.count
-        for loop in loops { try await loop.eventLoop.submit { loop.start(loopCount: count) }.get() }
+        for loop in loops { try await loop.eventLoop.submit { loop.start() }.get() }
         let config = self.config
         let admin = try await bindAdmin(config.admin.listen)
         channels.withLockedValue { $0["admin"] = admin }
@@ -408,7 +407,7 @@ final class MeshRuntime: Sendable {
             }
             let snapshot: ResolvedSnapshot
             do throws(ConfigError) {
-                snapshot = try ResolvedSnapshot.resolve(effective, version: version)
+                snapshot = try ResolvedSnapshot.resolve(effective, version: version, metrics: shared.metrics, previous: shared.snapshot)
             } catch {
                 return .failure(error)
             }

@@ -9,18 +9,31 @@ final class ResolvedSnapshot: Sendable {
     let connectAddresses: [[SocketAddress]]
     /// Sidecar inbound: the local application.
     let appAddress: SocketAddress
+    /// Per service (same index as `mesh.services`): what every loop shares about it.
+    let services: [SharedServiceState]
+    /// Per route (same index as `mesh.routes.routes`): rate limits and retry minimums, shared.
+    let routes: [SharedRouteState]
 
-    init(mesh: MeshSnapshot, connectAddresses: [[SocketAddress]], appAddress: SocketAddress) {
+    init(
+        mesh: MeshSnapshot, connectAddresses: [[SocketAddress]], appAddress: SocketAddress, services: [SharedServiceState],
+        routes: [SharedRouteState]
+    ) {
         self.mesh = mesh
         self.connectAddresses = connectAddresses
         self.appAddress = appAddress
+        self.services = services
+        self.routes = routes
     }
 
     var config: MeshConfig { mesh.config }
 
     /// Resolves every endpoint; host names are looked up here, off the event loops. A name that does
     /// not resolve makes the whole snapshot invalid (the running config keeps serving).
-    static func resolve(_ config: MeshConfig, version: Int) throws(ConfigError) -> ResolvedSnapshot {
+    /// Shared per-service and per-route state is made here too (on the control side), reusing
+    /// `previous`'s by name so counters, limits and ejections carry over a reload.
+    static func resolve(
+        _ config: MeshConfig, version: Int, metrics: MeshMetrics, previous: ResolvedSnapshot? = nil
+    ) throws(ConfigError) -> ResolvedSnapshot {
         let mesh = MeshSnapshot(config: config, version: version)
         var problems: [ConfigProblem] = []
         var all: [[SocketAddress]] = []
@@ -44,7 +57,21 @@ final class ResolvedSnapshot: Sendable {
             app = try? SocketAddress(ipAddress: "127.0.0.1", port: 8080)
         }
         if !problems.isEmpty { throw ConfigError(problems: problems) }
-        return ResolvedSnapshot(mesh: mesh, connectAddresses: all, appAddress: app!)
+        let oldServices = Dictionary((previous?.services ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let services = mesh.services.map { s in
+            SharedServiceState(
+                name: s.name, metrics: metrics, addresses: s.endpoints.map(\.address.description), previous: oldServices[s.name])
+        }
+        let oldRoutes = Dictionary((previous?.routes ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let routes = mesh.routes.routes.map { r -> SharedRouteState in
+            let perSource = r.rateLimit?.perSource ?? (config.mode == .node)
+            let key = SharedRouteState.RouteConfigKey(
+                rateLimit: r.rateLimit, perSource: perSource, retryMinimum: r.retry.budget.minPerSecond)
+            if let old = oldRoutes[r.name], old.policy == key { return old }
+            return SharedRouteState(
+                name: r.name, rateLimit: r.rateLimit, perSource: perSource, retryMinimumPerSecond: r.retry.budget.minPerSecond)
+        }
+        return ResolvedSnapshot(mesh: mesh, connectAddresses: all, appAddress: app!, services: services, routes: routes)
     }
 
     static func socketAddress(_ hp: HostPort) throws -> SocketAddress {

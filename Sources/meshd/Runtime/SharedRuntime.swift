@@ -13,7 +13,6 @@ final class SharedRuntime: Sendable {
     let outboundOpen = ManagedAtomic<Int>(0)
     let inboundOpen = ManagedAtomic<Int>(0)
     private let current: NIOLockedValueBox<ResolvedSnapshot>
-    private let counters = NIOLockedValueBox<[String: ServiceCounters]>([:])
     /// Every loop's context, for broadcasts (set once at start).
     let loops = NIOLockedValueBox<[LoopContext]>([])
     private let bound = NIOLockedValueBox<[HostPort]>([])
@@ -23,16 +22,6 @@ final class SharedRuntime: Sendable {
     var boundListeners: [HostPort] {
         get { bound.withLockedValue { $0 } }
         set { bound.withLockedValue { $0 = newValue } }
-    }
-
-    /// The circuit-breaker counters of a service, shared by all loops (created once per name).
-    func serviceCounters(_ name: String) -> ServiceCounters {
-        counters.withLockedValue { table in
-            if let c = table[name] { return c }
-            let c = ServiceCounters()
-            table[name] = c
-            return c
-        }
     }
 
     /// An endpoint was ejected by one loop's outlier detector: every loop stops picking it until `until`.

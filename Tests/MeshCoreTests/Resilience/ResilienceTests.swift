@@ -126,6 +126,26 @@ struct OutlierTests {
         for _ in 0..<4 { let r5 = d.record(address: "a", outcome: bad, total: 10, now: 0); #expect(r5 == nil) }
     }
 
+    @Test func sharedCountsTripAtTheThresholdWhateverLoopSawThem() {
+        // Two loops' detectors fed the endpoint's shared consecutive counts (as meshd does): the one
+        // whose outcome makes the count reach 5 ejects, after exactly five failures in all.
+        var loop0 = Self.detector()
+        var loop1 = Self.detector()
+        var shared = 0
+        var ejections: [OutlierDetector.Action] = []
+        for i in 1...5 {
+            shared += 1
+            let now = Int64(i)
+            let action =
+                i % 2 == 0
+                ? loop0.record(address: "a", consecutive: (shared, 0), total: 3, now: now)
+                : loop1.record(address: "a", consecutive: (shared, 0), total: 3, now: now)
+            if let action { ejections.append(action) }
+            if i < 5 { #expect(ejections.isEmpty) }
+        }
+        #expect(ejections == [.eject(address: "a", until: 5 + 30 * sec, times: 1)])
+    }
+
     @Test func connectFailuresCountAsGatewayFailures() {
         var d = Self.detector { $0.consecutiveGatewayFailures = 3 }
         _ = d.record(address: "a", outcome: .connectFailure, total: 3, now: 0)
