@@ -140,16 +140,19 @@ struct MeshdService: Service {
         let runtime = self.runtime
         let hup = Task {
             for await _ in await UnixSignalsSequence(trapping: .sighup) {
-                runtime.reload(force: true, reason: "SIGHUP")
+                await runtime.reloadOffLoop(force: true, reason: "SIGHUP")
             }
         }
         // The file is re-read every second: this also catches the atomic `..data` symlink swap of a
-        // Kubernetes ConfigMap volume, which no inotify watch on the file itself would see.
+        // Kubernetes ConfigMap volume, which no inotify watch on the file itself would see. A change
+        // is applied when a read 250 ms later finds the same text (never a half-written file).
         let watcher = Task {
+            var delay = Duration.seconds(1)
             while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
+                try? await Task.sleep(for: delay)
                 if Task.isCancelled { break }
-                runtime.reload(force: false, reason: "file changed")
+                let outcome = await runtime.reloadOffLoop(force: false, reason: "file changed")
+                delay = outcome == .settling ? .milliseconds(250) : .seconds(1)
             }
         }
         try? await gracefulShutdown()

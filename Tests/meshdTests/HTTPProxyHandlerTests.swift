@@ -20,7 +20,7 @@ struct HTTPProxyHandlerTests {
         init(yaml: String, direction: Direction = .outbound) throws {
             let config = try ConfigLoader.load(yaml: yaml)
             metrics = MeshMetrics()
-            let snapshot = try ResolvedSnapshot.resolve(config, version: 1, metrics: metrics)
+            let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
             let shared = SharedRuntime(metrics: metrics, logger: Logger(label: "test"), snapshot: snapshot)
             channel = EmbeddedChannel()
             let loop = LoopContext(eventLoop: channel.eventLoop, index: 0, shared: shared, snapshot: snapshot, seed: 1)

@@ -171,3 +171,108 @@ def test_reload_does_not_drop_in_flight_request(start_meshd, nginx, backend):
     wait_for(lambda: "new" in route_names(mesh), 4, what="reload applied")
     t.join(timeout=10)
     assert res.get("r", (None,))[0] == 200 and res["r"][2] == b"slow 2500\n", res
+
+
+# ------------------------------------------------------------------------------------------------
+# Config size, reloads off the event loops, truncated files (issue 10 defects 3 and 6, issue 15 item 5)
+
+import http.client  # noqa: E402
+import threading  # noqa: E402
+
+
+def many_services(n: int, endpoint: str, **top) -> dict:
+    cfg = base_config(
+        services=[{"name": f"svc{i}", "endpoints": [endpoint]} for i in range(n)],
+        routes=[{"match": {"authority": f"svc{i}.mesh"}, "service": f"svc{i}"} for i in range(n)],
+    )
+    cfg.update(top)
+    return cfg
+
+
+class Load:
+    """Requests on fresh connections, back to back, in a thread: (status or error, seconds) each."""
+
+    def __init__(self, mesh, host: str):
+        self.mesh, self.host, self.results, self.stop = mesh, host, [], False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            t0 = time.monotonic()
+            try:
+                c = http.client.HTTPConnection(*self.mesh.outbound, timeout=10)
+                c.request("GET", "/", headers={"Host": self.host})
+                r = c.getresponse()
+                r.read()
+                c.close()
+                self.results.append((r.status, time.monotonic() - t0))
+            except Exception as e:  # noqa: BLE001
+                self.results.append((repr(e), time.monotonic() - t0))
+
+    def finish(self):
+        self.stop = True
+        self.thread.join(timeout=15)
+        return self.results
+
+
+def test_5000_services_start_and_reload_quickly_without_failures(start_meshd, nginx):
+    t0 = time.monotonic()
+    mesh = start_meshd(many_services(5000, nginx.addr("web"), threads=2))
+    started = time.monotonic() - t0
+    assert started < 2.0, f"5000 services: ready after {started:.2f}s"
+    load = Load(mesh, "svc4999.mesh")
+    time.sleep(0.5)
+    cfg = many_services(5000, nginx.addr("web"), threads=2, upstream={"requestTimeout": "14s"})
+    mesh.write_config(cfg)
+    t0 = time.monotonic()
+    mesh.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: mesh.admin_json("/config")["version"] >= 2, timeout=2.0, interval=0.02, what="the reload")
+    visible = time.monotonic() - t0
+    time.sleep(1.0)
+    results = load.finish()
+    bad = [r for r in results if r[0] != 200]
+    assert not bad, f"{len(bad)} of {len(results)} requests failed around the reload: {bad[:5]}"
+    assert len(results) > 20
+    assert visible < 2.0
+    assert "config reloaded" in mesh.stderr_text()
+
+
+def test_admin_reload_does_not_block_the_event_loop(start_meshd, nginx):
+    """POST /reload of a large file parses and resolves off the event loops: with one loop, requests
+    keep being answered meanwhile (they used to wait for the whole parse)."""
+    mesh = start_meshd(many_services(20000, nginx.addr("web"), threads=1))
+    mesh.write_config(many_services(20000, nginx.addr("web"), threads=1, upstream={"requestTimeout": "14s"}))
+    load = Load(mesh, "svc1.mesh")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    status, _, body = mesh.admin_request("POST", "/reload", timeout=30)
+    took = time.monotonic() - t0
+    time.sleep(0.3)
+    results = load.finish()
+    assert status == 200, body
+    assert all(r[0] == 200 for r in results), [r for r in results if r[0] != 200][:5]
+    slowest = max(r[1] for r in results)
+    assert slowest < max(0.25, took / 2), f"a request waited {slowest:.3f}s during a {took:.3f}s reload"
+
+
+def test_truncated_config_file_is_never_applied(start_meshd, nginx):
+    mesh = start_meshd(web_config(nginx))
+    path = mesh.config_path
+    good = path.read_text()
+    ok0, failed0 = reloads(mesh)
+    load = Load(mesh, "web")
+    path.write_text("")  # a writer that truncates first, or an editor mid-save
+    time.sleep(2.5)
+    path.write_text(good)
+    time.sleep(1.5)
+    results = load.finish()
+    assert all(r[0] == 200 for r in results), [r for r in results if r[0] != 200][:5]
+    assert route_names(mesh), "the empty file was applied"
+    path.write_text("")
+    time.sleep(0.2)
+    mesh.proc.send_signal(signal.SIGHUP)  # forced: rejected, said so, counted
+    wait_for(lambda: reloads(mesh)[1] > failed0, timeout=5, what="the failed reload to be counted")
+    assert "the file is empty" in mesh.stderr_text()
+    assert route_names(mesh)
+    path.write_text(good)

@@ -380,7 +380,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             let routeState = loop.routeStates[route.index]
             req.routeState = routeState
             if let wait = routeState.admit(source: clientIP, now: now) {
-                service.resilience?.rateLimited.increment()
+                service.metrics.rateLimited.increment()
                 reply(.rateLimited, context: context, detail: "rate limit of route '\(route.name)' exceeded", retryAfter: wait)
                 return
             }
@@ -646,33 +646,33 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         guard direction == .outbound, let rs = req.routeState, let service = req.service else { return nil }
         let policy = rs.retry
         guard let reason = policy.retryReason(for: outcome) else { return nil }
-        let skipped = service.resilience?.retriesSkipped
+        let skipped = service.metrics.retriesSkipped
         guard req.attempts < policy.attempts else {
-            skipped?["attempts"]?.increment()
+            skipped["attempts"]?.increment()
             return nil
         }
         // Nothing reached the endpoint when the head was never sent (connect failure, or a per-try
         // timeout while connecting): any method may go again, with the parts still pending.
         if req.sentToUpstream {
             guard req.method.isIdempotent || policy.retryNonIdempotent else {
-                skipped?["non-idempotent"]?.increment()
+                skipped["non-idempotent"]?.increment()
                 return nil
             }
             guard req.replayable else {
-                skipped?["body-too-large"]?.increment()
+                skipped["body-too-large"]?.increment()
                 return nil
             }
         }
         guard NIODeadline.now() + .milliseconds(1) < req.deadline else {
-            skipped?["deadline"]?.increment()
+            skipped["deadline"]?.increment()
             return nil
         }
         if !req.countedRetry, service.limits.admitRetry(retries: service.counters.activeRetries.load(ordering: .relaxed)) != nil {
-            skipped?["limit"]?.increment()
+            skipped["limit"]?.increment()
             return nil
         }
         guard rs.tryRetry(now: Int64(NIODeadline.now().uptimeNanoseconds)) else {
-            skipped?["budget"]?.increment()
+            skipped["budget"]?.increment()
             return nil
         }
         return reason
@@ -682,7 +682,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     private func scheduleRetry(reason: String, context: ChannelHandlerContext) {
         guard let service = req.service, let rs = req.routeState else { return }
         let label = Int(reason) != nil ? "status" : (GRPCStatus(name: reason) != nil ? "grpc" : reason)
-        service.resilience?.retries[label]?.increment()
+        service.metrics.retries[label]?.increment()
         if !req.countedRetry {
             req.countedRetry = true
             service.counters.activeRetries.wrappingIncrement(ordering: .relaxed)
@@ -1042,10 +1042,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         }
         guard let index = choice else { return }  // no other endpoint: nothing to hedge to
         guard rs.tryRetry(now: nanos) else {
-            service.resilience?.retriesSkipped["budget"]?.increment()
+            service.metrics.retriesSkipped["budget"]?.increment()
             return
         }
-        service.resilience?.retries["hedge"]?.increment()
+        service.metrics.retries["hedge"]?.increment()
         let endpoint = service.endpoints[index]
         var head = req.head
         head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
@@ -1194,13 +1194,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         req.replay.removeAll()
         let elapsed = NIODeadline.now() - req.started
         if let service = req.service {
-            service.requestCounters[MeshMetrics.statusClassIndex(status)].increment()
+            service.metrics.requests[MeshMetrics.statusClassIndex(status)].increment()
             service.latency.record(nanoseconds: elapsed.nanoseconds)
             if req.grpc {
                 // A client that gave up: DEADLINE_EXCEEDED once its grpc-timeout passed, else CANCELLED.
                 let cancelled = req.grpcDeadline && NIODeadline.now() >= req.deadline ? 4 : 1
                 let code = req.grpcStatus ?? (status == 499 ? cancelled : error?.grpcStatus ?? 2)  // 2: UNKNOWN
-                service.grpcCounter(code, direction: direction, metrics: loop.shared.metrics).increment()
+                service.metrics.grpcCounter(code).increment()
             }
         }
         if loop.snapshot.config.accessLog {

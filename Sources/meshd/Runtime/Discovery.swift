@@ -92,7 +92,7 @@ final class DiscoveryManager: @unchecked Sendable {
                         lastFileText = text
                         do {
                             let endpoints = try ConfigLoader.loadEndpoints(yaml: text)
-                            update(service, endpoints, config, source: path)
+                            await update(service, endpoints, config, source: path)
                             lastProblem = nil
                         } catch {
                             count(service, "failed")
@@ -118,7 +118,7 @@ final class DiscoveryManager: @unchecked Sendable {
                 switch result {
                 case .success(let ips):
                     let endpoints = ips.map { EndpointConfig(address: HostPort(host: $0, port: port)) }
-                    update(service, endpoints, config, source: name)
+                    await update(service, endpoints, config, source: name)
                     lastProblem = nil
                 case .failure(let error):
                     count(service, "failed")
@@ -134,7 +134,7 @@ final class DiscoveryManager: @unchecked Sendable {
         }
     }
 
-    private func update(_ service: String, _ endpoints: [EndpointConfig], _ config: DiscoveryConfig, source: String) {
+    private func update(_ service: String, _ endpoints: [EndpointConfig], _ config: DiscoveryConfig, source: String) async {
         if endpoints.isEmpty && !config.allowEmpty {
             count(service, "empty_ignored")
             logger.warning(
@@ -149,7 +149,7 @@ final class DiscoveryManager: @unchecked Sendable {
         }
         guard changed, let runtime else { return }
         do {
-            let version = try runtime.discoveryChanged(service: service)
+            let version = try await runtime.discoveryChangedOffLoop(service: service)
             count(service, "ok")
             logger.info(
                 "discovery updated endpoints",

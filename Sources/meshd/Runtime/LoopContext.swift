@@ -44,47 +44,33 @@ final class LoopService {
     let name: String
     let endpoints: [LoopEndpoint]
     var balancer: LoadBalancer
-    let requestCounters: [CoreMetrics.Counter]
+    let metrics: ServiceMetrics
     var latency = LatencyHistogram()
     let counters: ServiceCounters
     let limits: CircuitBreakerLimits
     var outlier: OutlierDetector
     let connectTimeout: MeshDuration
     let idleTimeout: MeshDuration
-    let resilience: MeshMetrics.ServiceResilience?
     weak var shared: SharedRuntime?
     /// Loop 0 keeps the service-wide gauges (every loop applies every ejection).
     var keepsGauges = false
     /// The HTTP version spoken to the endpoints (`services[].protocol`; inbound: `inbound.appProtocol`).
     var upstreamProtocol = UpstreamProtocol.auto
-    /// `meshd_grpc_responses_total` by status code, created on first use.
-    private var grpcCounters = [CoreMetrics.Counter?](repeating: nil, count: GRPC.codeNames.count)
-
-    func grpcCounter(_ code: Int, direction: Direction, metrics: MeshMetrics) -> CoreMetrics.Counter {
-        let i = code >= 0 && code < grpcCounters.count ? code : 2  // UNKNOWN
-        if let c = grpcCounters[i] { return c }
-        let c = metrics.counter(
-            "meshd_grpc_responses_total", [("direction", direction.label), ("service", name), ("code", GRPC.codeName(i))])
-        grpcCounters[i] = c
-        return c
-    }
-
     init(
-        name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, requestCounters: [CoreMetrics.Counter],
+        name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, metrics: ServiceMetrics,
         counters: ServiceCounters = ServiceCounters(), limits: CircuitBreakerLimits = CircuitBreakerLimits(),
         outlier: OutlierDetector = OutlierDetector(config: .init()), connectTimeout: MeshDuration = .seconds(1),
-        idleTimeout: MeshDuration = .seconds(60), resilience: MeshMetrics.ServiceResilience? = nil, shared: SharedRuntime? = nil
+        idleTimeout: MeshDuration = .seconds(60), shared: SharedRuntime? = nil
     ) {
         self.name = name
         self.endpoints = endpoints
         self.balancer = balancer
-        self.requestCounters = requestCounters
+        self.metrics = metrics
         self.counters = counters
         self.limits = limits
         self.outlier = outlier
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
-        self.resilience = resilience
         self.shared = shared
     }
 
@@ -99,7 +85,7 @@ final class LoopService {
         if let action = outlier.record(address: address, consecutive: counts, total: endpoints.count, now: now),
             case .eject(let a, let until, let times) = action, endpoint.sharedState.claimEjection(until: until, now: now)
         {
-            resilience?.ejections.increment()
+            metrics.ejections.increment()
             shared?.logger.warning(
                 "endpoint ejected by outlier detection",
                 metadata: [
@@ -113,7 +99,7 @@ final class LoopService {
     /// Applies an ejection (from any loop) to this loop's balancer.
     func applyEjection(address: String, until: Int64, times: Int) {
         outlier.markEjected(address: address, until: until, times: times)
-        if keepsGauges { resilience?.ejected.set(outlier.ejectedCount) }
+        if keepsGauges { metrics.ejected.store(outlier.ejectedCount, ordering: .relaxed) }
         for (i, e) in endpoints.enumerated() where e.config.address.description == address {
             balancer.setHealthy(i, false)
         }
@@ -122,7 +108,7 @@ final class LoopService {
     /// Ends ejections that are over.
     func expireEjections(now: Int64) {
         let returned = outlier.expire(now: now)
-        if keepsGauges && !returned.isEmpty { resilience?.ejected.set(outlier.ejectedCount) }
+        if keepsGauges && !returned.isEmpty { metrics.ejected.store(outlier.ejectedCount, ordering: .relaxed) }
         for address in returned {
             for (i, e) in endpoints.enumerated() where e.config.address.description == address {
                 balancer.setHealthy(i, true)
@@ -195,7 +181,7 @@ final class LoopContext: @unchecked Sendable {
         self.pool = UpstreamPool(eventLoop: eventLoop, shared: shared)
         self.inboundService = LoopService(
             name: "local", endpoints: [], balancer: LoadBalancer(config: BalancerConfig(), endpoints: [], seed: 0),
-            requestCounters: shared.metrics.requestCounters(direction: .inbound, service: "local"))
+            metrics: shared.inboundMetrics)
         self.services = Self.makeServices(snapshot, shared: shared, previous: [], seed: seed)
         for s in services { s.keepsGauges = index == 0 }
         self.routeStates = Self.makeRouteStates(snapshot, previous: [])
@@ -263,9 +249,8 @@ final class LoopContext: @unchecked Sendable {
             }
             let svc = LoopService(
                 name: s.name, endpoints: endpoints, balancer: balancer,
-                requestCounters: sharedService.requestCounters, counters: sharedService.counters, limits: s.limits,
-                outlier: outlier, connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout,
-                resilience: sharedService.resilience, shared: shared)
+                metrics: sharedService.metrics, counters: sharedService.counters, limits: s.limits,
+                outlier: outlier, connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout, shared: shared)
             svc.upstreamProtocol = s.upstreamProtocol
             // Endpoints still ejected stay out of rotation in the new balancer.
             for (i, e) in s.endpoints.enumerated() where outlier.ejectedUntil(e.address.description) != nil {

@@ -83,20 +83,6 @@ final class MeshMetrics: Sendable {
         if bootstrapGlobal { MetricsSystem.bootstrap(factory) }
     }
 
-    /// Per-service resilience counters, created once per service (config install).
-    struct ServiceResilience: Sendable {
-        let retries: [String: CoreMetrics.Counter]
-        let retriesSkipped: [String: CoreMetrics.Counter]
-        let ejections: CoreMetrics.Counter
-        let ejected: CoreMetrics.Meter
-        let rateLimited: CoreMetrics.Counter
-    }
-
-    static let retryReasons = [
-        "connect-failure", "refused-stream", "reset", "timeout", "5xx", "gateway-error", "status", "grpc", "hedge",
-    ]
-    static let skipCauses = ["budget", "limit", "body-too-large", "non-idempotent", "deadline", "attempts"]
-
     /// A counter handle, created once per label set and cached (config install / connection setup).
     func counter(_ label: String, _ dims: [(String, String)]) -> CoreMetrics.Counter {
         let key = label + "|" + dims.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
@@ -106,21 +92,6 @@ final class MeshMetrics: Sendable {
             cache[key] = c
             return c
         }
-    }
-
-    func resilience(service: String) -> ServiceResilience {
-        ServiceResilience(
-            retries: Dictionary(
-                uniqueKeysWithValues: Self.retryReasons.map {
-                    ($0, counter("meshd_retries_total", [("service", service), ("reason", $0)]))
-                }),
-            retriesSkipped: Dictionary(
-                uniqueKeysWithValues: Self.skipCauses.map {
-                    ($0, counter("meshd_retries_skipped_total", [("service", service), ("cause", $0)]))
-                }),
-            ejections: counter("meshd_outlier_ejections_total", [("service", service)]),
-            ejected: CoreMetrics.Meter(label: "meshd_outlier_ejected", dimensions: [("service", service)], factory: factory),
-            rateLimited: counter("meshd_rate_limited_total", [("service", service)]))
     }
 
     struct TCPCounters {
@@ -152,20 +123,6 @@ final class MeshMetrics: Sendable {
     }
 
     /// The 5 status-class request counters of one (direction, service); created on config install.
-    func requestCounters(direction: Direction, service: String) -> [CoreMetrics.Counter] {
-        ["1xx", "2xx", "3xx", "4xx", "5xx"].map { cls in
-            let key = "\(direction.label)|\(service)|\(cls)"
-            return counterCache.withLockedValue { cache in
-                if let c = cache[key] { return c }
-                let c = CoreMetrics.Counter(
-                    label: "meshd_requests_total",
-                    dimensions: [("direction", direction.label), ("service", service), ("status_class", cls)], factory: self.factory)
-                cache[key] = c
-                return c
-            }
-        }
-    }
-
     static func statusClassIndex(_ status: Int) -> Int {
         switch status {
         case ..<200: return 0

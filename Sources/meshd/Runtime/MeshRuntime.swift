@@ -1,4 +1,5 @@
 import Atomics
+import Dispatch
 import Logging
 import MeshCore
 import NIOConcurrencyHelpers
@@ -29,9 +30,13 @@ final class MeshRuntime: Sendable {
     /// One per `protocol: tcp` service listener (bound at start).
     private let tcpQuiesce = NIOLockedValueBox<[ServerQuiescingHelper]>([])
     private let channels = NIOLockedValueBox<[String: Channel]>([:])
-    private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?)>((1, nil))
+    private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?, pendingText: String?)>((1, nil, nil))
     let shutdownRequested: @Sendable () -> Void
     private let publishLock = NIOLock()
+    /// Where every reload and publish runs (admin, SIGHUP, the file watcher, discovery): a serial
+    /// queue off the event loops, since they parse YAML, resolve host names (blocking) and wait for
+    /// every loop to install the new snapshot.
+    let control = DispatchQueue(label: "meshd.control")
     /// The configuration as written (before discovery substituted endpoint sets).
     private let baseConfig: NIOLockedValueBox<MeshConfig>
     let discovery: DiscoveryManager
@@ -41,7 +46,7 @@ final class MeshRuntime: Sendable {
         config: MeshConfig, configText: String?, configPath: String?, overrides: ConfigLoader.Overrides,
         logger: Logger, metrics: MeshMetrics, shutdownRequested: @escaping @Sendable () -> Void
     ) throws(ConfigError) {
-        let snapshot = try ResolvedSnapshot.resolve(config, version: 1, metrics: metrics)
+        let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
         let threads = config.threads > 0 ? config.threads : System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.shared = SharedRuntime(metrics: metrics, logger: logger, snapshot: snapshot)
@@ -315,13 +320,24 @@ final class MeshRuntime: Sendable {
     enum ReloadOutcome: Equatable {
         case applied(version: Int)
         case unchanged
+        /// The file changed since the last read: it is applied once a second read agrees.
+        case settling
         case rejected(String)
     }
 
+    /// `reload` on the control queue, for async callers (SIGHUP, the file watcher).
+    @discardableResult
+    func reloadOffLoop(force: Bool, reason: String) async -> ReloadOutcome {
+        await withCheckedContinuation { continuation in
+            control.async { continuation.resume(returning: self.reload(force: force, reason: reason)) }
+        }
+    }
+
     /// Reads the config file again; applies it if valid, otherwise keeps the running config.
-    /// `force` re-applies even when the text did not change (SIGHUP).
+    /// `force` re-applies even when the text did not change (SIGHUP). Runs on the control queue only.
     @discardableResult
     func reload(force: Bool, reason: String) -> ReloadOutcome {
+        dispatchPrecondition(condition: .onQueue(control))
         guard let path = configPath else { return .unchanged }
         let text: String
         do {
@@ -336,7 +352,23 @@ final class MeshRuntime: Sendable {
         }
         let previous = reloadState.withLockedValue { $0.lastText }
         if !force && text == previous { return .unchanged }
+        if !force {
+            // Debounce: a changed file is applied once two reads (`settleDelay` apart) agree, so a
+            // writer that is not atomic (or an editor mid-save) is never caught half-way.
+            let settled = reloadState.withLockedValue { state -> Bool in
+                if state.pendingText == text { return true }
+                state.pendingText = text
+                return false
+            }
+            if !settled { return .settling }
+        }
         reloadState.withLockedValue { $0.lastText = text }
+        if text.allSatisfy({ $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }) {
+            // An empty file is a truncated write, never "no routes": the running config keeps serving.
+            shared.metrics.reloadsFailed.increment()
+            shared.logger.error("config reload rejected: the file is empty; the running config keeps serving", metadata: ["path": "\(path)"])
+            return .rejected("\(path) is empty")
+        }
         let old = config
         var new: MeshConfig
         do {
@@ -391,10 +423,11 @@ final class MeshRuntime: Sendable {
     // MARK: - Publishing snapshots
 
     /// Builds and installs a snapshot from `base` (the configuration as written) with the endpoint
-    /// sets discovery has found substituted; returns its version. Serialised: reloads and discovery
-    /// updates may race, each publish sees the latest of both.
+    /// sets discovery has found substituted; returns its version once every loop has installed it.
+    /// Runs on the control queue (never on an event loop: it resolves names and waits for the loops).
     @discardableResult
     func publish(base: MeshConfig) throws(ConfigError) -> Int {
+        dispatchPrecondition(condition: .onQueue(control))
         let result: Result<Int, ConfigError> = publishLock.withLock {
             var effective = base
             let found = discovery.endpointSets()
@@ -407,22 +440,34 @@ final class MeshRuntime: Sendable {
             }
             let snapshot: ResolvedSnapshot
             do throws(ConfigError) {
-                snapshot = try ResolvedSnapshot.resolve(effective, version: version, metrics: shared.metrics, previous: shared.snapshot)
+                snapshot = try ResolvedSnapshot.resolve(effective, version: version, previous: shared.snapshot)
             } catch {
                 return .failure(error)
             }
             baseConfig.withLockedValue { $0 = base }
             shared.snapshot = snapshot
-            for loop in loops { loop.eventLoop.execute { loop.install(snapshot) } }
+            // Published once every loop has it (so "config reloaded" is true when it is logged).
+            let installed = loops.map { loop in loop.eventLoop.submit { loop.install(snapshot) } }
+            try? EventLoopFuture.andAllSucceed(installed, on: group.any()).wait()
             shared.metrics.configVersion.record(version)
             return .success(version)
         }
         return try result.get()
     }
 
-    /// Discovery found a new endpoint set: republish with the current base configuration.
-    func discoveryChanged(service: String) throws(ConfigError) -> Int {
-        try publish(base: baseConfig.withLockedValue { $0 })
+    /// Discovery found a new endpoint set: republish with the current base configuration (on the
+    /// control queue, after any reload in progress).
+    func discoveryChangedOffLoop(service: String) async throws(ConfigError) -> Int {
+        let result: Result<Int, ConfigError> = await withCheckedContinuation { continuation in
+            control.async {
+                do throws(ConfigError) {
+                    continuation.resume(returning: .success(try self.publish(base: self.baseConfig.withLockedValue { $0 })))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
     }
 
     // MARK: - Drain
@@ -514,11 +559,16 @@ final class MeshRuntime: Sendable {
             shutdownRequested()
             return loop.makeSucceededFuture((.ok, "text/plain", "shutting down\n"))
         case (.POST, "/reload"):
-            switch reload(force: true, reason: "admin") {
-            case .applied(let v): return loop.makeSucceededFuture((.ok, "text/plain", "applied version \(v)\n"))
-            case .unchanged: return loop.makeSucceededFuture((.ok, "text/plain", "no config file; nothing to reload\n"))
-            case .rejected(let why): return loop.makeSucceededFuture((.badRequest, "text/plain", why + "\n"))
+            // Parsing, resolving and installing run on the control queue; this loop only waits.
+            let promise = loop.makePromise(of: AdminReply.self)
+            control.async {
+                switch self.reload(force: true, reason: "admin") {
+                case .applied(let v): promise.succeed((.ok, "text/plain", "applied version \(v)\n"))
+                case .unchanged, .settling: promise.succeed((.ok, "text/plain", "no config file; nothing to reload\n"))
+                case .rejected(let why): promise.succeed((.badRequest, "text/plain", why + "\n"))
+                }
             }
+            return promise.futureResult
         default:
             return loop.makeSucceededFuture(
                 (.notFound, "text/plain", "not found; try /live /ready /metrics /config /routes /services /log-level\n"))
@@ -612,6 +662,7 @@ final class MeshRuntime: Sendable {
 
     func metricsText(_ reports: [LoopReport]) -> String {
         var out = shared.metrics.registry.emitToString()
+        out += ServiceMetrics.render(shared.snapshot.services.map(\.metrics) + [shared.inboundMetrics])
         // Per-loop latency histograms, merged.
         var byService: [(String, String, LatencyHistogram)] = []
         var outboundMerged: [String: LatencyHistogram] = [:]

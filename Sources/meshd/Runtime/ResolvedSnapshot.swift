@@ -32,7 +32,7 @@ final class ResolvedSnapshot: Sendable {
     /// Shared per-service and per-route state is made here too (on the control side), reusing
     /// `previous`'s by name so counters, limits and ejections carry over a reload.
     static func resolve(
-        _ config: MeshConfig, version: Int, metrics: MeshMetrics, previous: ResolvedSnapshot? = nil
+        _ config: MeshConfig, version: Int, previous: ResolvedSnapshot? = nil
     ) throws(ConfigError) -> ResolvedSnapshot {
         let mesh = MeshSnapshot(config: config, version: version)
         var problems: [ConfigProblem] = []
@@ -60,7 +60,7 @@ final class ResolvedSnapshot: Sendable {
         let oldServices = Dictionary((previous?.services ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let services = mesh.services.map { s in
             SharedServiceState(
-                name: s.name, metrics: metrics, addresses: s.endpoints.map(\.address.description), previous: oldServices[s.name])
+                name: s.name, addresses: s.endpoints.map(\.address.description), previous: oldServices[s.name])
         }
         let oldRoutes = Dictionary((previous?.routes ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let routes = mesh.routes.routes.map { r -> SharedRouteState in

@@ -11,6 +11,8 @@ final class SharedRuntime: Sendable {
     let logger: Logger
     let ready = ManagedAtomic<Bool>(false)
     let outboundOpen = ManagedAtomic<Int>(0)
+    /// Inbound requests are counted under one pseudo-service, `local`.
+    let inboundMetrics = ServiceMetrics(name: "local", direction: .inbound)
     let inboundOpen = ManagedAtomic<Int>(0)
     private let current: NIOLockedValueBox<ResolvedSnapshot>
     /// Every loop's context, for broadcasts (set once at start).

@@ -149,16 +149,14 @@ final class SharedEndpointState: Sendable {
 final class SharedServiceState: Sendable {
     let name: String
     let counters: ServiceCounters
-    let requestCounters: [CoreMetrics.Counter]
-    let resilience: MeshMetrics.ServiceResilience
+    let metrics: ServiceMetrics
     /// By endpoint address (`EndpointConfig.address`).
     let endpoints: [String: SharedEndpointState]
 
-    init(name: String, metrics: MeshMetrics, addresses: [String], previous: SharedServiceState?) {
+    init(name: String, addresses: [String], previous: SharedServiceState?) {
         self.name = name
         self.counters = previous?.counters ?? ServiceCounters()
-        self.requestCounters = previous?.requestCounters ?? metrics.requestCounters(direction: .outbound, service: name)
-        self.resilience = previous?.resilience ?? metrics.resilience(service: name)
+        self.metrics = previous?.metrics ?? ServiceMetrics(name: name, direction: .outbound)
         var endpoints: [String: SharedEndpointState] = [:]
         for a in addresses { endpoints[a] = previous?.endpoints[a] ?? SharedEndpointState() }
         self.endpoints = endpoints
