@@ -1,3 +1,6 @@
+import Atomics
+import CoreMetrics
+import Dispatch
 import NIOCore
 
 /// One JSON access-log line per request (`accessLog: true`).
@@ -52,3 +55,74 @@ enum AccessLog {
 #elseif canImport(Darwin)
     import Darwin
 #endif
+
+/// One event loop's access-log lines since its last flush (no lock, no syscall per request). A flush
+/// — every 100 ms tick, or at 64 KiB — hands the bytes to the process's `AccessLogWriter`.
+struct AccessLogBuffer {
+    private var buffer: [UInt8] = []
+    private var lines = 0
+    var writer: AccessLogWriter?
+
+    mutating func append(_ line: String) {
+        buffer.append(contentsOf: line.utf8)
+        buffer.append(UInt8(ascii: "\n"))
+        lines += 1
+        if buffer.count >= 64 * 1024 { flush() }
+    }
+
+    mutating func flush() {
+        guard !buffer.isEmpty else { return }
+        writer?.submit(buffer, lines: lines)
+        buffer.removeAll(keepingCapacity: true)
+        lines = 0
+    }
+}
+
+/// Writes access-log lines to standard output from its own thread (a serial dispatch queue), so a slow
+/// or stuck reader of meshd's stdout never blocks an event loop. Bound: `maxQueuedBytes` (4 MiB) waiting
+/// to be written; past it whole chunks are dropped and their lines counted in
+/// `meshd_access_log_dropped_total`.
+final class AccessLogWriter: Sendable {
+    static let maxQueuedBytes = 4 << 20
+    private let queue = DispatchQueue(label: "meshd.access-log")
+    private let queued = ManagedAtomic<Int>(0)
+    private let dropped: CoreMetrics.Counter
+    private let fd: Int32
+
+    init(dropped: CoreMetrics.Counter, fd: Int32 = 1) {
+        self.dropped = dropped
+        self.fd = fd
+    }
+
+    /// Called by a loop with one flush's worth of lines.
+    func submit(_ bytes: [UInt8], lines: Int) {
+        let size = bytes.count
+        guard queued.wrappingIncrementThenLoad(by: size, ordering: .relaxed) <= Self.maxQueuedBytes else {
+            queued.wrappingDecrement(by: size, ordering: .relaxed)
+            dropped.increment(by: lines)
+            return
+        }
+        let fd = self.fd
+        queue.async { [queued] in
+            bytes.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { break }
+                    offset += n
+                }
+            }
+            queued.wrappingDecrement(by: size, ordering: .relaxed)
+        }
+    }
+
+    /// Waits until everything submitted is written, at most `timeout` (a stuck stdout must not keep
+    /// meshd from exiting).
+    func drain(timeout: Duration = .seconds(2)) {
+        let done = DispatchSemaphore(value: 0)
+        queue.async { done.signal() }
+        let c = timeout.components
+        _ = done.wait(timeout: .now() + .nanoseconds(Int(c.seconds) * 1_000_000_000 + Int(c.attoseconds / 1_000_000_000)))
+    }
+}

@@ -179,6 +179,7 @@ final class LoopContext: @unchecked Sendable {
         self.snapshot = snapshot
         self.rng = SplitMix64(seed: seed)
         self.pool = UpstreamPool(eventLoop: eventLoop, shared: shared)
+        self.accessLog.writer = shared.accessLogWriter
         self.inboundService = LoopService(
             name: "local", endpoints: [], balancer: LoadBalancer(config: BalancerConfig(), endpoints: [], seed: 0),
             metrics: shared.inboundMetrics)
@@ -393,29 +394,6 @@ struct LoopReport: Sendable {
 }
 
 /// Access-log lines buffered per loop and written in one call per tick (or when 64 KiB is buffered).
-struct AccessLogBuffer {
-    private var buffer: [UInt8] = []
-
-    mutating func append(_ line: String) {
-        buffer.append(contentsOf: line.utf8)
-        buffer.append(UInt8(ascii: "\n"))
-        if buffer.count >= 64 * 1024 { flush() }
-    }
-
-    mutating func flush() {
-        guard !buffer.isEmpty else { return }
-        buffer.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let n = write(1, raw.baseAddress! + offset, raw.count - offset)
-                if n <= 0 { break }
-                offset += n
-            }
-        }
-        buffer.removeAll(keepingCapacity: true)
-    }
-}
-
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)

@@ -502,6 +502,7 @@ final class MeshRuntime: Sendable {
         }
         if let admin = channels.withLockedValue({ $0["admin"] }) { try? await admin.close() }
         for loop in loops { try? await loop.eventLoop.submit { loop.stop() }.get() }
+        shared.accessLogWriter.drain()
         try? await group.shutdownGracefully()
         shared.logger.info("meshd stopped")
     }

@@ -33,8 +33,12 @@ final class SharedRuntime: Sendable {
         }
     }
 
+    /// Where every loop's access-log lines go (written off the loops).
+    let accessLogWriter: AccessLogWriter
+
     init(metrics: MeshMetrics, logger: Logger, snapshot: ResolvedSnapshot) {
         self.metrics = metrics
+        self.accessLogWriter = AccessLogWriter(dropped: metrics.counter("meshd_access_log_dropped_total", []))
         self.logger = logger
         self.current = NIOLockedValueBox(snapshot)
     }
