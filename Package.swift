@@ -4,7 +4,11 @@ import PackageDescription
 /// Release builds of meshd's own targets skip run-time exclusivity checks: all mutable state is
 /// confined to one event loop (see docs/architecture.md), and the checks cost ~3 % of CPU per request
 /// in the HTTP/1.1 benchmark. Debug builds (and so `swift test`) keep them.
-let releaseSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+/// The project's own targets build with warnings as errors (dependencies keep their own settings).
+let releaseSettings: [SwiftSetting] = [
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-warnings-as-errors"]),
+]
 
 let package = Package(
     name: "meshd",
@@ -66,9 +70,10 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
-            ]
+            ],
+            swiftSettings: releaseSettings
         ),
-        .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
+        .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: releaseSettings),
         .testTarget(
             name: "meshctlTests",
             dependencies: [
@@ -78,7 +83,8 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Yams", package: "Yams"),
-            ]
+            ],
+            swiftSettings: releaseSettings
         ),
         .testTarget(
             name: "meshdTests",
@@ -89,7 +95,8 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
-            ]
+            ],
+            swiftSettings: releaseSettings
         ),
     ]
 )

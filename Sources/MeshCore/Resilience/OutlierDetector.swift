@@ -55,7 +55,8 @@ public struct OutlierDetector: Sendable {
     /// threshold and the ejection cap allows it.
     public mutating func record(address: String, consecutive: (fiveXX: Int, gateway: Int), total: Int, now: Int64) -> Action? {
         guard config.enabled else { return nil }
-        return record(address: address, consecutive: consecutive, entry: entries[address] ?? Entry(healthySince: now), total: total, now: now)
+        return record(
+            address: address, consecutive: consecutive, entry: entries[address] ?? Entry(healthySince: now), total: total, now: now)
     }
 
     private mutating func record(address: String, consecutive: (fiveXX: Int, gateway: Int), entry: Entry, total: Int, now: Int64)

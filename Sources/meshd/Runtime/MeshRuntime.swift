@@ -366,7 +366,8 @@ final class MeshRuntime: Sendable {
         if text.allSatisfy({ $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }) {
             // An empty file is a truncated write, never "no routes": the running config keeps serving.
             shared.metrics.reloadsFailed.increment()
-            shared.logger.error("config reload rejected: the file is empty; the running config keeps serving", metadata: ["path": "\(path)"])
+            shared.logger.error(
+                "config reload rejected: the file is empty; the running config keeps serving", metadata: ["path": "\(path)"])
             return .rejected("\(path) is empty")
         }
         let old = config

@@ -55,21 +55,25 @@ final class ServiceMetrics: Sendable {
         family("meshd_requests_total", "counter") { out in
             for s in all {
                 for (i, cls) in statusClasses.enumerated() {
-                    out += "meshd_requests_total{direction=\"\(s.direction.label)\",service=\"\(s.name)\",status_class=\"\(cls)\"} \(s.requests[i].count)\n"
+                    out +=
+                        "meshd_requests_total{direction=\"\(s.direction.label)\",service=\"\(s.name)\",status_class=\"\(cls)\"} \(s.requests[i].count)\n"
                 }
             }
         }
         family("meshd_grpc_responses_total", "counter") { out in
             for s in all {
                 for (code, c) in s.grpc.enumerated() where c.count > 0 {
-                    out += "meshd_grpc_responses_total{direction=\"\(s.direction.label)\",service=\"\(s.name)\",code=\"\(GRPC.codeName(code))\"} \(c.count)\n"
+                    out +=
+                        "meshd_grpc_responses_total{direction=\"\(s.direction.label)\",service=\"\(s.name)\",code=\"\(GRPC.codeName(code))\"} \(c.count)\n"
                 }
             }
         }
         let outbound = all.filter { $0.direction == .outbound }
         family("meshd_retries_total", "counter") { out in
             for s in outbound {
-                for reason in retryReasons { out += "meshd_retries_total{service=\"\(s.name)\",reason=\"\(reason)\"} \(s.retries[reason]!.count)\n" }
+                for reason in retryReasons {
+                    out += "meshd_retries_total{service=\"\(s.name)\",reason=\"\(reason)\"} \(s.retries[reason]!.count)\n"
+                }
             }
         }
         family("meshd_retries_skipped_total", "counter") { out in
