@@ -186,6 +186,30 @@ def test_die_mid_response_raw_socket_sees_no_complete_response(mesh):
         assert not body.endswith(b"0\r\n\r\n"), "meshd faked a complete chunked response"
 
 
+def test_400_two_host_headers(mesh, backend):
+    """RFC 9112 §3.2: meshd would route on one and the application might read the other."""
+    before = backend.count()
+    with ErrorCounter(mesh, "bad-request") as c:
+        got, _, _ = raw_exchange(mesh.outbound, b"GET /headers HTTP/1.1\r\nHost: py\r\nHost: evil\r\n\r\n", timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 400 and h.get("x-meshd-error") == "bad-request", got
+    assert b"more than one Host header" in got
+    assert c.delta == 1
+    assert backend.count() == before, "the request reached the backend"
+
+
+def test_absolute_form_authority_replaces_host(mesh):
+    """RFC 9112 §3.2.2: routed on the URI's authority, forwarded with that authority as Host."""
+    got, _, _ = raw_exchange(
+        mesh.outbound, b"GET http://py/headers HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n", timeout=5)
+    status, _ = parse_response_head(got)
+    assert status == 200, got
+    body = got.split(b"\r\n\r\n", 1)[1]
+    import json
+    hosts = [v for k, v in json.loads(body)["headers"] if k.lower() == "host"]
+    assert hosts == ["py"], hosts
+
+
 def test_meshd_still_alive_and_serving(mesh):
     assert mesh.alive(), mesh.stderr_text()[-3000:]
     for _ in range(3):

@@ -342,6 +342,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             uri = rest
             rewroteURI = true
         }
+        guard scan.hostCount <= 1 else {
+            // RFC 9112 §3.2: meshd and the application must never disagree on the target.
+            reply(.badRequest, context: context, detail: "more than one Host header")
+            return
+        }
         let hostHeader = head.headers.first(name: "host")
         if authority == nil, let hostHeader { authority = Substring(hostHeader) }
         guard let authority, !authority.isEmpty else {
@@ -353,7 +358,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         req.path = path
 
         var outHead = head
-        if rewroteURI { outHead.uri = String(uri) }
+        if rewroteURI {
+            // RFC 9112 §3.2.2: the absolute-form target's authority replaces any Host the client sent,
+            // so the application sees the authority meshd routed on.
+            outHead.uri = String(uri)
+            outHead.headers.replaceOrAdd(name: "host", value: String(authority))
+        }
         outHead.version = .http1_1
 
         switch direction {
@@ -445,7 +455,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         } else {
             outHead.headers.add(name: "x-forwarded-for", value: clientIP)
         }
-        if hostHeader == nil { outHead.headers.add(name: "host", value: String(req.authority)) }
+        if hostHeader == nil && !rewroteURI { outHead.headers.add(name: "host", value: String(req.authority)) }
         if let upgrade = head.headers.first(name: "upgrade"),
             head.headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
         {

@@ -16,6 +16,8 @@ struct HeaderScan {
     var grpcTimeout: String?
     /// `x-meshd-orig-proto`: an HTTP/1.1 request another meshd carried over HTTP/2.
     var originalProtocol = false
+    /// `Host` fields seen (RFC 9112 §3.2: more than one is a 400).
+    var hostCount = 0
 }
 
 extension HTTPHeaders {
@@ -32,6 +34,8 @@ extension HTTPHeaders {
                 scan.hasHopByHop = true
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-type"):
                 scan.grpc = GRPC.isGRPC(contentType: value)
+            case 4 where HeaderPolicy.equalsIgnoringASCIICase(name, "host"):
+                scan.hostCount += 1
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
                 scan.grpcTimeout = value
             case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):
