@@ -5,7 +5,7 @@ import NIOCore
 /// First handler of every downstream connection: enforces the listener's connection bound and, in
 /// node mode, the allowed source CIDRs; counts open connections; and notes whether any bytes arrived
 /// since the last complete request (so a half-sent request head is told apart from an idle keep-alive).
-final class ConnectionGuard: ChannelInboundHandler {
+final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
@@ -25,6 +25,53 @@ final class ConnectionGuard: ChannelInboundHandler {
     private var deferred: [HTTPProxyHandler] = []
     private var inReadCycle = false
     private var closeAtReadComplete = false
+    /// HTTP/2: the connection's own timeouts (see `watchHTTP2`).
+    private var http2: HTTP2Watch?
+    private weak var loop: LoopContext?
+
+    struct HTTP2Watch {
+        var idleTimeout: TimeAmount
+        var firstRequestTimeout: TimeAmount
+        var openStreams = 0
+        var sawStream = false
+        var since = NIODeadline.now()
+    }
+
+    /// HTTP/2: closes the connection when no stream is open for `idleTimeout`, and when no request
+    /// has started within `firstRequestTimeout` of the connection (a silent client, a preface
+    /// alone, a HEADERS block never finished) — NIO's connection manager only sends GOAWAY and a
+    /// PING, which such a client never answers.
+    func watchHTTP2(loop: LoopContext, idleTimeout: MeshDuration, firstRequestTimeout: MeshDuration) {
+        http2 = HTTP2Watch(
+            idleTimeout: .nanoseconds(idleTimeout.nanoseconds), firstRequestTimeout: .nanoseconds(firstRequestTimeout.nanoseconds))
+        self.loop = loop
+        loop.register(self)
+    }
+
+    func streamOpened() {
+        http2?.openStreams += 1
+        http2?.sawStream = true
+    }
+
+    func streamClosed() {
+        guard var w = http2 else { return }
+        w.openStreams -= 1
+        if w.openStreams == 0 { w.since = .now() }
+        http2 = w
+    }
+
+    func checkTimeouts(now: NIODeadline) {
+        guard let w = http2, w.openStreams == 0, let context else { return }
+        let limit = w.sawStream ? w.idleTimeout : w.firstRequestTimeout
+        guard now - w.since > limit else { return }
+        http2 = nil
+        loop?.unregister(self)
+        shared.logger.debug(
+            w.sawStream ? "closing idle HTTP/2 connection" : "closing HTTP/2 connection: no request in time",
+            metadata: ["direction": "\(direction.label)", "client": "\(context.channel.remoteAddress?.description ?? "?")"])
+        if !w.sawStream { shared.metrics.error(.headerTimeout, direction).increment() }
+        context.close(promise: nil)
+    }
 
     init(direction: Direction, shared: SharedRuntime, allowedSources: [CIDR]?, openCount: ManagedAtomic<Int>, maxConnections: Int) {
         self.direction = direction
@@ -40,6 +87,10 @@ final class ConnectionGuard: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         deferred.removeAll()  // (each handler holds this guard: no cycle may outlive the connection)
+        if http2 != nil {
+            http2 = nil
+            loop?.unregister(self)
+        }
     }
 
     /// Writes bytes below the HTTP codec and closes: for a reply when no request is in progress at
@@ -83,6 +134,10 @@ final class ConnectionGuard: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         deferred.removeAll()
+        if http2 != nil {
+            http2 = nil
+            loop?.unregister(self)
+        }
         if counted {
             counted = false
             let open = openCount.wrappingDecrementThenLoad(ordering: .relaxed)

@@ -36,6 +36,8 @@ enum HTTP2Downstream {
                 maxIdleTime: .nanoseconds(config.http.idleTimeout.nanoseconds), maxAge: nil,
                 maxGraceTime: .nanoseconds(config.drainTimeout.nanoseconds), keepalive: nil))
         connectionGuard.prematureResets = PrematureResetLimiter(limit: config.http2.maxPrematureResets)
+        connectionGuard.watchHTTP2(
+            loop: loop, idleTimeout: config.http.idleTimeout, firstRequestTimeout: config.http.headerReadTimeout)
         let bound = NIOLoopBound((loop, connectionGuard), eventLoop: channel.eventLoop)
         _ = try sync.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream,

@@ -141,12 +141,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         loop.register(self)
+        if multiplexed { connectionGuard.streamOpened() }
         let peer = multiplexed ? context.channel.parent?.remoteAddress : context.channel.remoteAddress
         if let ip = peer?.ipAddress { clientIP = ip }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         loop.unregister(self)
+        if multiplexed { connectionGuard.streamClosed() }
         self.context = nil
     }
 
@@ -1450,7 +1452,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                     reply(.idleTimeout, context: context, detail: "no byte from \(upstream.address) for \(service.idleTimeout)")
                 }
             }
-        case .discarding, .closed:
+        case .discarding:
+            // meshd answered; the rest of the request body never came: stop waiting for it (on
+            // HTTP/2 the stream is reset, which frees it for the connection's idle timeout).
+            if now - req.lastActivity > .nanoseconds(http.idleTimeout.nanoseconds) {
+                loop.shared.metrics.error(.idleTimeout, direction).increment()
+                state = .closed
+                context.close(promise: nil)
+            }
+        case .closed:
             break
         }
     }
