@@ -176,3 +176,26 @@ def test_shutdown_from_loopback(start_meshd, nginx):
 def test_shutdown_requires_post(mesh):
     assert mesh.admin_request("GET", "/shutdown")[0] in (404, 405)
     assert mesh.alive()
+
+
+def test_admin_connections_are_bounded_and_time_out(start_meshd, nginx):
+    """Issue 15 item 4: at most 64 admin connections; one that reads nothing for 10 s (idle, or a
+    request never finished) is closed, so they cannot be held to starve meshd of descriptors."""
+    import socket
+
+    m = start_meshd(base_config(threads=1), name="admin-limits")
+    held = [socket.create_connection(m.admin) for _ in range(64)]
+    partial = held[0]
+    partial.sendall(b"PUT /log-level HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nde")
+    extra = socket.create_connection(m.admin)
+    extra.settimeout(5)
+    assert extra.recv(10) == b"", "the 65th admin connection was not closed at accept"
+    t0 = time.monotonic()
+    for s in held:
+        s.settimeout(15)
+        assert s.recv(10) == b""
+    took = time.monotonic() - t0
+    assert 8 <= took <= 14, f"idle admin connections closed after {took:.1f}s"
+    assert m.admin_request("GET", "/live")[0] == 200
+    refused = metric_value(m.metrics_text(), "meshd_connections_refused_total", direction="admin", reason="connection_limit")
+    assert refused == 1

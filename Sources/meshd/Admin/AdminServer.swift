@@ -1,3 +1,5 @@
+import Atomics
+import CoreMetrics
 import Logging
 import MeshCore
 import NIOCore
@@ -54,5 +56,48 @@ final class AdminHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            // Nothing read for `AdminLimits.idleTimeout`: an idle keep-alive, or a request that never ends.
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Bounds of the admin listener (fixed): it must never take file descriptors or time from the proxy.
+enum AdminLimits {
+    /// Open admin connections; past it new ones are closed at accept.
+    static let maxConnections = 64
+    /// An admin connection that reads nothing for this long is closed (idle, or a request never finished).
+    static let idleTimeout = TimeAmount.seconds(10)
+}
+
+/// First handler of an admin connection: closes it at accept past `AdminLimits.maxConnections`.
+final class AdminConnectionLimit: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+    let open: ManagedAtomic<Int>
+    let refused: CoreMetrics.Counter
+
+    init(open: ManagedAtomic<Int>, refused: CoreMetrics.Counter) {
+        self.open = open
+        self.refused = refused
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if open.wrappingIncrementThenLoad(ordering: .relaxed) > AdminLimits.maxConnections {
+            refused.increment()
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        open.wrappingDecrement(ordering: .relaxed)
+        context.fireChannelInactive()
     }
 }

@@ -302,13 +302,18 @@ final class MeshRuntime: Sendable {
 
     private func bindAdmin(_ listen: HostPort) async throws -> Channel {
         let runtime = self
+        let open = ManagedAtomic<Int>(0)
+        let refused = shared.metrics.counter("meshd_connections_refused_total", [("direction", "admin"), ("reason", "connection_limit")])
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(runtime: runtime))
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(AdminConnectionLimit(open: open, refused: refused))
+                    try sync.addHandler(IdleStateHandler(readTimeout: AdminLimits.idleTimeout))
+                    try sync.configureHTTPServerPipeline()
+                    try sync.addHandler(AdminHandler(runtime: runtime))
                 }
             }
             .bind(host: listen.host, port: listen.port)
