@@ -242,17 +242,46 @@ struct Check: AsyncParsableCommand {
     func run() async throws {
         let text: String
         do {
+            // A FIFO or device named by mistake is refused rather than read forever (as meshd does).
+            let type = try FileManager.default.attributesOfItem(atPath: file)[.type] as? FileAttributeType
+            guard type == .typeRegular else {
+                FileHandle.standardError.write(Data("meshctl: cannot read \(file): not a regular file\n".utf8))
+                throw ExitCode(2)
+            }
             text = try String(contentsOfFile: file, encoding: .utf8)
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
             FileHandle.standardError.write(Data("meshctl: cannot read \(file): \(error.localizedDescription)\n".utf8))
             throw ExitCode(2)
         }
-        do {
+        do throws(ConfigError) {
             let c = try ConfigLoader.load(yaml: text)
+            // Host names must resolve, as when meshd starts with this file.
+            var unresolved: [ConfigProblem] = []
+            for (si, service) in c.services.enumerated() {
+                for (ei, endpoint) in service.endpoints.enumerated() where !Self.resolves(endpoint.connectAddress.host) {
+                    unresolved.append(
+                        ConfigProblem(
+                            path: "services[\(si)].endpoints[\(ei)]",
+                            reason: .invalidAddress(endpoint.connectAddress.description, "does not resolve")))
+                }
+            }
+            if !unresolved.isEmpty { throw ConfigError(problems: unresolved) }
             print("\(file): valid (\(c.mode.rawValue) mode, \(c.services.count) services, \(c.routes.count) routes)")
         } catch {
             for p in error.problems { print("\(file): \(p)") }
             throw ExitCode(1)
         }
+    }
+
+    static func resolves(_ host: String) -> Bool {
+        if IPAddress(host) != nil { return true }
+        var result: UnsafeMutablePointer<addrinfo>?
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        guard getaddrinfo(host, nil, &hints, &result) == 0 else { return false }
+        freeaddrinfo(result)
+        return true
     }
 }

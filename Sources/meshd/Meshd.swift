@@ -87,6 +87,11 @@ struct Meshd: AsyncParsableCommand {
             throw ExitCode(2)
         }
         if check {
+            // The same resolution a start does: a host name that does not resolve is an error here too.
+            do { _ = try ResolvedSnapshot.resolve(meshConfig, version: 1) } catch {
+                printErr("meshd: invalid configuration\(config.map { " in \($0)" } ?? ""):\n\(error.description)\n")
+                throw ExitCode(2)
+            }
             print("configuration is valid: \(meshConfig.services.count) services, \(meshConfig.routes.count) routes")
             return
         }

@@ -1,6 +1,7 @@
 """Config validation: bad files exit 2 naming the key path and line; --check; env overrides."""
 
 import re
+import time
 
 import pytest
 
@@ -202,3 +203,49 @@ def test_env_app_port_invalid_exits_2(tmp_path):
             env={"MESHD_APP_PORT": "notaport", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2
     assert "inbound.app" in r.stderr.decode() and "notaport" in r.stderr.decode()
+
+
+# Issue 15 item 8: --check agrees with a start; a FIFO never blocks; huge values are not echoed whole.
+
+
+@pytest.mark.parametrize("how", ["check", "start"])
+def test_unresolvable_host_is_invalid_for_check_and_start(tmp_path, how):
+    f = tmp_path / "unresolvable.yaml"
+    f.write_text("admin: { listen: \"127.0.0.1:0\" }\nservices:\n  - name: web\n    endpoints: [\"no-such-host.invalid:80\"]\n"
+                 "routes:\n  - match: { authority: web }\n    service: web\n")
+    r = (check if how == "check" else start)(f)
+    assert r.returncode == 2, r
+    assert b"does not resolve" in r.stderr, r.stderr
+
+
+def test_fifo_as_config_is_refused_at_once(tmp_path):
+    import os
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    r = check(fifo)
+    assert r.returncode == 2, r
+    assert b"not a regular file" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 5
+
+
+def test_huge_invalid_value_is_not_echoed_whole(tmp_path):
+    f = tmp_path / "huge.yaml"
+    f.write_text("mode: " + "x" * (10 << 20) + "\n")
+    r = check(f)
+    assert r.returncode == 2
+    assert len(r.stderr) < 4096, len(r.stderr)
+    assert b"bytes)" in r.stderr
+
+
+def test_meshctl_check_agrees_on_unresolvable_hosts_and_fifos(tmp_path):
+    import os
+    from meshlib import meshctl_bin
+    f = tmp_path / "unresolvable.yaml"
+    f.write_text("services:\n  - name: web\n    endpoints: [\"no-such-host.invalid:80\"]\n")
+    r = run([meshctl_bin(), "check", str(f)], timeout=20)
+    assert r.returncode == 1 and b"does not resolve" in r.stdout, r
+    fifo = tmp_path / "c.fifo"
+    os.mkfifo(fifo)
+    r = run([meshctl_bin(), "check", str(fifo)], timeout=10)
+    assert r.returncode == 2 and b"not a regular file" in r.stderr, r

@@ -210,6 +210,16 @@ def test_absolute_form_authority_replaces_host(mesh):
     assert hosts == ["py"], hosts
 
 
+def test_400_content_length_past_int64(mesh, backend):
+    """Issue 15 item 8: a Content-Length between 2^63 and 2^64 - 1 is refused, never forwarded."""
+    before = backend.count()
+    got, closed, _ = raw_exchange(
+        mesh.outbound, b"POST /headers HTTP/1.1\r\nHost: py\r\nContent-Length: 18446744073709551615\r\n\r\nabc", timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 400 and h.get("x-meshd-error") == "bad-request", got
+    assert backend.count() == before
+
+
 def test_meshd_still_alive_and_serving(mesh):
     assert mesh.alive(), mesh.stderr_text()[-3000:]
     for _ in range(3):

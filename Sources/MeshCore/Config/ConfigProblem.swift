@@ -13,13 +13,19 @@ public struct ConfigProblem: Error, Sendable, Equatable, CustomStringConvertible
             switch self {
             case .syntax(let message): return "YAML syntax error: \(message)"
             case .unknownKey(let key, let allowed):
-                return "unknown key '\(key)' (expected one of: \(allowed.joined(separator: ", ")))"
+                return "unknown key '\(Self.clipped(key))' (expected one of: \(allowed.joined(separator: ", ")))"
             case .missingKey(let key): return "missing required key '\(key)'"
             case .wrongType(let expected): return "expected \(expected)"
-            case .invalidValue(let value, let expected): return "invalid value '\(value)': expected \(expected)"
-            case .invalidAddress(let value, let why): return "invalid address '\(value)': \(why)"
+            case .invalidValue(let value, let expected): return "invalid value '\(Self.clipped(value))': expected \(expected)"
+            case .invalidAddress(let value, let why): return "invalid address '\(Self.clipped(value))': \(why)"
             case .invalid(let message): return message
             }
+        }
+
+        /// A value quoted in an error, at most 120 characters (a 10 MB value is not echoed whole).
+        static func clipped(_ value: String) -> String {
+            guard value.count > 120 else { return value }
+            return String(value.prefix(100)) + "… (\(value.utf8.count) bytes)"
         }
     }
 

@@ -344,6 +344,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             uri = rest
             rewroteURI = true
         }
+        guard !scan.contentLengthTooLarge else {
+            req.keepAlive = false  // the framing of what follows cannot be trusted
+            reply(.badRequest, context: context, detail: "Content-Length larger than 2^63 - 1")
+            return
+        }
         guard scan.hostCount <= 1 else {
             // RFC 9112 §3.2: meshd and the application must never disagree on the target.
             reply(.badRequest, context: context, detail: "more than one Host header")

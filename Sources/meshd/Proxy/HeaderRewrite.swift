@@ -18,6 +18,8 @@ struct HeaderScan {
     var originalProtocol = false
     /// `Host` fields seen (RFC 9112 §3.2: more than one is a 400).
     var hostCount = 0
+    /// A `Content-Length` that is not a decimal number meshd (and most peers) can hold: past 2^63 - 1.
+    var contentLengthTooLarge = false
 }
 
 extension HTTPHeaders {
@@ -36,6 +38,9 @@ extension HTTPHeaders {
                 scan.grpc = GRPC.isGRPC(contentType: value)
             case 4 where HeaderPolicy.equalsIgnoringASCIICase(name, "host"):
                 scan.hostCount += 1
+            case 14 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"):
+                // NIO's parser takes any 64-bit unsigned length; a peer with signed lengths would not.
+                if value.utf8.count >= 19 && Int64(value.trimmingCharacters(in: " \t")) == nil { scan.contentLengthTooLarge = true }
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
                 scan.grpcTimeout = value
             case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):

@@ -70,13 +70,13 @@ final class UpstreamPool {
         guard idleCount > 0 else { return }
         for (address, list) in idle {
             // Oldest first: the list is in release order.
-            var keep = list
-            while let first = keep.first, first.idleSince < limit {
-                keep.removeFirst()
-                idleCount -= 1
-                first.close()
-            }
-            if keep.count != list.count { idle[address] = keep.isEmpty ? nil : keep }
+            let expired = list.prefix { $0.idleSince < limit }
+            guard !expired.isEmpty else { continue }
+            // Out of the pool before closing: a close may report back (`remove`) right away, and
+            // must not find them there (that counted them twice: a negative idle gauge).
+            idle[address] = expired.count == list.count ? nil : Array(list.dropFirst(expired.count))
+            idleCount -= expired.count
+            for c in expired { c.close() }
         }
     }
 
@@ -89,9 +89,9 @@ final class UpstreamPool {
             for c in list where c.isIdle { c.close() }
         }
         for (address, list) in idle where !keep.contains(address) {
-            for c in list { c.close() }
+            idle[address] = nil  // (before closing: see `sweep`)
             idleCount -= list.count
-            idle[address] = nil
+            for c in list { c.close() }
         }
     }
 

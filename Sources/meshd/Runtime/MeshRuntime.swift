@@ -735,14 +735,19 @@ enum ProcessStats {
 struct FileReadError: Error, CustomStringConvertible {
     var path: String
     var errno: Int32
-    var description: String { "\(path): \(String(cString: strerror(errno)))" }
+    var detail: String?
+    var description: String { "\(path): \(detail ?? String(cString: strerror(errno)))" }
 }
 
-/// Reads a whole (small) file. Used for config files and /proc, off the event loops.
+/// Reads a whole (small) file, off the event loops: config files and /proc. A config file's text: a regular file (or a symlink to one) of at most 16 MiB. Opened without
+/// blocking, so a FIFO or device named by mistake is refused instead of waiting forever.
 func readFile(_ path: String) throws -> String {
-    let fd = open(path, O_RDONLY)
+    let fd = open(path, O_RDONLY | O_NONBLOCK)
     guard fd >= 0 else { throw FileReadError(path: path, errno: errno) }
     defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { throw FileReadError(path: path, errno: errno) }
+    guard info.st_mode & S_IFMT == S_IFREG else { throw FileReadError(path: path, errno: EINVAL, detail: "not a regular file") }
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
