@@ -220,6 +220,15 @@ def test_400_content_length_past_int64(mesh, backend):
     assert backend.count() == before
 
 
+def test_400_http09_at_once(mesh):
+    """Issue 15 item 8: an HTTP/0.9 request line (no version) gets 400 at once, not 408 after 10 s."""
+    t0 = time.monotonic()
+    got, closed, _ = raw_exchange(mesh.outbound, b"GET /\r\n", timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 400 and h.get("x-meshd-error") == "bad-request", got
+    assert closed and time.monotonic() - t0 < 2
+
+
 def test_meshd_still_alive_and_serving(mesh):
     assert mesh.alive(), mesh.stderr_text()[-3000:]
     for _ in range(3):

@@ -2,6 +2,8 @@
 /// within the detect timeout, before deciding).
 public enum DetectedProtocol: String, Sendable, Equatable, CaseIterable {
     case http1
+    /// A request line without a version (`GET /`): HTTP/0.9, which meshd answers with 400 at once.
+    case http09
     case http2
     case tls
     case opaque
@@ -41,7 +43,11 @@ public enum ProtocolDetection {
             var line = b[0..<lf]
             if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
             let versions = [Array(" HTTP/1.1".utf8), Array(" HTTP/1.0".utf8)]
-            return versions.contains(where: { line.suffix($0.count).elementsEqual($0) }) ? .http1 : .opaque
+            if versions.contains(where: { line.suffix($0.count).elementsEqual($0) }) { return .http1 }
+            // METHOD SP target, nothing after: HTTP/0.9.
+            let target = line.dropFirst(method.count + 1)
+            if !target.isEmpty && !target.contains(UInt8(ascii: " ")) { return .http09 }
+            return .opaque
         }
         // Could still become a method name?
         if methods.contains(where: { $0.starts(with: b) }) { return nil }

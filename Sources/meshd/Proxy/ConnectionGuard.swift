@@ -107,9 +107,14 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
             let ip = context.channel.remoteAddress?.ipAddress.flatMap { IPAddress($0) }
             if ip == nil || !allowed.contains(where: { $0.contains(ip!) }) {
                 shared.metrics.connectionsRefused[direction.rawValue][0].increment()
-                shared.logger.warning(
-                    "refused connection: source not allowed",
-                    metadata: ["direction": "\(direction.label)", "source": "\(context.channel.remoteAddress?.description ?? "?")"])
+                if let left = shared.refusedLog.admit() {
+                    shared.logger.warning(
+                        "refused connection: source not allowed",
+                        metadata: [
+                            "direction": "\(direction.label)", "source": "\(context.channel.remoteAddress?.description ?? "?")",
+                            "suppressed": "\(left)",
+                        ])
+                }
                 context.close(promise: nil)
                 return
             }
@@ -118,7 +123,11 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
         counted = true
         if open > maxConnections {
             shared.metrics.connectionsRefused[direction.rawValue][1].increment()
-            shared.logger.warning("refused connection: listener at http.maxConnections", metadata: ["limit": "\(maxConnections)"])
+            if let left = shared.refusedLog.admit() {
+                shared.logger.warning(
+                    "refused connection: listener at http.maxConnections",
+                    metadata: ["limit": "\(maxConnections)", "suppressed": "\(left)"])
+            }
             context.close(promise: nil)
             return
         }
@@ -156,12 +165,14 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
         prematureResets = nil  // once
         shared.metrics.counter("meshd_connections_closed_total", [("direction", direction.label), ("reason", "rapid_reset")])
             .increment()
-        shared.logger.warning(
-            "closing HTTP/2 connection: streams reset as soon as opened (rapid reset)",
-            metadata: [
-                "direction": "\(direction.label)", "client": "\(context.channel.remoteAddress?.description ?? "?")",
-                "limit": "\(limiter.limit) per second",
-            ])
+        if let left = shared.protocolErrorLog.admit() {
+            shared.logger.warning(
+                "closing HTTP/2 connection: streams reset as soon as opened (rapid reset)",
+                metadata: [
+                    "direction": "\(direction.label)", "client": "\(context.channel.remoteAddress?.description ?? "?")",
+                    "limit": "\(limiter.limit) per second", "suppressed": "\(left)",
+                ])
+        }
         closeAfterRead(context: context)
     }
 

@@ -91,12 +91,14 @@ final class HTTP2ConnectionErrorHandler: ChannelInboundHandler {
         if !reported && !(error is IOError) {
             reported = true
             shared.metrics.error(.badRequest, direction).increment()
-            shared.logger.info(
-                "malformed HTTP/2 connection",
-                metadata: [
-                    "direction": "\(direction.label)", "error": "\(error)",
-                    "client": "\(context.channel.remoteAddress?.description ?? "?")",
-                ])
+            if let left = shared.protocolErrorLog.admit() {
+                shared.logger.info(
+                    "malformed HTTP/2 connection",
+                    metadata: [
+                        "direction": "\(direction.label)", "error": "\(error)",
+                        "client": "\(context.channel.remoteAddress?.description ?? "?")", "suppressed": "\(left)",
+                    ])
+            }
         }
         HTTP2Errors.closeAfterFrameLoop(context)
     }

@@ -285,8 +285,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let parserError = error as? HTTPParserError {
             let kind: MeshError = parserError == .headerOverflow ? .headersTooLarge : .badRequest
-            loop.shared.logger.info(
-                "malformed request", metadata: ["direction": "\(direction.label)", "error": "\(parserError)", "client": "\(clientIP)"])
+            if let left = loop.shared.protocolErrorLog.admit() {
+                loop.shared.logger.info(
+                    "malformed request",
+                    metadata: [
+                        "direction": "\(direction.label)", "error": "\(parserError)", "client": "\(clientIP)", "suppressed": "\(left)",
+                    ])
+            }
             protocolFailure(kind, context: context)
             return
         }
@@ -608,9 +613,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 self.loop.shared.logger.debug("HTTP/2 stream not opened, trying another connection", metadata: ["error": "\(error)"])
                 self.dispatch(context: context)
             case .failure(let error):
-                self.loop.shared.logger.info(
-                    "upstream connect failed",
-                    metadata: ["target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)"])
+                if let left = self.loop.shared.upstreamErrorLog.admit() {
+                    self.loop.shared.logger.info(
+                        "upstream connect failed",
+                        metadata: [
+                            "target": "\(target)", "error": "\(error)", "direction": "\(self.direction.label)", "suppressed": "\(left)",
+                        ])
+                }
                 self.attemptFailed(
                     .connectFailure, error: .connectFailed, context: context, detail: "cannot connect to \(target): \(error)")
             }

@@ -197,6 +197,13 @@ final class MeshRuntime: Sendable {
                                     try addHTTP()
                                 case .http2:
                                     try addHTTP2()
+                                case .http09:
+                                    // No version: an HTTP/0.9 request gets 400 at once (not 408 after
+                                    // waiting for a head that will never come).
+                                    shared.metrics.error(.badRequest, direction).increment()
+                                    guardHandler.writeRawAndClose(
+                                        "HTTP/1.1 400 Bad Request\r\n\(MeshError.headerName): \(MeshError.badRequest.rawValue)\r\n"
+                                            + "content-length: 0\r\nconnection: close\r\n\r\n")
                                 case _ where direction == .outbound && guardHandler.originalDestination == nil:
                                     // An explicit (not redirected) outbound connection can only mean HTTP:
                                     // the HTTP path answers what it cannot parse with 400.

@@ -11,6 +11,10 @@ final class SharedRuntime: Sendable {
     let logger: Logger
     let ready = ManagedAtomic<Bool>(false)
     let outboundOpen = ManagedAtomic<Int>(0)
+    /// Per-event log lines that a flood could multiply, each kind at most 10 a second.
+    let refusedLog = LogLimiter()
+    let protocolErrorLog = LogLimiter()
+    let upstreamErrorLog = LogLimiter()
     /// Inbound requests are counted under one pseudo-service, `local`.
     let inboundMetrics = ServiceMetrics(name: "local", direction: .inbound)
     let inboundOpen = ManagedAtomic<Int>(0)

@@ -1,5 +1,6 @@
 import Atomics
 import CoreMetrics
+import Dispatch
 import MeshCore
 
 /// What every event loop shares about one route: its rate limit and the minimum of its retry budget,
@@ -160,5 +161,23 @@ final class SharedServiceState: Sendable {
         var endpoints: [String: SharedEndpointState] = [:]
         for a in addresses { endpoints[a] = previous?.endpoints[a] ?? SharedEndpointState() }
         self.endpoints = endpoints
+    }
+}
+
+/// Keeps a kind of per-event log line (a refused connection, a malformed request, a failed connect)
+/// to at most 10 a second with bursts of 20, whatever a flood sends: the metrics count every event,
+/// the log says how many lines it left out since the last one. One atomic compare-and-swap a line.
+final class LogLimiter: Sendable {
+    private let gcra = GCRA(ratePerSecond: 10, burst: 20)
+    private let tat = ManagedAtomic<Int64>(0)
+    private let suppressed = ManagedAtomic<Int>(0)
+
+    /// nil: leave this line out (counted); else how many were left out before it.
+    func admit(now: Int64 = Int64(DispatchTime.now().uptimeNanoseconds)) -> Int? {
+        guard SharedRouteState.take(gcra, tat, now: now) == nil else {
+            suppressed.wrappingIncrement(ordering: .relaxed)
+            return nil
+        }
+        return suppressed.exchange(0, ordering: .relaxed)
     }
 }

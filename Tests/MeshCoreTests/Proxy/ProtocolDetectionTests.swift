@@ -26,6 +26,12 @@ struct ProtocolDetectionTests {
         #expect(ProtocolDetection.classify([0x16, 0x03, 0x01, 0x02, 0x00]) == .tls)
     }
 
+    @Test func http09RequestLinesAreToldApart() {
+        #expect(classify("GET /\r\n") == .http09)
+        #expect(classify("GET /index.html\n") == .http09)
+        #expect(classify("GET \r\n") == .opaque)
+    }
+
     @Test func everythingElseIsOpaque() {
         #expect(classify("GARBAGE\r\n") == .opaque)
         #expect(classify("GETX / HTTP/1.1\r\n") == .opaque)
