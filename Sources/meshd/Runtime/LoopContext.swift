@@ -79,9 +79,10 @@ final class LoopService {
     /// broadcasts it to every loop.
     func record(_ endpoint: LoopEndpoint, _ outcome: AttemptOutcome, now: Int64) {
         guard endpoint.service === self, outlier.config.enabled else { return }
-        let address = endpoint.config.address.description
         let counts = endpoint.sharedState.count(outcome)
-        if counts.fiveXX == 0 && counts.gateway == 0 && outlier.ejectedUntil(address) == nil { return }
+        // A success only resets the shared counts: nothing for this loop's detector (no string built).
+        if counts.fiveXX == 0 && counts.gateway == 0 { return }
+        let address = endpoint.destinationHeader  // `config.address.description`, made once
         if let action = outlier.record(address: address, consecutive: counts, total: endpoints.count, now: now),
             case .eject(let a, let until, let times) = action, endpoint.sharedState.claimEjection(until: until, now: now)
         {
