@@ -132,6 +132,12 @@ extension RetryPolicy {
         }
     }
 
+    /// Whether request parts must be kept for a replay: a retry after the request reached an endpoint
+    /// is possible (a retry on a connect failure resends only what was never sent).
+    public var needsReplay: Bool {
+        attempts > 1 && !retryOn.subtracting([.connectFailure]).isEmpty
+    }
+
     /// Whether the response head alone can already decide against a retry (so it may be streamed):
     /// true unless a gRPC condition is configured and the status might arrive in trailers.
     public var needsTrailers: Bool {

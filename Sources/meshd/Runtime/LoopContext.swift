@@ -356,7 +356,7 @@ final class RouteState {
         var ratioOnly = retry.budget
         ratioOnly.minPerSecond = 0
         self.budget = RetryBudget(config: ratioOnly, now: now)
-        self.keepsReplay = retry.attempts > 1 && !retry.retryOn.subtracting([.connectFailure]).isEmpty
+        self.keepsReplay = retry.needsReplay
     }
 
     /// nil when a request from `source` is allowed, else seconds to wait (`retry-after`).

@@ -1,0 +1,224 @@
+import MeshCore
+import NIOCore
+import NIOHTTP1
+
+// The start of a request: route (logical) → admission → balance (concrete) → endpoint, and the head as
+// the upstream gets it. Decisions come from MeshCore (route table, rate limiter, circuit-breaker
+// limits, balancers, node-inbound policy, header policy); the exchange's own state machine is set up
+// with the route's plan at the end.
+extension HTTPProxyHandler {
+
+    func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        firstRequest = false
+        serial &+= 1
+        req = RequestState()
+        req.started = .now()
+        let startNanos = Int64(req.started.uptimeNanoseconds)
+        // Until the request is routed (a local reply before that discards the rest of its body).
+        req.exchange = ExchangeStateMachine(
+            plan: .init(retry: nil, idempotent: true, deadline: .max, idleTimeout: .max), now: startNanos)
+        req.method = head.method
+        req.keepAlive = multiplexed || head.isKeepAlive
+        // One pass over the headers: framing, Expect, hop-by-hop, XFF, gRPC, the meshd marks.
+        let scan = head.headers.meshScan()
+        req.grpc = scan.grpc
+        let snapshot = loop.snapshot
+
+        // Authority: absolute-form URI (as http_proxy clients send it) or the Host header.
+        var uri = Substring(head.uri)
+        var authority: Substring?
+        var rewroteURI = false
+        if uri.utf8.first != UInt8(ascii: "/"), let (hostPart, rest) = Self.splitAbsoluteForm(uri) {
+            authority = hostPart
+            uri = rest
+            rewroteURI = true
+        }
+        guard !scan.contentLengthTooLarge else {
+            req.keepAlive = false  // the framing of what follows cannot be trusted
+            reply(.badRequest, context: context, detail: "Content-Length larger than 2^63 - 1")
+            return
+        }
+        guard scan.hostCount <= 1 else {
+            // RFC 9112 §3.2: meshd and the application must never disagree on the target.
+            reply(.badRequest, context: context, detail: "more than one Host header")
+            return
+        }
+        let hostHeader = head.headers.first(name: "host")
+        if authority == nil, let hostHeader { authority = Substring(hostHeader) }
+        guard let authority, !authority.isEmpty else {
+            reply(.badRequest, context: context, detail: "request has no Host header")
+            return
+        }
+        req.authority = authority
+        let path = uri.prefix { $0 != "?" }
+        req.path = path
+
+        var outHead = head
+        if rewroteURI {
+            // RFC 9112 §3.2.2: the absolute-form target's authority replaces any Host the client sent,
+            // so the application sees the authority meshd routed on.
+            outHead.uri = String(uri)
+            outHead.headers.replaceOrAdd(name: "host", value: String(authority))
+        }
+        outHead.version = .http1_1
+
+        var deadline = Int64.max
+        switch direction {
+        case .outbound:
+            let host = RouteTable.hostWithoutPort(authority)
+            let method = head.method.rawValue
+            guard
+                let route = snapshot.mesh.routes.match(
+                    host: host, path: path, method: method, header: { head.headers.first(name: $0) })
+            else {
+                reply(.noRoute, context: context, detail: "no route for authority '\(host)'")
+                return
+            }
+            deadline = startNanos + route.timeout.nanoseconds
+            guard let serviceIndex = RouteTable.pickBackend(route, using: &loop.rng) else {
+                reply(.noEndpoints, context: context, detail: "route '\(route.name)' has no backend with weight")
+                return
+            }
+            let service = loop.services[serviceIndex]
+            req.service = service
+            req.upstreamH2 = service.upstreamProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
+            let now = startNanos
+            let routeState = loop.routeStates[route.index]
+            req.routeState = routeState
+            if let wait = routeState.admit(source: clientIP, now: now) {
+                service.metrics.rateLimited.increment()
+                reply(.rateLimited, context: context, detail: "rate limit of route '\(route.name)' exceeded", retryAfter: wait)
+                return
+            }
+            if service.limits.admit(requests: service.counters.activeRequests.load(ordering: .relaxed)) != nil {
+                reply(.overflowRequests, context: context, detail: "service '\(service.name)' is at limits.maxRequests")
+                return
+            }
+            service.counters.activeRequests.wrappingIncrement(ordering: .relaxed)
+            req.countedActive = true
+            routeState.budget.recordRequest(now: now)
+            req.hash = service.hashKey(headers: head.headers, clientIP: clientIP)
+            guard let endpointIndex = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng) else {
+                reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")
+                return
+            }
+            let endpoint = service.endpoints[endpointIndex]
+            req.endpoint = endpoint
+            req.target = endpoint.address
+            outHead.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        case .inbound:
+            req.service = loop.inboundService
+            deadline = startNanos + snapshot.config.upstream.requestTimeout.nanoseconds
+            req.upstreamH2 = snapshot.config.inbound.appProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
+            if snapshot.config.mode == .node {
+                // A node proxy forwards to the pod the calling meshd picked, if it is one of this node's.
+                let dst: HostPort
+                switch loop.nodeInbound.destination(head.headers.first(name: HeaderPolicy.destinationHeader)) {
+                case .success(let d): dst = d
+                case .failure(let refusal):
+                    reply(.destinationNotAllowed, context: context, detail: refusal.rawValue)
+                    return
+                }
+                guard let addr = try? SocketAddress(ipAddress: dst.host, port: dst.port) else {
+                    reply(.destinationNotAllowed, context: context, detail: NodeInboundPolicy.Refusal.malformed.rawValue)
+                    return
+                }
+                req.target = addr
+            } else {
+                req.target = snapshot.appAddress
+            }
+            outHead.headers.remove(name: HeaderPolicy.destinationHeader)
+            if scan.originalProtocol {
+                // An HTTP/1.1 request that rode HTTP/2 between two meshd: HTTP/1.1 again to the app.
+                outHead.headers.remove(name: HeaderPolicy.originalProtocolHeader)
+                if snapshot.config.inbound.appProtocol == .auto { req.upstreamH2 = false }
+            }
+        }
+
+        var callDeadline = false
+        if let value = scan.grpcTimeout, req.grpc, let timeout = GRPC.parseTimeout(value) {
+            // The caller's deadline covers the whole call (the route's timeout only the response head).
+            deadline = startNanos + timeout.nanoseconds
+            callDeadline = true
+        }
+        // Hop-by-hop headers go; framing is re-added by the encoder; x-forwarded-for grows.
+        req.expectContinue = scan.expectContinue
+        outHead.headers.meshStripHopByHop(scan, removeExpect: scan.expectContinue)
+        if let existing = scan.forwardedFor {
+            let all = scan.forwardedForCount == 1 ? existing : head.headers["x-forwarded-for"].joined(separator: ", ")
+            outHead.headers.replaceOrAdd(
+                name: "x-forwarded-for", value: HeaderPolicy.appendingForwardedFor(existing: all, client: clientIP))
+        } else {
+            outHead.headers.add(name: "x-forwarded-for", value: clientIP)
+        }
+        if hostHeader == nil && !rewroteURI { outHead.headers.add(name: "host", value: String(req.authority)) }
+        if let upgrade = head.headers.first(name: "upgrade"),
+            head.headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
+        {
+            // An upgrade (WebSocket...) passes through: these two hop-by-hop headers go on.
+            req.upgrade = upgrade
+            outHead.headers.replaceOrAdd(name: "upgrade", value: upgrade)
+            outHead.headers.replaceOrAdd(name: "connection", value: "upgrade")
+            req.upstreamH2 = false  // an upgrade is HTTP/1.1 only
+        }
+        if scan.teTrailers && !req.upstreamH2 {
+            // `TE: trailers` is kept for HTTP/2 (gRPC needs it); in HTTP/1.1 it is hop-by-hop.
+            outHead.headers.remove(name: "te")
+        }
+        if direction == .outbound && req.upstreamH2 && !multiplexed {
+            outHead.headers.replaceOrAdd(name: HeaderPolicy.originalProtocolHeader, value: "HTTP/1.1")
+        }
+        req.head = outHead
+        let retry = req.routeState?.retry
+        req.exchange = ExchangeStateMachine(
+            plan: .init(
+                retry: retry, idempotent: head.method.isIdempotent, deadline: deadline, callDeadline: callDeadline,
+                idleTimeout: (req.service?.idleTimeout ?? snapshot.config.upstream.idleTimeout).nanoseconds,
+                upstreamHTTP2: req.upstreamH2, keepsReplay: req.routeState?.keepsReplay ?? false),
+            now: startNanos)
+
+        if multiplexed {
+            // An HTTP/2 stream's first attempt starts when the connection's read cycle ends: a
+            // RST_STREAM that came in the same read (a rapid-reset flood, CVE-2023-44487) has closed
+            // the stream by then, and no upstream work is started for it.
+            state = .connecting
+            attemptDeferred = connectionGuard.deferUntilReadComplete(self)
+            if attemptDeferred { return }
+        }
+        beginAttempt(context: context)
+    }
+
+}
+
+extension HTTPProxyHandler {
+    /// `http://host:port/path?q` → (`host:port`, `/path?q`); nil when `uri` is not absolute-form.
+    static func splitAbsoluteForm(_ uri: Substring) -> (Substring, Substring)? {
+        let bytes = uri.utf8
+        var i = bytes.startIndex
+        // scheme ":" "//"
+        while i != bytes.endIndex, bytes[i] != UInt8(ascii: ":") {
+            let c = bytes[i]
+            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 43 || c == 45 || c == 46
+            if !ok { return nil }
+            i = bytes.index(after: i)
+        }
+        guard i != bytes.endIndex else { return nil }
+        let afterColon = bytes.index(after: i)
+        guard bytes[afterColon...].starts(with: "//".utf8) else { return nil }
+        let hostStart = bytes.index(afterColon, offsetBy: 2)
+        let slash = bytes[hostStart...].firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) ?? bytes.endIndex
+        let host = uri[hostStart..<slash]
+        let rest = uri[slash...]
+        return (host, rest.isEmpty ? "/" : (rest.first == "?" ? Substring("/" + rest) : rest))
+    }
+}
+
+extension HTTPMethod {
+    /// RFC 9110 §9.2.2.
+    var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        default: return false
+        }
+    }
+}

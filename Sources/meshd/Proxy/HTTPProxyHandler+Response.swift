@@ -1,0 +1,206 @@
+import MeshCore
+import NIOCore
+import NIOHTTP1
+
+// The response side: upstream parts reach the client as the exchange state machine decides (forward,
+// hold a gRPC response until its trailers, retry, hand over to the hedge).
+extension HTTPProxyHandler {
+    var downstreamWritable: Bool { context?.channel.isWritable ?? false }
+
+    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection) {
+        guard let context else { return }
+        if conn === hedge {
+            hedgeRead(part, conn: conn, context: context)
+            return
+        }
+        guard case .proxying(let primary) = state, primary === conn else { return }
+        let now = Self.nowNanos
+        switch part {
+        case .head(var head):
+            guard case .waiting = req.exchange.phase else { return }
+            req.responseHeadNanos = now
+            let status = Int(head.status.code)
+            let grpcStatus = head.headers.first(name: "grpc-status").flatMap { Int($0) }
+            let isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") == true
+            var admission = retryAdmission
+            let action = req.exchange.responseHead(
+                status: status, grpcStatus: grpcStatus, grpcContentType: isGRPC, now: now, admission: &admission, rng: &loop.rng)
+            if action != .hold, direction == .outbound, let endpoint = req.endpoint {
+                req.service?.record(endpoint, .response(status: status, grpcStatus: grpcStatus), now: now)
+            }
+            switch action {
+            case .hold:
+                // gRPC puts its status in the trailers: this response waits for them.
+                dropHedge()
+                req.heldHead = head
+                req.heldBody.removeAll()
+                return
+            case .promoteHedge:
+                promoteHedge()
+                return
+            case .retry(let retry):
+                // Not forwarded: this attempt's response is dropped with its connection.
+                dropHedge()
+                primary.owner = nil
+                primary.close()
+                scheduleRetry(retry, context: context)
+                return
+            case .forward(let skipped):
+                countSkipped(skipped)
+            }
+            dropHedge()
+            if req.grpc, let g = GRPC.status(head.headers.first(name: "grpc-status")) { req.grpcStatus = g }
+            if status == 101, req.upgrade != nil {
+                // Switch once the decoder has delivered this response's end (it comes right after).
+                req.switchingHead = head
+                return
+            }
+            if req.upgrade != nil {
+                // Upgrade refused: the request decoder stopped at the upgrade, so this connection ends
+                // with this response.
+                req.keepAlive = false
+            }
+            req.status = status
+            head = responseHeadForClient(head)
+            if multiplexed && req.grpc && req.grpcStatus != nil {
+                // A trailers-only gRPC response: it must reach the client as one HEADERS frame that
+                // ends the stream, so it waits for its end (which follows in the same read).
+                trailersOnlyHead = head
+                return
+            }
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let buffer):
+            if let head = trailersOnlyHead {
+                trailersOnlyHead = nil
+                context.write(wrapOutboundOut(.head(head)), promise: nil)
+            }
+            if req.heldHead != nil {
+                req.heldBody.append(buffer)
+                if req.exchange.heldBody(bytes: buffer.readableBytes, now: now) {
+                    // Too large to hold: stream it; this attempt can no longer be retried.
+                    releaseHeldResponse(context: context)
+                }
+                return
+            }
+            req.exchange.responseBody(now: now)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            if req.heldHead != nil {
+                let grpcStatus = trailers?.first(name: "grpc-status").flatMap { Int($0) }
+                var admission = retryAdmission
+                let action = req.exchange.heldEnd(grpcStatus: grpcStatus, now: now, admission: &admission, rng: &loop.rng)
+                if let endpoint = req.endpoint {
+                    req.service?.record(endpoint, .response(status: 200, grpcStatus: grpcStatus), now: now)
+                }
+                switch action {
+                case .retry(let retry):
+                    // The exchange completed cleanly: the connection goes back to the pool.
+                    req.heldHead = nil
+                    req.heldBody.removeAll()
+                    primary.owner = nil
+                    loop.pool.release(primary)
+                    state = .connecting
+                    scheduleRetry(retry, context: context)
+                    return
+                case .release(let skipped):
+                    countSkipped(skipped)
+                    releaseHeldResponse(context: context)
+                }
+            }
+            if let head = req.switchingHead, let upgrade = req.upgrade {
+                req.switchingHead = nil
+                switchToTunnel(head, upgrade: upgrade, upstream: primary, context: context)
+                return
+            }
+            if req.grpc, let g = GRPC.status(trailers?.first(name: "grpc-status")) { req.grpcStatus = g }
+            if req.exchange.responseEnd(now: now) {
+                // Done both ways: the upstream goes back first (ending an HTTP/2 stream may close
+                // its channel right inside the write below).
+                releaseUpstream(primary)
+                writeResponseEnd(trailers, context: context)
+                goIdleOrClose()
+                return
+            }
+            writeResponseEnd(trailers, context: context)
+            // An early response (e.g. 413): the upstream will not read the rest; drop it.
+            primary.close()
+            finishRequest(status: req.status, error: nil)
+            discarded = 0
+            state = .discarding
+        }
+    }
+
+    func upstreamReadComplete(from conn: UpstreamConnection) {
+        if conn !== hedge { context?.flush() }
+    }
+
+    func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection) {
+        if conn === hedge { return }
+        if writable && readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    func upstreamClosed(error: Error?, from conn: UpstreamConnection) {
+        if conn === hedge {
+            // The hedged attempt broke: the first attempt carries on.
+            if let e = hedgeEndpoint { req.service?.record(e, .reset, now: Self.nowNanos) }
+            dropHedge()
+            return
+        }
+        guard case .proxying(let upstream) = state, upstream === conn, let context else { return }
+        var admission = retryAdmission
+        let action = req.exchange.upstreamClosed(now: Self.nowNanos, admission: &admission, rng: &loop.rng)
+        switch action {
+        case .none:
+            return
+        case .breakResponse:
+            // The backend died mid-response: the client must see a broken response, never a
+            // silently truncated one.
+            loop.shared.logger.warning(
+                "upstream closed mid-response",
+                metadata: ["target": "\(upstream.address)", "error": "\(error.map { "\($0)" } ?? "eof")"])
+            loop.shared.metrics.error(.upstreamReset, direction).increment()
+            if req.grpc && multiplexed {
+                // A gRPC client gets a status, not a reset stream: UNAVAILABLE in the trailers.
+                endGRPCCall(.upstreamReset, detail: "upstream \(upstream.address) closed mid-response", context: context)
+                return
+            }
+            finishRequest(status: req.status, error: .upstreamReset)
+            state = .closed
+            context.close(promise: nil)
+        case .reopen:
+            // A kept-alive connection the peer closed just as it was reused: once more, on a new one.
+            loop.shared.metrics.upstreamStaleRetries.increment()
+            state = .connecting
+            if req.exchange.requestEnded { pending.append(.end(nil)) }
+            dispatch(context: context)
+        case .promoteHedge, .retry, .fail:
+            recordAttempt(.reset)
+            let kind: MeshError = error.map { $0 is HTTPParserError } == true ? .upstreamProtocol : .upstreamReset
+            let detail = "upstream \(upstream.address) closed before responding: \(error.map { "\($0)" } ?? "eof")"
+            carryOut(action, error: kind, detail: detail, context: context)
+        }
+    }
+
+    /// Sends a held response's head and body on, and streams from here.
+    func releaseHeldResponse(context: ChannelHandlerContext) {
+        guard let head = req.heldHead else { return }
+        req.heldHead = nil
+        req.status = Int(head.status.code)
+        context.write(wrapOutboundOut(.head(responseHeadForClient(head))), promise: nil)
+        for b in req.heldBody { context.write(wrapOutboundOut(.body(.byteBuffer(b))), promise: nil) }
+        req.heldBody.removeAll()
+    }
+
+    /// The upstream's head as the client gets it: hop-by-hop headers go, HTTP/1.1, and `connection:
+    /// close` when this connection ends after it.
+    func responseHeadForClient(_ head: HTTPResponseHead) -> HTTPResponseHead {
+        var head = head
+        head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
+        head.version = .http1_1
+        if (!req.keepAlive || quiescing) && !multiplexed { head.headers.add(name: "connection", value: "close") }
+        return head
+    }
+}

@@ -1,0 +1,131 @@
+import MeshCore
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+
+// meshd's own replies, written by one writer for HTTP/1.1, HTTP/2 and gRPC (what they say is decided
+// by MeshCore's `LocalReply`).
+extension HTTPProxyHandler {
+    /// meshd answers itself (no route, connect failure, timeout...); the connection stays open when
+    /// the request has been read completely, else the rest of its body is read and dropped (up to
+    /// `maxDiscardBytes`) first.
+    func reply(_ error: MeshError, context: ChannelHandlerContext, detail: String, retryAfter: Int? = nil) {
+        switch state {
+        case .proxying(let upstream): upstream.close()
+        case .backoff(let task): task.cancel()
+        default: break
+        }
+        pending.removeAll()
+        // Not waiting for an upstream any more (a stream may close inside the writes below).
+        state = .discarding
+        loop.shared.metrics.error(error, direction).increment()
+        let reply = LocalReply.error(
+            error, detail: detail, grpc: req.grpc, http2: multiplexed, close: !req.keepAlive || quiescing, retryAfter: retryAfter)
+        if let status = reply.grpcStatus { req.grpcStatus = status }
+        req.exchange.replied()
+        finishRequest(status: reply.status, error: error)
+        write(reply, context: context)
+        if req.exchange.requestEnded {
+            goIdleOrClose()
+        } else {
+            discarded = 0
+            state = .discarding
+        }
+    }
+
+    /// Writes `reply`: head, body and end; or, for a trailers-only gRPC reply on HTTP/2, one HEADERS
+    /// frame that ends the stream. `thenClose`: the connection closes once the reply is written.
+    func write(_ reply: LocalReply, context: ChannelHandlerContext, thenClose: Bool = false) {
+        var headers = HTTPHeaders()
+        for field in reply.headers { headers.add(name: field.name, value: field.value) }
+        let head = HTTPResponseHead(
+            version: .http1_1, status: HTTPResponseStatus(statusCode: reply.status, reasonPhrase: reply.reason), headers: headers)
+        if reply.trailersOnly {
+            trailersOnlyHead = head
+            writeResponseEnd(nil, context: context)
+            return
+        }
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if !reply.body.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: reply.body)))), promise: nil)
+        }
+        let end = context.writeAndFlush(wrapOutboundOut(.end(reply.trailers.map(Self.headers))))
+        if thenClose { end.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+    }
+
+    static func headers(_ fields: [LocalReply.Field]) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        for field in fields { headers.add(name: field.name, value: field.value) }
+        return headers
+    }
+
+    /// A gRPC call whose response is under way cannot get a new head: it ends with `error`'s status
+    /// in its trailers, and the upstream side (if any) is dropped.
+    func endGRPCCall(_ error: MeshError, detail: String, context: ChannelHandlerContext) {
+        if case .proxying(let upstream) = state {
+            upstream.owner = nil
+            upstream.close()
+        }
+        req.grpcStatus = error.grpcStatus
+        req.exchange.replied()
+        finishRequest(status: req.status, error: error)
+        context.writeAndFlush(wrapOutboundOut(.end(Self.headers(LocalReply.grpcTrailers(error, detail: detail)))), promise: nil)
+        if req.exchange.requestEnded {
+            state = .closed
+        } else {
+            discarded = 0
+            state = .discarding
+        }
+    }
+
+    /// A request that cannot be parsed: reply if no response is under way, then close.
+    func protocolFailure(_ error: MeshError, context: ChannelHandlerContext) {
+        loop.shared.metrics.error(error, direction).increment()
+        switch state {
+        case .idle:
+            req = RequestState()
+            req.keepAlive = false
+            req.exchange.replied()
+            let detail = error == .headersTooLarge ? "request head larger than http.maxHeaderBytes" : "malformed HTTP request"
+            state = .closed
+            write(LocalReply.error(error, detail: detail, grpc: false, http2: false, close: true), context: context, thenClose: true)
+            return
+        case .proxying(let upstream):
+            upstream.close()
+        case .backoff(let task):
+            task.cancel()
+        case .connecting, .discarding:
+            break
+        case .closed:
+            return
+        }
+        let responded = req.exchange.cancel()
+        finishRequest(status: responded ? req.status : error.status, error: error)
+        state = .closed
+        context.close(promise: nil)
+    }
+
+    /// The response's end, after its head — or, for a held trailers-only gRPC head, both as one
+    /// HEADERS frame with END_STREAM, written below NIO's HTTP/1 codec (which would split them).
+    func writeResponseEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        guard let head = trailersOnlyHead else {
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            return
+        }
+        trailersOnlyHead = nil
+        guard trailers == nil,
+            let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ServerCodec.self)
+        else {
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            return
+        }
+        // Pseudo-headers come first.
+        var headers: HPACKHeaders = [":status": String(head.status.code)]
+        headers.add(contentsOf: HPACKHeaders(httpHeaders: head.headers, normalizeHTTPHeaders: true))
+        headers.remove(name: "content-length")  // NIO's codec adds 0 for a head that ended the stream
+        codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))), promise: nil)
+    }
+
+}
