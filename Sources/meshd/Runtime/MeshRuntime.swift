@@ -22,23 +22,23 @@ final class MeshRuntime: Sendable {
     let group: MultiThreadedEventLoopGroup
     let shared: SharedRuntime
     let loops: [LoopContext]
-    private let loopByID: [ObjectIdentifier: LoopContext]
+    let loopByID: [ObjectIdentifier: LoopContext]
     let configPath: String?
     let overrides: ConfigLoader.Overrides
     /// One per proxy listener: a helper tracks the connections of exactly one server channel.
-    private let quiesce: [Direction: ServerQuiescingHelper]
+    let quiesce: [Direction: ServerQuiescingHelper]
     /// One per `protocol: tcp` service listener (bound at start).
-    private let tcpQuiesce = NIOLockedValueBox<[ServerQuiescingHelper]>([])
-    private let channels = NIOLockedValueBox<[String: Channel]>([:])
-    private let reloadState = NIOLockedValueBox<(version: Int, lastText: String?, pendingText: String?)>((1, nil, nil))
+    let tcpQuiesce = NIOLockedValueBox<[ServerQuiescingHelper]>([])
+    let channels = NIOLockedValueBox<[String: Channel]>([:])
+    let reloadState = NIOLockedValueBox<(version: Int, lastText: String?, pendingText: String?)>((1, nil, nil))
     let shutdownRequested: @Sendable () -> Void
-    private let publishLock = NIOLock()
+    let publishLock = NIOLock()
     /// Where every reload and publish runs (admin, SIGHUP, the file watcher, discovery): a serial
     /// queue off the event loops, since they parse YAML, resolve host names (blocking) and wait for
     /// every loop to install the new snapshot.
     let control = DispatchQueue(label: "meshd.control")
     /// The configuration as written (before discovery substituted endpoint sets).
-    private let baseConfig: NIOLockedValueBox<MeshConfig>
+    let baseConfig: NIOLockedValueBox<MeshConfig>
     let discovery: DiscoveryManager
     let startedAt = NIODeadline.now()
 
@@ -104,7 +104,7 @@ final class MeshRuntime: Sendable {
 
     /// Every listener is bound: a node proxy's inbound policy learns their addresses (ports the kernel
     /// picked included), so it never forwards to meshd itself.
-    private func listenersBound() {
+    func listenersBound() {
         shared.boundListeners = boundAddresses().values.compactMap { a in
             guard let ip = a.ipAddress, let port = a.port else { return nil }
             return HostPort(host: ip, port: port)
@@ -123,7 +123,7 @@ final class MeshRuntime: Sendable {
         channels.withLockedValue { $0.compactMapValues { $0.localAddress } }
     }
 
-    private func bindProxy(_ direction: Direction, _ listen: HostPort) async throws -> Channel {
+    func bindProxy(_ direction: Direction, _ listen: HostPort) async throws -> Channel {
         let config = self.config
         let allowed: [CIDR]? = config.mode == .node && direction == .outbound ? config.effectiveAllowedSources : nil
         let shared = self.shared
@@ -265,7 +265,7 @@ final class MeshRuntime: Sendable {
 
     /// Listeners of `protocol: tcp` services: each connection goes, as opaque TCP, to an endpoint
     /// picked by the service's balancer.
-    private func bindTCPServices() async throws {
+    func bindTCPServices() async throws {
         for service in config.services where service.protocol == .tcp {
             guard let listen = service.listen else { continue }
             let name = service.name
@@ -307,7 +307,7 @@ final class MeshRuntime: Sendable {
         }
     }
 
-    private func bindAdmin(_ listen: HostPort) async throws -> Channel {
+    func bindAdmin(_ listen: HostPort) async throws -> Channel {
         let runtime = self
         let open = ManagedAtomic<Int>(0)
         let refused = shared.metrics.counter("meshd_connections_refused_total", [("direction", "admin"), ("reason", "connection_limit")])
@@ -326,458 +326,4 @@ final class MeshRuntime: Sendable {
             .bind(host: listen.host, port: listen.port)
             .get()
     }
-
-    // MARK: - Reload
-
-    enum ReloadOutcome: Equatable {
-        case applied(version: Int)
-        case unchanged
-        /// The file changed since the last read: it is applied once a second read agrees.
-        case settling
-        case rejected(String)
-    }
-
-    /// `reload` on the control queue, for async callers (SIGHUP, the file watcher).
-    @discardableResult
-    func reloadOffLoop(force: Bool, reason: String) async -> ReloadOutcome {
-        await withCheckedContinuation { continuation in
-            control.async { continuation.resume(returning: self.reload(force: force, reason: reason)) }
-        }
-    }
-
-    /// Reads the config file again; applies it if valid, otherwise keeps the running config.
-    /// `force` re-applies even when the text did not change (SIGHUP). Runs on the control queue only.
-    @discardableResult
-    func reload(force: Bool, reason: String) -> ReloadOutcome {
-        dispatchPrecondition(condition: .onQueue(control))
-        guard let path = configPath else { return .unchanged }
-        let text: String
-        do {
-            text = try readFile(path)
-        } catch {
-            if force {
-                shared.metrics.reloadsFailed.increment()
-                shared.logger.error("config reload failed: cannot read file", metadata: ["path": "\(path)", "error": "\(error)"])
-                return .rejected("cannot read \(path): \(error)")
-            }
-            return .unchanged  // a ConfigMap swap in progress; try again next tick
-        }
-        let previous = reloadState.withLockedValue { $0.lastText }
-        if !force && text == previous { return .unchanged }
-        if !force {
-            // Debounce: a changed file is applied once two reads (`settleDelay` apart) agree, so a
-            // writer that is not atomic (or an editor mid-save) is never caught half-way.
-            let settled = reloadState.withLockedValue { state -> Bool in
-                if state.pendingText == text { return true }
-                state.pendingText = text
-                return false
-            }
-            if !settled { return .settling }
-        }
-        reloadState.withLockedValue { $0.lastText = text }
-        if text.allSatisfy({ $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }) {
-            // An empty file is a truncated write, never "no routes": the running config keeps serving.
-            shared.metrics.reloadsFailed.increment()
-            shared.logger.error(
-                "config reload rejected: the file is empty; the running config keeps serving", metadata: ["path": "\(path)"])
-            return .rejected("\(path) is empty")
-        }
-        let old = config
-        var new: MeshConfig
-        do {
-            new = try ConfigLoader.load(yaml: text, overrides: overrides)
-        } catch {
-            shared.metrics.reloadsFailed.increment()
-            shared.logger.error(
-                "config reload rejected; the running config keeps serving",
-                metadata: ["path": "\(path)", "reason": "\(reason)", "problems": "\(error.description)"])
-            return .rejected(error.description)
-        }
-        // Listeners and threads are fixed for the life of the process.
-        var needsRestart: [String] = []
-        if new.mode != old.mode { needsRestart.append("mode") }
-        if new.effectiveOutboundListen != old.effectiveOutboundListen { needsRestart.append("outbound.listen") }
-        if new.effectiveInboundListen != old.effectiveInboundListen { needsRestart.append("inbound.listen") }
-        if new.admin != old.admin { needsRestart.append("admin.listen") }
-        if new.threads != old.threads { needsRestart.append("threads") }
-        if new.node.allowedSources != old.node.allowedSources || new.node.podCIDRs != old.node.podCIDRs {
-            needsRestart.append("node")
-        }
-        if !needsRestart.isEmpty {
-            shared.logger.warning(
-                "config keys that only apply at start changed; restart meshd to apply them",
-                metadata: ["keys": "\(needsRestart.joined(separator: ", "))"])
-            new.mode = old.mode
-            new.nodeIP = old.nodeIP
-            new.outbound = old.outbound
-            new.inbound.listen = old.inbound.listen
-            new.admin = old.admin
-            new.threads = old.threads
-            new.node = old.node
-        }
-        let version: Int
-        do {
-            version = try publish(base: new)
-        } catch {
-            shared.metrics.reloadsFailed.increment()
-            shared.logger.error("config reload rejected", metadata: ["problems": "\(error.description)"])
-            return .rejected(error.description)
-        }
-        discovery.sync(with: new)
-        shared.metrics.reloadsOK.increment()
-        shared.logger.info(
-            "config reloaded",
-            metadata: [
-                "version": "\(version)", "reason": "\(reason)", "services": "\(new.services.count)", "routes": "\(new.routes.count)",
-            ])
-        return .applied(version: version)
-    }
-
-    // MARK: - Publishing snapshots
-
-    /// Builds and installs a snapshot from `base` (the configuration as written) with the endpoint
-    /// sets discovery has found substituted; returns its version once every loop has installed it.
-    /// Runs on the control queue (never on an event loop: it resolves names and waits for the loops).
-    @discardableResult
-    func publish(base: MeshConfig) throws(ConfigError) -> Int {
-        dispatchPrecondition(condition: .onQueue(control))
-        let result: Result<Int, ConfigError> = publishLock.withLock {
-            var effective = base
-            let found = discovery.endpointSets()
-            for i in effective.services.indices where effective.services[i].discovery != nil {
-                if let set = found[effective.services[i].name] { effective.services[i].endpoints = set }
-            }
-            let version = reloadState.withLockedValue { state -> Int in
-                state.version += 1
-                return state.version
-            }
-            let snapshot: ResolvedSnapshot
-            do throws(ConfigError) {
-                snapshot = try ResolvedSnapshot.resolve(effective, version: version, previous: shared.snapshot)
-            } catch {
-                return .failure(error)
-            }
-            baseConfig.withLockedValue { $0 = base }
-            shared.snapshot = snapshot
-            // Published once every loop has it (so "config reloaded" is true when it is logged).
-            let installed = loops.map { loop in loop.eventLoop.submit { loop.install(snapshot) } }
-            try? EventLoopFuture.andAllSucceed(installed, on: group.any()).wait()
-            shared.metrics.configVersion.record(version)
-            return .success(version)
-        }
-        return try result.get()
-    }
-
-    /// Discovery found a new endpoint set: republish with the current base configuration (on the
-    /// control queue, after any reload in progress).
-    func discoveryChangedOffLoop(service: String) async throws(ConfigError) -> Int {
-        let result: Result<Int, ConfigError> = await withCheckedContinuation { continuation in
-            control.async {
-                do throws(ConfigError) {
-                    continuation.resume(returning: .success(try self.publish(base: self.baseConfig.withLockedValue { $0 })))
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
-            }
-        }
-        return try result.get()
-    }
-
-    // MARK: - Drain
-
-    /// Stops accepting, lets in-flight requests finish (up to `drainTimeout`), then stops the loops.
-    func drainAndStop() async {
-        discovery.stopAll()
-        shared.ready.store(false, ordering: .relaxed)
-        shared.metrics.ready.record(0)
-        let timeout = config.drainTimeout
-        shared.logger.info("draining: listeners closed, waiting for in-flight requests", metadata: ["drainTimeout": "\(timeout)"])
-        let promise = group.next().makePromise(of: Void.self)
-        let helpers = Array(quiesce.values) + tcpQuiesce.withLockedValue { $0 }
-        let perListener = helpers.map { helper in
-            let p = group.next().makePromise(of: Void.self)
-            helper.initiateShutdown(promise: p)
-            return p.futureResult
-        }
-        EventLoopFuture.andAllComplete(perListener, on: group.next()).cascade(to: promise)
-        let drained = ManagedAtomic<Bool>(false)
-        let timer = group.next().scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
-            if !drained.load(ordering: .relaxed) {
-                promise.succeed(())
-            }
-        }
-        promise.futureResult.whenComplete { _ in drained.store(true, ordering: .relaxed) }
-        try? await promise.futureResult.get()
-        timer.cancel()
-        let open = shared.outboundOpen.load(ordering: .relaxed) + shared.inboundOpen.load(ordering: .relaxed)
-        if open > 0 {
-            shared.logger.warning("drain timeout reached; closing remaining connections", metadata: ["open": "\(open)"])
-        }
-        if let admin = channels.withLockedValue({ $0["admin"] }) { try? await admin.close() }
-        for loop in loops { try? await loop.eventLoop.submit { loop.stop() }.get() }
-        shared.accessLogWriter.drain()
-        try? await group.shutdownGracefully()
-        shared.logger.info("meshd stopped")
-    }
-
-    // MARK: - Admin API
-
-    typealias AdminReply = (HTTPResponseStatus, String, String)
-
-    /// Answers one admin request; the future completes on `loop` (the admin connection's loop).
-    func handleAdmin(on loop: EventLoop, method: HTTPMethod, uri: String, body: String, remote: SocketAddress?)
-        -> EventLoopFuture<AdminReply>
-    {
-        let path = String(uri.prefix { $0 != "?" })
-        let json = "application/json"
-        func ok(_ v: JSONValue) -> EventLoopFuture<AdminReply> {
-            loop.makeSucceededFuture((.ok, json, v.rendered(pretty: true) + "\n"))
-        }
-        switch (method, path) {
-        case (.GET, "/live"):
-            return loop.makeSucceededFuture((.ok, "text/plain", "live\n"))
-        case (.GET, "/ready"):
-            let ready = shared.ready.load(ordering: .relaxed)
-            return loop.makeSucceededFuture((ready ? .ok : .serviceUnavailable, "text/plain", ready ? "ready\n" : "not ready\n"))
-        case (.GET, "/config"):
-            var c = config.json
-            if case .object(var pairs) = c {
-                pairs.insert(("version", .int(Int64(shared.snapshot.mesh.version))), at: 0)
-                c = .object(pairs)
-            }
-            return ok(c)
-        case (.GET, "/routes"):
-            return ok(routesJSON())
-        case (.GET, "/services"):
-            return collectReports(on: loop).map { reports in
-                (.ok, json, self.servicesJSON(reports).rendered(pretty: true) + "\n")
-            }
-        case (.GET, "/metrics"):
-            return collectReports(on: loop).map { reports in
-                (.ok, "text/plain; version=0.0.4", self.metricsText(reports))
-            }
-        case (.GET, "/log-level"):
-            return loop.makeSucceededFuture((.ok, "text/plain", "\(LogLevelBox.shared.level.rawValue)\n"))
-        case (.PUT, "/log-level"), (.POST, "/log-level"):
-            guard let level = Logger.Level(rawValue: body.trimmingCharacters(in: " \n\r\t")) else {
-                return loop.makeSucceededFuture(
-                    (.badRequest, "text/plain", "expected one of: trace debug info notice warning error critical\n"))
-            }
-            LogLevelBox.shared.level = level
-            return loop.makeSucceededFuture((.ok, "text/plain", "\(level.rawValue)\n"))
-        case (.POST, "/shutdown"):
-            guard let ip = remote?.ipAddress.flatMap({ IPAddress($0) }), ip.isLoopback else {
-                return loop.makeSucceededFuture((.forbidden, "text/plain", "shutdown is allowed from loopback only\n"))
-            }
-            shared.logger.info("shutdown requested through the admin API")
-            shutdownRequested()
-            return loop.makeSucceededFuture((.ok, "text/plain", "shutting down\n"))
-        case (.POST, "/reload"):
-            // Parsing, resolving and installing run on the control queue; this loop only waits.
-            let promise = loop.makePromise(of: AdminReply.self)
-            control.async {
-                switch self.reload(force: true, reason: "admin") {
-                case .applied(let v): promise.succeed((.ok, "text/plain", "applied version \(v)\n"))
-                case .unchanged, .settling: promise.succeed((.ok, "text/plain", "no config file; nothing to reload\n"))
-                case .rejected(let why): promise.succeed((.badRequest, "text/plain", why + "\n"))
-                }
-            }
-            return promise.futureResult
-        default:
-            return loop.makeSucceededFuture(
-                (.notFound, "text/plain", "not found; try /live /ready /metrics /config /routes /services /log-level\n"))
-        }
-    }
-
-    private func collectReports(on loop: EventLoop) -> EventLoopFuture<[LoopReport]> {
-        let futures = loops.map { ctx in ctx.eventLoop.submit { ctx.report() } }
-        return EventLoopFuture.whenAllSucceed(futures, on: loop)
-    }
-
-    func routesJSON() -> JSONValue {
-        let snapshot = shared.snapshot
-        let routes = snapshot.mesh.routes.routes.map { r -> JSONValue in
-            let cfg = snapshot.config.routes[r.index]
-            var match: [(String, JSONValue)] = [("authority", .string(cfg.match.authority ?? "*"))]
-            match.append(("pathPrefix", .string(cfg.match.pathPrefix ?? "/")))
-            if let m = cfg.match.method { match.append(("method", .string(m))) }
-            if !cfg.match.headers.isEmpty { match.append(("headers", .object(cfg.match.headers.map { ($0.name, .string($0.value)) }))) }
-            return .object([
-                ("name", .string(r.name)),
-                ("match", .object(match)),
-                (
-                    "backends",
-                    .array(
-                        cfg.backends.map {
-                            .object([("service", .string($0.service)), ("weight", .int(Int64($0.weight)))])
-                        })
-                ),
-                ("timeout", .string(r.timeout.description)),
-            ])
-        }
-        return .object([("version", .int(Int64(snapshot.mesh.version))), ("routes", .array(routes))])
-    }
-
-    func servicesJSON(_ reports: [LoopReport]) -> JSONValue {
-        let snapshot = shared.snapshot
-        let services = snapshot.mesh.services.map { s -> JSONValue in
-            var latency = LatencyHistogram()
-            var inFlight: [String: Int] = [:]
-            var requests: [String: UInt64] = [:]
-            var ewma: [String: (sum: Double, n: Int)] = [:]
-            var healthy: [String: Bool] = [:]
-            var eligible: [String: Bool] = [:]
-            var ejectedUntil: [String: Int64] = [:]
-            for r in reports {
-                guard let rs = r.services.first(where: { $0.name == s.name }) else { continue }
-                latency.merge(rs.latency)
-                for e in rs.endpoints {
-                    inFlight[e.address, default: 0] += e.inFlight
-                    requests[e.address, default: 0] += e.requests
-                    if let v = e.ewmaNanos {
-                        ewma[e.address, default: (0, 0)] = (
-                            ewma[e.address, default: (0, 0)].sum + v, ewma[e.address, default: (0, 0)].n + 1
-                        )
-                    }
-                    healthy[e.address] = (healthy[e.address] ?? true) && e.healthy
-                    eligible[e.address] = (eligible[e.address] ?? false) || e.eligible
-                    if let u = e.ejectedUntil { ejectedUntil[e.address] = max(ejectedUntil[e.address] ?? 0, u) }
-                }
-            }
-            let endpoints = s.endpoints.map { e -> JSONValue in
-                let a = e.address.description
-                var pairs: [(String, JSONValue)] = [("address", .string(a))]
-                if let via = e.via { pairs.append(("via", .string(via.description))) }
-                if let z = e.zone { pairs.append(("zone", .string(z))) }
-                if let n = e.node { pairs.append(("node", .string(n))) }
-                let state = healthy[a] == false ? "ejected" : (eligible[a] == false ? "standby" : "healthy")
-                if let until = ejectedUntil[a] {
-                    let remaining = Double(until - Int64(NIODeadline.now().uptimeNanoseconds)) / 1e9
-                    pairs.append(("returnsInSeconds", .double((max(0, remaining) * 10).rounded() / 10)))
-                }
-                let ewmaMs: JSONValue = ewma[a].map { .double(($0.sum / Double($0.n)) / 1e6) } ?? .null
-                pairs += [
-                    ("weight", .int(Int64(e.weight))), ("state", .string(state)),
-                    ("inFlight", .int(Int64(inFlight[a] ?? 0))), ("requests", .int(Int64(requests[a] ?? 0))),
-                    ("latencyEwmaMs", ewmaMs),
-                ]
-                return .object(pairs)
-            }
-            return .object([
-                ("name", .string(s.name)), ("balancer", .string(s.balancer.algorithm.rawValue)),
-                ("requests", .int(Int64(latency.count))),
-                ("latencyP50Ms", latency.quantile(0.5).map { .double($0 * 1000) } ?? .null),
-                ("latencyP99Ms", latency.quantile(0.99).map { .double($0 * 1000) } ?? .null),
-                ("endpoints", .array(endpoints)),
-            ])
-        }
-        return .object([("version", .int(Int64(snapshot.mesh.version))), ("services", .array(services))])
-    }
-
-    func metricsText(_ reports: [LoopReport]) -> String {
-        var out = shared.metrics.registry.emitToString()
-        out += ServiceMetrics.render(shared.snapshot.services.map(\.metrics) + [shared.inboundMetrics])
-        // Per-loop latency histograms, merged.
-        var byService: [(String, String, LatencyHistogram)] = []
-        var outboundMerged: [String: LatencyHistogram] = [:]
-        var inbound = LatencyHistogram()
-        for r in reports {
-            for s in r.services { outboundMerged[s.name, default: LatencyHistogram()].merge(s.latency) }
-            inbound.merge(r.inboundLatency)
-        }
-        for name in outboundMerged.keys.sorted() { byService.append(("outbound", name, outboundMerged[name]!)) }
-        byService.append(("inbound", "local", inbound))
-        out += "# HELP meshd_request_duration_seconds Time from request head to response end.\n"
-        out += "# TYPE meshd_request_duration_seconds histogram\n"
-        for (direction, service, h) in byService {
-            let labels = "direction=\"\(direction)\",service=\"\(service)\""
-            let cumulative = h.cumulative
-            for (i, bound) in LatencyHistogram.bounds.enumerated() {
-                out += "meshd_request_duration_seconds_bucket{\(labels),le=\"\(bound)\"} \(cumulative[i])\n"
-            }
-            out += "meshd_request_duration_seconds_bucket{\(labels),le=\"+Inf\"} \(h.count)\n"
-            out += "meshd_request_duration_seconds_sum{\(labels)} \(Double(h.sumNanos) / 1e9)\n"
-            out += "meshd_request_duration_seconds_count{\(labels)} \(h.count)\n"
-        }
-        let idle = reports.reduce(0) { $0 + $1.upstreamIdle }
-        out += "# TYPE meshd_upstream_pool_idle gauge\nmeshd_upstream_pool_idle \(idle)\n"
-        let p = ProcessStats.read()
-        out += "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes \(p.rssBytes)\n"
-        out += "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total \(p.cpuSeconds)\n"
-        out += "# TYPE process_open_fds gauge\nprocess_open_fds \(p.openFDs)\n"
-        out += "# TYPE meshd_uptime_seconds gauge\nmeshd_uptime_seconds \(Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9)\n"
-        return out
-    }
 }
-
-/// Resident memory and CPU time of this process, from /proc.
-enum ProcessStats {
-    struct Sample {
-        var rssBytes: Int = 0
-        var cpuSeconds: Double = 0
-        var openFDs: Int = 0
-    }
-
-    static func read() -> Sample {
-        var s = Sample()
-        if let statm = try? readFile("/proc/self/statm") {
-            let fields = statm.split(separator: " ")
-            if fields.count > 1, let pages = Int(fields[1]) { s.rssBytes = pages * Int(sysconf(Int32(_SC_PAGESIZE))) }
-        }
-        var usage = rusage()
-        if getrusage(RUSAGE_SELF_WHO, &usage) == 0 {
-            s.cpuSeconds =
-                Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
-                + Double(usage.ru_stime.tv_usec) / 1e6
-        }
-        if let dir = opendir("/proc/self/fd") {
-            while readdir(dir) != nil { s.openFDs += 1 }
-            closedir(dir)
-            s.openFDs = max(0, s.openFDs - 3)  // ., .. and the directory itself
-        }
-        return s
-    }
-}
-
-struct FileReadError: Error, CustomStringConvertible {
-    var path: String
-    var errno: Int32
-    var detail: String?
-    var description: String { "\(path): \(detail ?? String(cString: strerror(errno)))" }
-}
-
-/// Reads a whole (small) file, off the event loops: config files and /proc. A config file's text: a regular file (or a symlink to one) of at most 16 MiB. Opened without
-/// blocking, so a FIFO or device named by mistake is refused instead of waiting forever.
-func readFile(_ path: String) throws -> String {
-    let fd = open(path, O_RDONLY | O_NONBLOCK)
-    guard fd >= 0 else { throw FileReadError(path: path, errno: errno) }
-    defer { close(fd) }
-    var info = stat()
-    guard fstat(fd, &info) == 0 else { throw FileReadError(path: path, errno: errno) }
-    guard info.st_mode & S_IFMT == S_IFREG else { throw FileReadError(path: path, errno: EINVAL, detail: "not a regular file") }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
-        if n < 0 { throw FileReadError(path: path, errno: errno) }
-        if n == 0 { break }
-        bytes.append(contentsOf: chunk[0..<n])
-        if bytes.count > 16 << 20 { throw FileReadError(path: path, errno: EFBIG) }
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
-
-extension String {
-    func trimmingCharacters(in set: String) -> String {
-        var s = Substring(self)
-        while let f = s.first, set.contains(f) { s = s.dropFirst() }
-        while let l = s.last, set.contains(l) { s = s.dropLast() }
-        return String(s)
-    }
-}
-
-#if canImport(Glibc)
-    let RUSAGE_SELF_WHO = __rusage_who_t(RUSAGE_SELF.rawValue)
-#else
-    let RUSAGE_SELF_WHO = RUSAGE_SELF
-#endif
