@@ -40,8 +40,8 @@ let package = Package(
             ],
             swiftSettings: releaseSettings
         ),
-        .executableTarget(
-            name: "meshd",
+        .target(
+            name: "MeshProxy",
             dependencies: [
                 "MeshCore",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -59,6 +59,7 @@ let package = Package(
             ],
             swiftSettings: releaseSettings
         ),
+        .executableTarget(name: "meshd", dependencies: ["MeshProxy"], swiftSettings: releaseSettings),
         .executableTarget(
             name: "meshctl",
             dependencies: [
@@ -86,10 +87,27 @@ let package = Package(
             ],
             swiftSettings: releaseSettings
         ),
-        .testTarget(
-            name: "meshdTests",
+        // Test helpers shared by test targets: an EmbeddedChannel harness around the proxy pipeline and
+        // a manual clock (built for tests only; it imports MeshProxy's internals).
+        .target(
+            name: "MeshTesting",
             dependencies: [
-                "meshd",
+                "MeshProxy",
+                "MeshCore",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/MeshTesting",
+            swiftSettings: releaseSettings
+        ),
+        .testTarget(
+            name: "MeshProxyTests",
+            dependencies: [
+                "MeshProxy",
+                "MeshTesting",
                 "MeshCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -6,60 +6,13 @@ import NIOEmbedded
 import NIOHTTP1
 import Testing
 
-@testable import meshd
+@testable import MeshProxy
+@testable import MeshTesting
 
 /// The downstream handler's local decisions, driven through a real NIO HTTP pipeline on an
 /// EmbeddedChannel (no sockets): routing misses, malformed input, limits and timeouts.
 @Suite("HTTPProxyHandler local replies")
 struct HTTPProxyHandlerTests {
-    final class Harness {
-        let channel: EmbeddedChannel
-        let handler: HTTPProxyHandler
-        let metrics: MeshMetrics
-
-        init(yaml: String, direction: Direction = .outbound) throws {
-            let config = try ConfigLoader.load(yaml: yaml)
-            metrics = MeshMetrics()
-            let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
-            let shared = SharedRuntime(metrics: metrics, logger: Logger(label: "test"), snapshot: snapshot)
-            channel = EmbeddedChannel()
-            let loop = LoopContext(eventLoop: channel.eventLoop, index: 0, shared: shared, snapshot: snapshot, seed: 1)
-            let guardHandler = ConnectionGuard(
-                direction: direction, shared: shared, allowedSources: nil, openCount: ManagedAtomic(0),
-                maxConnections: config.http.maxConnections)
-            var limits = NIOHTTPDecoderLimitConfiguration()
-            limits.maxHeaderListSize = config.http.maxHeaderBytes
-            limits.maxHeaderFieldSize = config.http.maxHeaderBytes
-            handler = HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler)
-            let sync = channel.pipeline.syncOperations
-            try sync.addHandler(guardHandler)
-            try sync.configureHTTPServerPipeline(
-                withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
-                withOutboundHeaderValidation: false, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
-            try sync.addHandler(handler)
-            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        }
-
-        func send(_ text: String) throws {
-            try channel.writeInbound(channel.allocator.buffer(string: text))
-        }
-
-        func response() throws -> String {
-            var out = ""
-            while var buf = try channel.readOutbound(as: ByteBuffer.self) {
-                out += buf.readString(length: buf.readableBytes) ?? ""
-            }
-            return out
-        }
-
-        func errorCount(_ kind: MeshError, _ direction: Direction = .outbound) -> Int {
-            let text = metrics.registry.emitToString()
-            let prefix = "meshd_errors_total{direction=\"\(direction.label)\",kind=\"\(kind.rawValue)\"} "
-            guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) else { return 0 }
-            return Int(line.dropFirst(prefix.count)) ?? 0
-        }
-    }
-
     static let config = """
         services: [ { name: web, endpoints: ["127.0.0.1:9"] }, { name: empty, endpoints: [] } ]
         routes:
@@ -69,7 +22,7 @@ struct HTTPProxyHandlerTests {
         """
 
     @Test func noRouteIs404NamingTheAuthorityAndKeepsTheConnection() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try h.send("GET /x HTTP/1.1\r\nHost: payments:8080\r\n\r\n")
         let r = try h.response()
         #expect(r.hasPrefix("HTTP/1.1 404 Not Found\r\n"))
@@ -86,7 +39,7 @@ struct HTTPProxyHandlerTests {
     }
 
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try h.send(
             "GET /1 HTTP/1.1\r\nHost: first\r\n\r\nGET /2 HTTP/1.1\r\nHost: empty\r\n\r\nGET /3 HTTP/1.1\r\nHost: third\r\n\r\n")
         let r = try h.response()
@@ -101,19 +54,19 @@ struct HTTPProxyHandlerTests {
     }
 
     @Test func quiescingClosesAnIdleConnection() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
         #expect(!h.channel.isActive)
     }
 
     @Test func absoluteFormAuthorityIsUsedForRouting() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try h.send("GET http://payments:9999/x HTTP/1.1\r\nHost: web\r\n\r\n")
         #expect(try h.response().contains("no route for authority 'payments'"))
     }
 
     @Test func missingHostIs400() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try h.send("GET / HTTP/1.0\r\n\r\n")
         let r = try h.response()
         #expect(r.hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
@@ -121,7 +74,7 @@ struct HTTPProxyHandlerTests {
     }
 
     @Test func malformedRequestIs400AndCloses() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try? h.send("GARBAGE\r\n\r\n")
         let r = try h.response()
         #expect(r.hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
@@ -131,7 +84,7 @@ struct HTTPProxyHandlerTests {
     }
 
     @Test func oversizedHeadIs431() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         let big = String(repeating: "a", count: 2000)
         try? h.send("GET / HTTP/1.1\r\nHost: web\r\nX-Big: \(big)\r\n\r\n")
         let r = try h.response()
@@ -142,7 +95,7 @@ struct HTTPProxyHandlerTests {
     }
 
     @Test func halfSentHeadGets408AfterTheHeaderReadTimeout() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try h.send("GET / HTTP/1.1\r\nHost: web\r\n")
         h.handler.checkTimeouts(now: .now() + .seconds(1))
         #expect(h.channel.isActive)
@@ -155,14 +108,14 @@ struct HTTPProxyHandlerTests {
     }
 
     @Test func silentNewConnectionIsClosedAfterTheHeaderReadTimeout() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         h.handler.checkTimeouts(now: .now() + .seconds(3))
         #expect(!h.channel.isActive)
         #expect(try h.response().isEmpty)
     }
 
     @Test func idleKeepAliveUsesTheIdleTimeoutNotTheHeaderTimeout() throws {
-        let h = try Harness(yaml: Self.config)
+        let h = try ProxyHarness(yaml: Self.config)
         try h.send("GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
         _ = try h.response()
         h.handler.checkTimeouts(now: .now() + .seconds(5))
@@ -174,7 +127,7 @@ struct HTTPProxyHandlerTests {
 
     @Test func nodeInboundRefusesDestinationsOutsideThePodCIDRs() throws {
         let yaml = "mode: node\nnodeIP: 127.0.0.2\nnode: { podCIDRs: [10.42.0.0/24] }\n"
-        let h = try Harness(yaml: yaml, direction: .inbound)
+        let h = try ProxyHarness(yaml: yaml, direction: .inbound)
         try h.send("GET / HTTP/1.1\r\nHost: web\r\nx-meshd-dst: 10.43.0.5:8080\r\n\r\n")
         let r = try h.response()
         #expect(r.hasPrefix("HTTP/1.1 403 Forbidden\r\n"))

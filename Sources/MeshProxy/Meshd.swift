@@ -13,9 +13,11 @@ import UnixSignals
     import Darwin
 #endif
 
-@main
-struct Meshd: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+/// The `meshd` command (the executable's `main.swift` runs it).
+public struct Meshd: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         commandName: "meshd",
         abstract: "meshd: a service-mesh data-plane proxy (sidecar or per-node).",
         discussion: """
@@ -42,7 +44,7 @@ struct Meshd: AsyncParsableCommand {
     @Flag(name: .long, help: "Validate the configuration and exit (0 when valid).")
     var check = false
 
-    func run() async throws {
+    public func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }

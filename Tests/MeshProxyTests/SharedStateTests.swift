@@ -2,7 +2,7 @@ import Dispatch
 import MeshCore
 import Testing
 
-@testable import meshd
+@testable import MeshProxy
 
 @Suite("State shared by every event loop")
 struct SharedStateTests {
