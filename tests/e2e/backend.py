@@ -23,77 +23,24 @@ import argparse
 import hashlib
 import json
 import socket
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from backend_base import BackendHandler, serve
 
 MAX_SLOW_MS = 30_000
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(BackendHandler):
     server_version = "e2e-backend"
-    sys_version = ""
-    timeout = 60  # socket timeout per connection: a stuck peer cannot hold a thread forever
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK would add
-    # ~40 ms to every keep-alive response.
-    disable_nagle_algorithm = True
     name = "backend"
     delay_ms = 0
     served = 0  # requests answered (except /count), under `lock`
     lock = threading.Lock()
 
-    def log_message(self, fmt, *args):  # quiet
-        pass
-
-    # -- body reading -------------------------------------------------------------------------
-    def _iter_body(self):
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            while True:
-                line = self.rfile.readline(65537)
-                if not line:
-                    raise ConnectionError("eof in chunk size")
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    # trailers until the blank line
-                    while True:
-                        t = self.rfile.readline(65537)
-                        if not t or t in (b"\r\n", b"\n"):
-                            return
-                left = size
-                while left > 0:
-                    data = self.rfile.read(min(left, 1 << 20))
-                    if not data:
-                        raise ConnectionError("eof in chunk data")
-                    left -= len(data)
-                    yield data
-                self.rfile.readline(3)  # CRLF after the chunk
-        else:
-            n = int(self.headers.get("Content-Length") or 0)
-            while n > 0:
-                data = self.rfile.read(min(n, 1 << 20))
-                if not data:
-                    raise ConnectionError("eof in body")
-                n -= len(data)
-                yield data
-
-    def _drain(self):
-        for _ in self._iter_body():
-            pass
-
-    def _reply(self, code, body, ctype="text/plain"):
-        if isinstance(body, str):
-            body = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-backend", self.name)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def backend_name(self):
+        return self.name
 
     # -- dispatch -----------------------------------------------------------------------------
     def _handle(self):
@@ -188,12 +135,6 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
@@ -201,13 +142,9 @@ def main():
     ap.add_argument("--name", default="backend")
     ap.add_argument("--delay-ms", type=int, default=0, help="fixed delay before every answer (except /count)")
     args = ap.parse_args()
-    if not args.host.startswith("127."):
-        sys.exit("backend: loopback addresses only")
     Handler.name = args.name
     Handler.delay_ms = min(max(args.delay_ms, 0), MAX_SLOW_MS)
-    srv = Server((args.host, args.port), Handler)
-    print(f"PORT {srv.server_address[1]}", flush=True)
-    srv.serve_forever(poll_interval=0.2)
+    serve(Handler, args.host, args.port, "backend")
 
 
 if __name__ == "__main__":

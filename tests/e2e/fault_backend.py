@@ -28,14 +28,14 @@ The module also holds `FaultBackend`, the test-side handle (start, stats, set_mo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import select
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from backend_base import BackendHandler, serve
 
 MAX_SLOW_MS = 30_000
 HANG_MAX_S = 60.0
@@ -75,60 +75,12 @@ class State:
             }
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(BackendHandler):
     server_version = "e2e-fault-backend"
-    sys_version = ""
     timeout = 90  # a stuck peer cannot hold a thread forever
-    disable_nagle_algorithm = True
 
-    def log_message(self, fmt, *args):  # quiet
-        pass
-
-    def _read_body(self) -> tuple[int, str]:
-        h = hashlib.sha256()
-        n = 0
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            while True:
-                line = self.rfile.readline(65537)
-                if not line:
-                    raise ConnectionError("eof in chunk size")
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while True:
-                        t = self.rfile.readline(65537)
-                        if not t or t in (b"\r\n", b"\n"):
-                            return n, h.hexdigest()
-                left = size
-                while left > 0:
-                    data = self.rfile.read(min(left, 1 << 20))
-                    if not data:
-                        raise ConnectionError("eof in chunk data")
-                    left -= len(data)
-                    n += len(data)
-                    h.update(data)
-                self.rfile.readline(3)
-        left = int(self.headers.get("Content-Length") or 0)
-        while left > 0:
-            data = self.rfile.read(min(left, 1 << 20))
-            if not data:
-                raise ConnectionError("eof in body")
-            left -= len(data)
-            n += len(data)
-            h.update(data)
-        return n, h.hexdigest()
-
-    def _reply(self, code: int, body, ctype: str = "text/plain"):
-        if isinstance(body, str):
-            body = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-backend", State.name)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def backend_name(self) -> str:
+        return State.name
 
     def _hang(self):
         """Never answer: wait until the peer closes the connection (or HANG_MAX_S), then close."""
@@ -195,12 +147,6 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
@@ -208,15 +154,11 @@ def main():
     ap.add_argument("--name", default="fault")
     ap.add_argument("--mode", default="ok")
     args = ap.parse_args()
-    if not args.host.startswith("127."):
-        sys.exit("fault_backend: loopback addresses only")
     if not valid_mode(args.mode):
         sys.exit(f"fault_backend: bad mode {args.mode!r}")
     State.name = args.name
     State.mode = args.mode
-    srv = Server((args.host, args.port), Handler)
-    print(f"PORT {srv.server_address[1]}", flush=True)
-    srv.serve_forever(poll_interval=0.2)
+    serve(Handler, args.host, args.port, "fault_backend")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -74,7 +74,14 @@ public indirect enum JSONValue: Sendable, Equatable, ExpressibleByStringLiteral,
         out += "\n" + String(repeating: "  ", count: indent)
     }
 
-    static func quote(_ s: String, into out: inout String) {
+    /// `s` as a JSON string literal (also a valid YAML double-quoted scalar: YAML is a superset).
+    public static func quoted(_ s: String) -> String {
+        var out = ""
+        quote(s, into: &out)
+        return out
+    }
+
+    public static func quote(_ s: String, into out: inout String) {
         out += "\""
         for u in s.unicodeScalars {
             switch u {

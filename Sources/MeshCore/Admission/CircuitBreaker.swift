@@ -1,5 +1,5 @@
 /// Per-service circuit-breaker limits (Envoy's thresholds; DESIGN defaults 1024/1024/1024/3). Past a
-/// limit a request is refused at once with 503 `x-meshd-error: overflow-LIMIT`.
+/// limit a request is refused at once with 503 `x-meshd-error: overflow-LIMIT` (a retry is not sent).
 public struct CircuitBreakerLimits: Sendable, Equatable {
     public var maxConnections = 1024
     public var maxPending = 1024
@@ -12,11 +12,38 @@ public struct CircuitBreakerLimits: Sendable, Equatable {
         case pending
         case requests
         case retries
+
+        /// meshd's reply when a request is refused for this limit (`retries` has none: the retry is
+        /// skipped, the request goes on).
+        public var error: MeshError? {
+            switch self {
+            case .connections: return .overflowConnections
+            case .pending: return .overflowPending
+            case .requests: return .overflowRequests
+            case .retries: return nil
+            }
+        }
+
+        /// The config key, for replies and logs.
+        public var key: String {
+            switch self {
+            case .connections: return "limits.maxConnections"
+            case .pending: return "limits.maxPending"
+            case .requests: return "limits.maxRequests"
+            case .retries: return "limits.maxRetries"
+            }
+        }
     }
 
-    /// The first limit `counts` would exceed by one more, or nil.
-    public func admit(requests: Int) -> Overflow? { requests >= maxRequests ? .requests : nil }
-    public func admitPending(pending: Int) -> Overflow? { pending >= maxPending ? .pending : nil }
-    public func admitConnection(connections: Int) -> Overflow? { connections >= maxConnections ? .connections : nil }
-    public func admitRetry(retries: Int) -> Overflow? { retries >= maxRetries ? .retries : nil }
+    public func limit(_ kind: Overflow) -> Int {
+        switch kind {
+        case .connections: return maxConnections
+        case .pending: return maxPending
+        case .requests: return maxRequests
+        case .retries: return maxRetries
+        }
+    }
+
+    /// Whether one more of `kind` fits beside the `current` ones.
+    public func admits(_ kind: Overflow, current: Int) -> Bool { current < limit(kind) }
 }

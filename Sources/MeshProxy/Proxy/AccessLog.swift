@@ -1,6 +1,7 @@
 import Atomics
 import CoreMetrics
 import Dispatch
+import MeshCore
 import NIOCore
 
 /// One JSON access-log line per request (`accessLog: true`).
@@ -26,26 +27,7 @@ enum AccessLog {
     }
 
     /// A JSON string literal.
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { JSONValue.quoted(s) }
 }
 
 #if canImport(Glibc)
@@ -104,15 +86,7 @@ final class AccessLogWriter: Sendable {
         }
         let fd = self.fd
         queue.async { [queued] in
-            bytes.withUnsafeBytes { raw in
-                var offset = 0
-                while offset < raw.count {
-                    let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                    if n < 0 && errno == EINTR { continue }
-                    if n <= 0 { break }
-                    offset += n
-                }
-            }
+            bytes.withUnsafeBytes { writeAll(fd: fd, $0) }
             queued.wrappingDecrement(by: size, ordering: .relaxed)
         }
     }

@@ -9,8 +9,7 @@ struct LoopRetryAdmission: RetryAdmission {
     let service: LoopService?
 
     func retryFits() -> Bool {
-        guard let service else { return false }
-        return service.limits.admitRetry(retries: service.counters.activeRetries.load(ordering: .relaxed)) == nil
+        service?.admits(.retries) ?? false
     }
 
     mutating func takeRetry(now: Int64) -> Bool { route?.tryRetry(now: now) ?? false }
@@ -69,16 +68,8 @@ extension HTTPProxyHandler {
             // Circuit breaker: a new connection must fit the service's connection and pending limits
             // (a stream on an HTTP/2 connection that has room needs no new connection).
             let needsConnection = !req.upstreamH2 || !loop.pool.hasHTTP2Capacity(target)
-            if needsConnection,
-                service.limits.admitConnection(connections: service.counters.connections.load(ordering: .relaxed)) != nil
-            {
-                reply(.overflowConnections, context: context, detail: "service '\(service.name)' is at limits.maxConnections")
-                return
-            }
-            if service.limits.admitPending(pending: service.counters.pending.load(ordering: .relaxed)) != nil {
-                reply(.overflowPending, context: context, detail: "service '\(service.name)' is at limits.maxPending")
-                return
-            }
+            if needsConnection && refuseOverflow(.connections, of: service, context: context) { return }
+            if refuseOverflow(.pending, of: service, context: context) { return }
             service.counters.pending.wrappingIncrement(ordering: .relaxed)
             req.countedPending = true
             counters = service.counters
@@ -179,6 +170,15 @@ extension HTTPProxyHandler {
                 metadata: ["direction": "\(direction.label)", "error": "\(error.rawValue)", "detail": "\(detail)"])
             reply(error, context: context, detail: detail)
         }
+    }
+
+    /// Circuit breaker: replies `503 overflow-…` and returns true when `service` is at its `kind` limit.
+    func refuseOverflow(
+        _ kind: CircuitBreakerLimits.Overflow, of service: LoopService, context: ChannelHandlerContext
+    ) -> Bool {
+        guard !service.admits(kind), let error = kind.error else { return false }
+        reply(error, context: context, detail: "service '\(service.name)' is at \(kind.key)")
+        return true
     }
 
     func countSkipped(_ skip: ExchangeStateMachine.Skip?) {

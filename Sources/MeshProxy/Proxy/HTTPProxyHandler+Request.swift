@@ -90,10 +90,7 @@ extension HTTPProxyHandler {
                 reply(.rateLimited, context: context, detail: "rate limit of route '\(route.name)' exceeded", retryAfter: wait)
                 return
             }
-            if service.limits.admit(requests: service.counters.activeRequests.load(ordering: .relaxed)) != nil {
-                reply(.overflowRequests, context: context, detail: "service '\(service.name)' is at limits.maxRequests")
-                return
-            }
+            if refuseOverflow(.requests, of: service, context: context) { return }
             service.counters.activeRequests.wrappingIncrement(ordering: .relaxed)
             req.countedActive = true
             routeState.budget.recordRequest(now: now)

@@ -65,12 +65,17 @@ struct JSONLogHandler: LogHandler {
 /// Writes to file descriptor 2 in as few calls as it takes (no shared FILE* state).
 func writeStderr(_ text: String) {
     var text = text
-    text.withUTF8 { buf in
-        var offset = 0
-        while offset < buf.count {
-            let n = write(2, buf.baseAddress! + offset, buf.count - offset)
-            if n <= 0 { break }
-            offset += n
-        }
+    text.withUTF8 { writeAll(fd: 2, UnsafeRawBufferPointer($0)) }
+}
+
+/// Writes all of `bytes` to `fd` (retrying short writes and EINTR); stops at the first error.
+func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+    guard let base = bytes.baseAddress else { return }
+    var offset = 0
+    while offset < bytes.count {
+        let n = write(fd, base + offset, bytes.count - offset)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        offset += n
     }
 }

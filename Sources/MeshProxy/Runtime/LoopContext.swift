@@ -56,6 +56,11 @@ final class LoopService {
     var keepsGauges = false
     /// The HTTP version spoken to the endpoints (`services[].protocol`; inbound: `inbound.appProtocol`).
     var upstreamProtocol = UpstreamProtocol.auto
+
+    /// Circuit breaker: whether one more of `kind` fits the service's limits (all loops together).
+    func admits(_ kind: CircuitBreakerLimits.Overflow) -> Bool {
+        limits.admits(kind, current: counters.current(kind))
+    }
     init(
         name: String, endpoints: [LoopEndpoint], balancer: LoadBalancer, metrics: ServiceMetrics,
         counters: ServiceCounters = ServiceCounters(), limits: CircuitBreakerLimits = CircuitBreakerLimits(),

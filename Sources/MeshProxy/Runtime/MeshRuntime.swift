@@ -123,6 +123,26 @@ final class MeshRuntime: Sendable {
         channels.withLockedValue { $0.compactMapValues { $0.localAddress } }
     }
 
+    /// Every listener: a bounded accept backlog, the address reusable at once after a restart.
+    static func bootstrap(group: EventLoopGroup, backlog: Int32) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: backlog)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+    }
+
+    /// A proxy listener (HTTP or opaque TCP): drained by `quiesce`, no Nagle delay, and a client's FIN
+    /// kept as an event (a client may send its bytes and its FIN together: nothing it sent is lost).
+    static func proxyBootstrap(group: EventLoopGroup, quiesce: ServerQuiescingHelper) -> ServerBootstrap {
+        bootstrap(group: group, backlog: 1024)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+    }
+
     func bindProxy(_ direction: Direction, _ listen: HostPort) async throws -> Channel {
         let config = self.config
         let allowed: [CIDR]? = config.mode == .node && direction == .outbound ? config.effectiveAllowedSources : nil
@@ -130,18 +150,7 @@ final class MeshRuntime: Sendable {
         let openCount = direction == .outbound ? shared.outboundOpen : shared.inboundOpen
         let quiesce = self.quiesce[direction]!
         let runtime = self
-        return try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
-                }
-            }
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            // A client may send its bytes and its FIN together (opaque TCP): keep the read side's EOF
-            // as an event, not a close, so nothing it sent is lost.
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
+        return try await Self.proxyBootstrap(group: group, quiesce: quiesce)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let loop = runtime.loopContext(for: channel.eventLoop)
@@ -274,16 +283,7 @@ final class MeshRuntime: Sendable {
             // Its own quiescing helper: a drain stops this listener accepting at once, like the others.
             let quiesce = ServerQuiescingHelper(group: group)
             tcpQuiesce.withLockedValue { $0.append(quiesce) }
-            let channel = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
-                    }
-                }
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
+            let channel = try await Self.proxyBootstrap(group: group, quiesce: quiesce)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let loop = runtime.loopContext(for: channel.eventLoop)
@@ -311,9 +311,7 @@ final class MeshRuntime: Sendable {
         let runtime = self
         let open = ManagedAtomic<Int>(0)
         let refused = shared.metrics.counter("meshd_connections_refused_total", [("direction", "admin"), ("reason", "connection_limit")])
-        return try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 64)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        return try await Self.bootstrap(group: group, backlog: 64)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations

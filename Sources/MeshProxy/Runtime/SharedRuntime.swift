@@ -61,4 +61,13 @@ final class ServiceCounters: Sendable {
     let pending = ManagedAtomic<Int>(0)
     let connections = ManagedAtomic<Int>(0)
     let activeRetries = ManagedAtomic<Int>(0)
+
+    func current(_ kind: CircuitBreakerLimits.Overflow) -> Int {
+        switch kind {
+        case .connections: return connections.load(ordering: .relaxed)
+        case .pending: return pending.load(ordering: .relaxed)
+        case .requests: return activeRequests.load(ordering: .relaxed)
+        case .retries: return activeRetries.load(ordering: .relaxed)
+        }
+    }
 }

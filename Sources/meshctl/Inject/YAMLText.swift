@@ -1,3 +1,5 @@
+import MeshCore
+
 /// A YAML file as lines, edited by inserting lines and replacing spans; every line not touched is
 /// written back byte for byte (comments included). Positions come from Yams' composed nodes
 /// (`Mark`: 1-based line and column); block extents are found from indentation.
@@ -200,19 +202,8 @@ indirect enum YAMLValue {
         return true
     }
 
-    static func quoted(_ s: String) -> String {
-        var out = "\""
-        for c in s.unicodeScalars {
-            switch c {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            default: out.unicodeScalars.append(c)
-            }
-        }
-        return out + "\""
-    }
+    /// A double-quoted YAML scalar (written as a JSON string literal, which YAML reads the same).
+    static func quoted(_ s: String) -> String { JSONValue.quoted(s) }
 
     static func scalarText(_ s: String) -> String { isPlainSafe(s) ? s : quoted(s) }
 

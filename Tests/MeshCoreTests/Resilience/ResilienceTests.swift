@@ -90,9 +90,12 @@ struct RetryTests {
         var l = CircuitBreakerLimits()
         l.maxRequests = 2
         l.maxRetries = 1
-        #expect(l.admit(requests: 1) == nil)
-        #expect(l.admit(requests: 2) == .requests)
-        #expect(l.admitRetry(retries: 1) == .retries)
+        #expect(l.admits(.requests, current: 1))
+        #expect(!l.admits(.requests, current: 2))
+        #expect(!l.admits(.retries, current: 1))
+        #expect(l.admits(.pending, current: 1023) && !l.admits(.pending, current: 1024))
+        #expect(CircuitBreakerLimits.Overflow.requests.error == .overflowRequests)
+        #expect(CircuitBreakerLimits.Overflow.retries.error == nil)
         #expect(CircuitBreakerLimits().maxConnections == 1024)
     }
 }
