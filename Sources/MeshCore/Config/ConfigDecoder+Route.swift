@@ -2,80 +2,10 @@ import Yams
 
 extension Decoder {
     mutating func decodeRoute(_ node: Node, _ path: String) -> RouteConfig? {
-        let allowed = ["name", "match", "service", "backends", "timeout", "retry", "rateLimit"]
-        guard let entries = mapping(node, path, allowed: allowed) else { return nil }
         var route = RouteConfig()
-        var hasService = false
-        var hasBackends = false
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "name": route.name = string(v, p)
-            case "match": decodeMatch(v, p, into: &route.match)
-            case "service":
-                marks[p] = v.mark
-                if let s = string(v, p) {
-                    hasService = true
-                    route.backends = [RouteConfig.Backend(service: s, weight: 1)]
-                }
-            case "backends":
-                hasBackends = true
-                marks[p] = v.mark
-                guard let items = sequence(v) else {
-                    fail(p, v, .wrongType(expected: "a list of {service, weight}"))
-                    continue
-                }
-                var backends: [RouteConfig.Backend] = []
-                for (i, item) in items.enumerated() {
-                    let bp = "\(p)[\(i)]"
-                    guard let be = mapping(item, bp, allowed: ["service", "weight"]) else { continue }
-                    var service: String?
-                    var weight = 1
-                    for (bk, bv) in be {
-                        if bk == "service" {
-                            marks[bp + ".service"] = bv.mark
-                            service = string(bv, bp + ".service")
-                        }
-                        if bk == "weight", let w = int(bv, bp + ".weight", range: 0...10_000) { weight = w }
-                    }
-                    if let service {
-                        backends.append(.init(service: service, weight: weight))
-                    } else {
-                        fail(bp, item, .missingKey("service"))
-                    }
-                }
-                if backends.isEmpty { fail(p, v, .invalid("a route needs at least one backend")) }
-                route.backends = backends
-            case "timeout": route.timeout = duration(v, p)
-            case "retry": route.retry = decodeRetry(v, p)
-            case "rateLimit":
-                guard let e = mapping(v, p, allowed: ["requestsPerSecond", "burst", "perSource"]) else { continue }
-                var rps: Double?
-                var burst: Double?
-                var perSource: Bool?
-                for (rk, rv) in e {
-                    let rp = join(p, rk)
-                    switch rk {
-                    case "requestsPerSecond", "burst":
-                        if let t = string(rv, rp) {
-                            if let d = Double(t), d > 0, d <= 10_000_000 {
-                                if rk == "burst" { burst = d } else { rps = d }
-                            } else {
-                                fail(rp, rv, .invalidValue(t, expected: "a number above 0"))
-                            }
-                        }
-                    case "perSource": perSource = bool(rv, rp)
-                    default: break
-                    }
-                }
-                if let rps {
-                    route.rateLimit = RateLimitConfig(requestsPerSecond: rps, burst: burst ?? max(1, rps), perSource: perSource)
-                } else {
-                    fail(p, v, .missingKey("requestsPerSecond"))
-                }
-            default: break
-            }
-        }
+        guard let present = decode(node, path, ConfigKeys.route, into: &route) else { return nil }
+        let hasService = present.contains("service")
+        let hasBackends = present.contains("backends")
         if hasService && hasBackends {
             fail(path, node, .invalid("give either 'service' or 'backends', not both"))
         } else if !hasService && !hasBackends {
@@ -85,75 +15,116 @@ extension Decoder {
     }
 
     mutating func decodeRetry(_ node: Node, _ path: String) -> RetryPolicy? {
-        let keys = ["retryOn", "backoff", "budget"] + ConfigKeys.retry.map(\.name)
-        guard let entries = mapping(node, path, allowed: keys) else { return nil }
         var r = RetryPolicy()
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "retryOn":
-                guard let items = sequence(v) else {
-                    fail(p, v, .wrongType(expected: "a list such as [connect-failure, gateway-error]"))
-                    continue
-                }
-                var set = Set<RetryPolicy.Condition>()
-                for (i, item) in items.enumerated() {
-                    guard let text = string(item, "\(p)[\(i)]") else { continue }
-                    if let c = RetryPolicy.Condition.parse(text) {
-                        set.insert(c)
-                    } else {
-                        fail(
-                            "\(p)[\(i)]", item,
-                            .invalidValue(
-                                text,
-                                expected:
-                                    "connect-failure, refused-stream, reset, 5xx, gateway-error, a status code, or a gRPC status (unavailable, cancelled, deadline-exceeded, internal, resource-exhausted)"
-                            ))
-                    }
-                }
-                r.retryOn = set
-            case "backoff":
-                guard decode(v, p, ConfigKeys.backoff, into: &r.backoff) else { continue }
-                if r.backoff.max < r.backoff.base { fail(join(p, "max"), v, .invalid("must be at least backoff.base")) }
-            case "budget": decode(v, p, ConfigKeys.budget, into: &r.budget)
-            default:
-                if let key = ConfigKeys.retry.first(where: { $0.name == k }) { key.decode(&self, v, p, &r) }
-            }
-        }
+        guard decode(node, path, ConfigKeys.retry, into: &r) != nil else { return nil }
         return r
     }
 
-    mutating func decodeMatch(_ node: Node, _ path: String, into match: inout RouteConfig.Match) {
-        guard let entries = mapping(node, path, allowed: ["authority", "pathPrefix", "method", "headers"]) else { return }
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "authority": match.authority = string(v, p)?.lowercased()
-            case "pathPrefix":
-                if let s = string(v, p) {
-                    if s.hasPrefix("/") {
-                        match.pathPrefix = s
-                    } else {
-                        fail(p, v, .invalidValue(s, expected: "a path starting with '/'"))
-                    }
-                }
-            case "method": match.method = string(v, p)?.uppercased()
-            case "headers":
-                guard case .mapping(let m) = v else {
-                    fail(p, v, .wrongType(expected: "a mapping of header name to value"))
-                    continue
-                }
-                for (hk, hv) in m {
-                    guard case .scalar(let name) = hk, let value = string(hv, p + "." + (hk.string ?? "?")) else { continue }
-                    match.headers.append(.init(name: name.string.lowercased(), value: value))
-                }
-            default: break
-            }
-        }
-    }
-
-    func isValidName(_ name: String) -> Bool {
+    static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.count <= 253
             && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") }
+    }
+}
+
+/// What a `rateLimit:` mapping says, before the checks that involve several keys.
+struct RateLimitDraft {
+    var requestsPerSecond: Double = 0
+    var burst: Double = 0
+    var perSource: Bool?
+}
+
+extension ConfigKeys {
+    static let route: [ConfigKey<RouteConfig>] = [
+        ConfigKey(name: "name", bound: "string") { d, node, path, r in r.name = d.string(node, path) },
+        .section("match", match, \.match),
+        ConfigKey(name: "service", bound: "service name") { d, node, path, r in
+            d.marks[path] = node.mark
+            if let s = d.string(node, path) { r.backends = [RouteConfig.Backend(service: s, weight: 1)] }
+        },
+        ConfigKey(name: "backends", bound: nil) { d, node, path, r in
+            d.marks[path] = node.mark
+            guard let items = d.sequence(node) else {
+                d.fail(path, node, .wrongType(expected: "a list of {service, weight}"))
+                return
+            }
+            var backends: [RouteConfig.Backend] = []
+            for (i, item) in items.enumerated() {
+                let bp = "\(path)[\(i)]"
+                var b = RouteConfig.Backend(service: "", weight: 1)
+                guard let present = d.decode(item, bp, backend, into: &b) else { continue }
+                if present.contains("service") {
+                    if !b.service.isEmpty { backends.append(b) }
+                } else {
+                    d.fail(bp, item, .missingKey("service"))
+                }
+            }
+            if backends.isEmpty { d.fail(path, node, .invalid("a route needs at least one backend")) }
+            r.backends = backends
+        },
+        .duration("timeout", \.timeout),
+        ConfigKey(name: "retry", bound: nil) { d, node, path, r in r.retry = d.decodeRetry(node, path) },
+        ConfigKey(name: "rateLimit", bound: nil) { d, node, path, r in
+            var draft = RateLimitDraft()
+            guard let present = d.decode(node, path, rateLimit, into: &draft) else { return }
+            guard present.contains("requestsPerSecond") else {
+                d.fail(path, node, .missingKey("requestsPerSecond"))
+                return
+            }
+            guard draft.requestsPerSecond > 0 else { return }  // its own problem is reported
+            let burst = present.contains("burst") ? draft.burst : max(1, draft.requestsPerSecond)
+            r.rateLimit = RateLimitConfig(requestsPerSecond: draft.requestsPerSecond, burst: burst, perSource: draft.perSource)
+        },
+    ]
+
+    static let match: [ConfigKey<RouteConfig.Match>] = [
+        ConfigKey(name: "authority", bound: "host, `*`, `*.suffix`") { d, node, path, m in
+            m.authority = d.string(node, path)?.lowercased()
+        },
+        .text("pathPrefix", bound: "starts with `/`") { d, node, path, text, m in
+            if text.hasPrefix("/") {
+                m.pathPrefix = text
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "a path starting with '/'"))
+            }
+        },
+        ConfigKey(name: "method", bound: "e.g. `GET`") { d, node, path, m in m.method = d.string(node, path)?.uppercased() },
+        ConfigKey(name: "headers", bound: "map name → exact value") { d, node, path, m in
+            guard case .mapping(let map) = node else {
+                d.fail(path, node, .wrongType(expected: "a mapping of header name to value"))
+                return
+            }
+            for (hk, hv) in map {
+                guard case .scalar(let name) = hk, let value = d.string(hv, path + "." + (hk.string ?? "?")) else { continue }
+                m.headers.append(.init(name: name.string.lowercased(), value: value))
+            }
+        },
+    ]
+
+    static let backend: [ConfigKey<RouteConfig.Backend>] = [
+        ConfigKey(name: "service", bound: "service name") { d, node, path, b in
+            d.marks[path] = node.mark
+            if let s = d.string(node, path) { b.service = s }
+        },
+        .int("weight", 0...10_000, \.weight),
+    ]
+
+    static let rateLimit: [ConfigKey<RateLimitDraft>] = [
+        .positive("requestsPerSecond", \.requestsPerSecond),
+        .positive("burst", \.burst),
+        ConfigKey(name: "perSource", bound: "bool") { d, node, path, x in x.perSource = d.bool(node, path) },
+    ]
+}
+
+extension ConfigKey {
+    /// A number above 0 (at most 10 000 000).
+    static func positive(_ name: String, _ field: WritableKeyPath<Target, Double> & Sendable) -> ConfigKey {
+        ConfigKey(name: name, bound: "> 0") { d, node, path, target in
+            guard let text = d.string(node, path) else { return }
+            if let v = Double(text), v > 0, v <= 10_000_000 {
+                target[keyPath: field] = v
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "a number above 0"))
+            }
+        }
     }
 }

@@ -2,142 +2,26 @@ import Yams
 
 extension Decoder {
     mutating func decodeService(_ node: Node, _ path: String) -> ServiceConfig? {
-        let allowed = [
-            "name", "endpoints", "discovery", "balancer", "locality", "timeouts", "limits", "outlierDetection", "protocol", "listen",
-        ]
-        guard let entries = mapping(node, path, allowed: allowed) else { return nil }
         var service = ServiceConfig(name: "")
-        var sawName = false
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "name":
-                marks[p] = v.mark
-                if let name = string(v, p) {
-                    sawName = true
-                    if isValidName(name) {
-                        service.name = name
-                    } else {
-                        fail(p, v, .invalidValue(name, expected: "a name of letters, digits, '.', '-', '_'"))
-                    }
-                }
-            case "endpoints":
-                guard let items = sequence(v) else {
-                    fail(p, v, .wrongType(expected: "a list of endpoints"))
-                    continue
-                }
-                service.endpoints = items.enumerated().compactMap { decodeEndpoint($1, "\(p)[\($0)]") }
-            case "balancer": decodeBalancer(v, p, into: &service.balancer)
-            case "discovery": service.discovery = decodeDiscovery(v, p)
-            case "protocol":
-                if let text = string(v, p) {
-                    if let sp = ServiceProtocol(rawValue: text) {
-                        service.protocol = sp
-                    } else {
-                        fail(p, v, .invalidValue(text, expected: "auto, http1, http2, grpc or tcp"))
-                    }
-                }
-            case "listen":
-                marks[p] = v.mark
-                service.listen = address(v, p, allowPortZero: true)
-            case "timeouts": decode(v, p, ConfigKeys.serviceTimeouts, into: &service)
-            case "limits": decode(v, p, ConfigKeys.limits, into: &service.limits)
-            case "outlierDetection":
-                var od = OutlierDetector.Config()
-                guard decode(v, p, ConfigKeys.outlierDetection, into: &od) else { continue }
-                if od.maxEjectionTime < od.baseEjectionTime {
-                    fail(join(p, "maxEjectionTime"), v, .invalid("must be at least baseEjectionTime"))
-                }
-                service.outlierDetection = od
-            case "locality":
-                marks[p] = v.mark
-                guard let e = mapping(v, p, allowed: ["prefer", "minHealthyShare"]) else { continue }
-                var pref = LocalityPreference(prefer: .zone)
-                var sawPrefer = false
-                for (lk, lv) in e {
-                    let lp = join(p, lk)
-                    if lk == "prefer", let text = string(lv, lp) {
-                        sawPrefer = true
-                        if let scope = LocalityPreference.Scope(rawValue: text) {
-                            pref.prefer = scope
-                        } else {
-                            fail(lp, lv, .invalidValue(text, expected: "node or zone"))
-                        }
-                    }
-                    if lk == "minHealthyShare", let text = string(lv, lp) {
-                        if let d = Double(text), d >= 0, d <= 1 {
-                            pref.minHealthyShare = d
-                        } else {
-                            fail(lp, lv, .invalidValue(text, expected: "a number in 0...1"))
-                        }
-                    }
-                }
-                if sawPrefer { service.locality = pref } else { fail(p, v, .missingKey("prefer")) }
-            default: break
-            }
-        }
-        if !sawName { fail(path, node, .missingKey("name")) }
+        guard let present = decode(node, path, ConfigKeys.service, into: &service) else { return nil }
+        if !present.contains("name") { fail(path, node, .missingKey("name")) }
         return service
     }
 
+    /// `round_robin`, or `{algorithm: ..., options}`.
     mutating func decodeBalancer(_ node: Node, _ path: String, into b: inout BalancerConfig) {
-        let expected = BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")
         if case .scalar = node {
-            guard let text = string(node, path) else { return }
-            if let kind = BalancerKind(rawValue: text) {
-                b.algorithm = kind
-            } else {
-                fail(path, node, .invalidValue(text, expected: expected))
-            }
+            if let text = string(node, path) { b.algorithm = balancerKind(text, node, path) ?? b.algorithm }
             return
         }
-        let allowed = ["algorithm", "hashKey", "decay", "defaultRTT", "pointsPerWeight", "tableSize"]
-        guard let entries = mapping(node, path, allowed: allowed) else { return }
-        var sawAlgorithm = false
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "algorithm":
-                sawAlgorithm = true
-                if let text = string(v, p) {
-                    if let kind = BalancerKind(rawValue: text) {
-                        b.algorithm = kind
-                    } else {
-                        fail(p, v, .invalidValue(text, expected: expected))
-                    }
-                }
-            case "hashKey":
-                if case .scalar = v {
-                    if let text = string(v, p) {
-                        if text == "sourceIP" {
-                            b.hashKey = .sourceIP
-                        } else {
-                            fail(p, v, .invalidValue(text, expected: "sourceIP, {header: NAME} or {cookie: NAME}"))
-                        }
-                    }
-                } else if let e = mapping(v, p, allowed: ["header", "cookie", "sourceIP"]), let (hk, hv) = e.first {
-                    if e.count > 1 { fail(p, v, .invalid("give one of header, cookie or sourceIP")) }
-                    switch hk {
-                    case "header": if let h = string(hv, join(p, hk)) { b.hashKey = .header(h.lowercased()) }
-                    case "cookie": if let c = string(hv, join(p, hk)) { b.hashKey = .cookie(c) }
-                    default: b.hashKey = .sourceIP
-                    }
-                }
-            case "decay": if let d = duration(v, p, max: .seconds(3600)) { b.decay = d }
-            case "defaultRTT": if let d = duration(v, p, max: .seconds(60)) { b.defaultRTT = d }
-            case "pointsPerWeight": if let i = int(v, p, range: 1...4096) { b.pointsPerWeight = i }
-            case "tableSize":
-                if let i = int(v, p, range: 3...5_000_011) {
-                    if Self.isPrime(i) {
-                        b.tableSize = i
-                    } else {
-                        fail(p, v, .invalidValue(String(i), expected: "a prime number (such as 65537)"))
-                    }
-                }
-            default: break
-            }
-        }
-        if !sawAlgorithm { fail(path, node, .missingKey("algorithm")) }
+        guard let present = decode(node, path, ConfigKeys.balancer, into: &b) else { return }
+        if !present.contains("algorithm") { fail(path, node, .missingKey("algorithm")) }
+    }
+
+    mutating func balancerKind(_ text: String, _ node: Node, _ path: String) -> BalancerKind? {
+        if let kind = BalancerKind(rawValue: text) { return kind }
+        fail(path, node, .invalidValue(text, expected: BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")))
+        return nil
     }
 
     static func isPrime(_ n: Int) -> Bool {
@@ -150,37 +34,32 @@ extension Decoder {
         return true
     }
 
-    mutating func decodeDiscovery(_ node: Node, _ path: String) -> DiscoveryConfig? {
-        guard let entries = mapping(node, path, allowed: ["file", "dns", "port", "refresh", "allowEmpty"]) else { return nil }
+    /// What a `discovery:` mapping says, before the checks that involve several keys.
+    struct DiscoveryDraft {
         var file: String?
         var dns: String?
         var port: Int?
         var refresh: MeshDuration?
         var allowEmpty = false
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "file": file = string(v, p)
-            case "dns": dns = string(v, p)
-            case "port": port = int(v, p, range: 1...65535)
-            case "refresh": refresh = duration(v, p, max: .seconds(3600))
-            case "allowEmpty": allowEmpty = bool(v, p) ?? false
-            default: break
-            }
-        }
-        if let r = refresh, r < .milliseconds(100) {
+    }
+
+    mutating func decodeDiscovery(_ node: Node, _ path: String) -> DiscoveryConfig? {
+        var draft = DiscoveryDraft()
+        guard decode(node, path, ConfigKeys.discovery, into: &draft) != nil else { return nil }
+        if let r = draft.refresh, r < .milliseconds(100) {
             fail(join(path, "refresh"), node, .invalidValue(r.description, expected: "at least 100ms"))
         }
-        switch (file, dns) {
+        switch (draft.file, draft.dns) {
         case (let f?, nil):
-            if port != nil { fail(join(path, "port"), node, .invalid("'port' applies to dns discovery only")) }
-            return DiscoveryConfig(source: .file(path: f), refresh: refresh ?? .seconds(1), allowEmpty: allowEmpty)
+            if draft.port != nil { fail(join(path, "port"), node, .invalid("'port' applies to dns discovery only")) }
+            return DiscoveryConfig(source: .file(path: f), refresh: draft.refresh ?? .seconds(1), allowEmpty: draft.allowEmpty)
         case (nil, let name?):
-            guard let port else {
+            guard let port = draft.port else {
                 fail(path, node, .missingKey("port"))
                 return nil
             }
-            return DiscoveryConfig(source: .dns(name: name, port: port), refresh: refresh ?? .seconds(5), allowEmpty: allowEmpty)
+            return DiscoveryConfig(
+                source: .dns(name: name, port: port), refresh: draft.refresh ?? .seconds(5), allowEmpty: draft.allowEmpty)
         case (nil, nil):
             fail(path, node, .missingKey("file or dns"))
         default:
@@ -194,27 +73,127 @@ extension Decoder {
             guard let address = address(node, path) else { return nil }
             return EndpointConfig(address: address)
         }
-        guard let entries = mapping(node, path, allowed: ["address", "via", "weight", "zone", "node"]) else { return nil }
-        var address: HostPort?
-        var via: HostPort?
-        var weight = 1
-        var zone: String?
-        var nodeName: String?
-        for (k, v) in entries {
-            let p = join(path, k)
-            switch k {
-            case "address": address = self.address(v, p)
-            case "via": via = self.address(v, p)
-            case "weight": if let w = int(v, p, range: 1...10_000) { weight = w }
-            case "zone": zone = string(v, p)
-            case "node": nodeName = string(v, p)
-            default: break
-            }
-        }
-        guard let address else {
-            if !entries.contains(where: { $0.0 == "address" }) { fail(path, node, .missingKey("address")) }
+        // The address is required: a placeholder until it is read (port 0 never passes HostPort.parse).
+        var endpoint = EndpointConfig(address: HostPort(host: "", port: 0))
+        guard let present = decode(node, path, ConfigKeys.endpoint, into: &endpoint) else { return nil }
+        guard endpoint.address.port != 0 else {
+            if !present.contains("address") { fail(path, node, .missingKey("address")) }
             return nil
         }
-        return EndpointConfig(address: address, via: via, weight: weight, zone: zone, node: nodeName)
+        return endpoint
     }
+}
+
+extension ConfigKeys {
+    static let service: [ConfigKey<ServiceConfig>] = [
+        .text("name", bound: "letters, digits, `.-_`, ≤ 253") { d, node, path, text, s in
+            d.marks[path] = node.mark
+            if Decoder.isValidName(text) {
+                s.name = text
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "a name of letters, digits, '.', '-', '_'"))
+            }
+        },
+        ConfigKey(name: "endpoints", bound: nil) { d, node, path, s in
+            guard let items = d.sequence(node) else {
+                d.fail(path, node, .wrongType(expected: "a list of endpoints"))
+                return
+            }
+            s.endpoints = items.enumerated().compactMap { d.decodeEndpoint($1, "\(path)[\($0)]") }
+        },
+        ConfigKey(name: "discovery", bound: nil) { d, node, path, s in s.discovery = d.decodeDiscovery(node, path) },
+        ConfigKey(name: "balancer", bound: "`round_robin`, `random`, `least_request`, `ewma`, `ring_hash`, `maglev`") {
+            d, node, path, s in d.decodeBalancer(node, path, into: &s.balancer)
+        },
+        ConfigKey(name: "locality", bound: nil) { d, node, path, s in
+            d.marks[path] = node.mark
+            var pref = LocalityPreference(prefer: .zone)
+            guard let present = d.decode(node, path, serviceLocality, into: &pref) else { return }
+            if present.contains("prefer") { s.locality = pref } else { d.fail(path, node, .missingKey("prefer")) }
+        },
+        .section("timeouts", serviceTimeouts, \.self),
+        .section("limits", limits, \.limits),
+        ConfigKey(name: "outlierDetection", bound: nil) { d, node, path, s in
+            var od = OutlierDetector.Config()
+            guard d.decode(node, path, outlierDetection, into: &od) != nil else { return }
+            if od.maxEjectionTime < od.baseEjectionTime {
+                d.fail(d.join(path, "maxEjectionTime"), node, .invalid("must be at least baseEjectionTime"))
+            }
+            s.outlierDetection = od
+        },
+        .text("protocol", bound: "`auto`, `http1`, `http2`, `grpc`, `tcp`") { d, node, path, text, s in
+            if let p = ServiceProtocol(rawValue: text) {
+                s.protocol = p
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "auto, http1, http2, grpc or tcp"))
+            }
+        },
+        ConfigKey(name: "listen", bound: "HOST:PORT") { d, node, path, s in
+            d.marks[path] = node.mark
+            s.listen = d.address(node, path, allowPortZero: true)
+        },
+    ]
+
+    static let endpoint: [ConfigKey<EndpointConfig>] = [
+        ConfigKey(name: "address", bound: "HOST:PORT") { d, node, path, e in
+            if let a = d.address(node, path) { e.address = a }
+        },
+        .address("via", \.via),
+        .int("weight", 1...10_000, \.weight),
+        ConfigKey(name: "zone", bound: "strings") { d, node, path, e in e.zone = d.string(node, path) },
+        ConfigKey(name: "node", bound: "strings") { d, node, path, e in e.node = d.string(node, path) },
+    ]
+
+    static let discovery: [ConfigKey<Decoder.DiscoveryDraft>] = [
+        ConfigKey(name: "file", bound: "path") { d, node, path, x in x.file = d.string(node, path) },
+        ConfigKey(name: "dns", bound: "host name") { d, node, path, x in x.dns = d.string(node, path) },
+        ConfigKey(name: "port", bound: "1…65535") { d, node, path, x in x.port = d.int(node, path, range: 1...65535) },
+        .duration("refresh", max: .seconds(3600), \.refresh),
+        .bool("allowEmpty", \.allowEmpty),
+    ]
+
+    static let balancer: [ConfigKey<BalancerConfig>] = [
+        .text("algorithm", bound: "`round_robin`, `random`, `least_request`, `ewma`, `ring_hash`, `maglev`") {
+            d, node, path, text, b in if let kind = d.balancerKind(text, node, path) { b.algorithm = kind }
+        },
+        ConfigKey(name: "hashKey", bound: "`sourceIP`, `{header: NAME}`, `{cookie: NAME}`") { d, node, path, b in
+            if case .scalar = node {
+                guard let text = d.string(node, path) else { return }
+                if text == "sourceIP" {
+                    b.hashKey = .sourceIP
+                } else {
+                    d.fail(path, node, .invalidValue(text, expected: "sourceIP, {header: NAME} or {cookie: NAME}"))
+                }
+            } else if let e = d.mapping(node, path, allowed: ["header", "cookie", "sourceIP"]), let (hk, hv) = e.first {
+                if e.count > 1 { d.fail(path, node, .invalid("give one of header, cookie or sourceIP")) }
+                switch hk {
+                case "header": if let h = d.string(hv, d.join(path, hk)) { b.hashKey = .header(h.lowercased()) }
+                case "cookie": if let c = d.string(hv, d.join(path, hk)) { b.hashKey = .cookie(c) }
+                default: b.hashKey = .sourceIP
+                }
+            }
+        },
+        .duration("decay", max: .seconds(3600), \.decay),
+        .duration("defaultRTT", max: .seconds(60), \.defaultRTT),
+        .int("pointsPerWeight", 1...4096, \.pointsPerWeight),
+        ConfigKey(name: "tableSize", bound: "a prime, 3…5000011") { d, node, path, b in
+            guard let i = d.int(node, path, range: 3...5_000_011) else { return }
+            if Decoder.isPrime(i) {
+                b.tableSize = i
+            } else {
+                d.fail(path, node, .invalidValue(String(i), expected: "a prime number (such as 65537)"))
+            }
+        },
+    ]
+
+    static let serviceLocality: [ConfigKey<LocalityPreference>] = [
+        .text("prefer", bound: "`zone`, `node`") { d, node, path, text, pref in
+            if let scope = LocalityPreference.Scope(rawValue: text) {
+                pref.prefer = scope
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "node or zone"))
+            }
+        },
+        .number("minHealthyShare", 0...1, bound: "0…1", \.minHealthyShare),
+    ]
 }

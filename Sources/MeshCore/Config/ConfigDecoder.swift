@@ -121,14 +121,16 @@ struct Decoder {
     }
 
     /// A section decoded by its key table (see `ConfigKeys`): unknown keys are reported, each known
-    /// one decodes itself. False when `node` is not a mapping.
+    /// one decodes itself. Returns the keys present, nil when `node` is not a mapping.
     @discardableResult
-    mutating func decode<Target>(_ node: Node, _ path: String, _ keys: [ConfigKey<Target>], into target: inout Target) -> Bool {
-        guard let entries = mapping(node, path, allowed: keys.map(\.name)) else { return false }
+    mutating func decode<Target>(
+        _ node: Node, _ path: String, _ keys: [ConfigKey<Target>], into target: inout Target
+    ) -> [String]? {
+        guard let entries = mapping(node, path, allowed: keys.map(\.name)) else { return nil }
         for (k, v) in entries {
             if let key = keys.first(where: { $0.name == k }) { key.decode(&self, v, join(path, k), &target) }
         }
-        return true
+        return entries.map(\.0)
     }
 
     func sequence(_ node: Node) -> [Node]? {

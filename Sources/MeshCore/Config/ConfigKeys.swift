@@ -5,8 +5,9 @@ import Yams
 /// from its table, and a test checks that every key and bound appears in the documentation.
 struct ConfigKey<Target>: Sendable {
     let name: String
-    /// The accepted values, as the documentation writes them.
-    let bound: String
+    /// The accepted values, as the documentation writes them; nil for a key whose value is a section
+    /// with its own key table.
+    let bound: String?
     let decode: @Sendable (inout Decoder, Node, String, inout Target) -> Void
 
     static func int(_ name: String, _ range: ClosedRange<Int>, _ field: WritableKeyPath<Target, Int> & Sendable) -> ConfigKey {
@@ -110,14 +111,38 @@ enum ConfigKeys {
         .duration("interval", max: .seconds(3600), \.interval),
     ]
 
-    /// `routes[].retry`'s plain keys (`retryOn`, `backoff` and `budget` are decoded by the route decoder).
     static let retry: [ConfigKey<RetryPolicy>] = [
+        ConfigKey(name: "retryOn", bound: "`connect-failure`, `refused-stream`, `reset`, `5xx`, `gateway-error`") {
+            d, node, path, r in
+            guard let items = d.sequence(node) else {
+                d.fail(path, node, .wrongType(expected: "a list such as [connect-failure, gateway-error]"))
+                return
+            }
+            var set = Set<RetryPolicy.Condition>()
+            for (i, item) in items.enumerated() {
+                guard let text = d.string(item, "\(path)[\(i)]") else { continue }
+                if let c = RetryPolicy.Condition.parse(text) {
+                    set.insert(c)
+                } else {
+                    d.fail("\(path)[\(i)]", item, .invalidValue(text, expected: retryConditions))
+                }
+            }
+            r.retryOn = set
+        },
         .int("attempts", 1...10, \.attempts),
         .duration("perTryTimeout", \.perTryTimeout),
+        ConfigKey(name: "backoff", bound: nil) { d, node, path, r in
+            guard d.decode(node, path, backoff, into: &r.backoff) != nil else { return }
+            if r.backoff.max < r.backoff.base { d.fail(d.join(path, "max"), node, .invalid("must be at least backoff.base")) }
+        },
+        .section("budget", budget, \.budget),
         .duration("hedgeAfter", \.hedgeAfter),
         .bool("retryNonIdempotent", \.retryNonIdempotent),
         .int("bufferBytes", 0...(16 << 20), \.bufferBytes),
     ]
+
+    static let retryConditions =
+        "connect-failure, refused-stream, reset, 5xx, gateway-error, a status code, or a gRPC status (unavailable, cancelled, deadline-exceeded, internal, resource-exhausted)"
 
     static let backoff: [ConfigKey<Backoff>] = [
         .duration("base", max: .seconds(60), \.base),
@@ -135,15 +160,4 @@ enum ConfigKeys {
             }
         },
     ]
-
-    /// Every tabled key with its full path and documented bound.
-    static var documented: [(path: String, bound: String)] {
-        func rows<T>(_ prefix: String, _ keys: [ConfigKey<T>]) -> [(path: String, bound: String)] {
-            keys.map { (prefix + $0.name, $0.bound) }
-        }
-        return rows("http.", http) + rows("http2.", http2) + rows("upstream.", upstream)
-            + rows("services[].timeouts.", serviceTimeouts) + rows("services[].limits.", limits)
-            + rows("services[].outlierDetection.", outlierDetection) + rows("routes[].retry.", retry)
-            + rows("routes[].retry.backoff.", backoff) + rows("routes[].retry.budget.", budget)
-    }
 }
