@@ -118,3 +118,11 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets (scripts/fuzz.sh): built only when MESHD_FUZZ is set, with -sanitize=fuzzer,address.
+if Context.environment["MESHD_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "MeshFuzz", dependencies: ["MeshCore"], path: "Fuzz", exclude: ["corpus"],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+}

@@ -13,6 +13,8 @@ final class ProxyHarness {
     let channel: EmbeddedChannel
     let handler: HTTPProxyHandler
     let metrics: MeshMetrics
+    /// The harness's time: `advance` moves it and runs the handler's timeout check at the new time.
+    var clock = ManualClock()
 
     init(yaml: String, direction: Direction = .outbound) throws {
         let config = try ConfigLoader.load(yaml: yaml)
@@ -35,6 +37,13 @@ final class ProxyHarness {
             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
         try sync.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        // Time starts where the connection's own clock started (its header-read timer).
+        if case .idle(let since) = handler.state { clock = ManualClock(now: Int64(since.uptimeNanoseconds)) }
+    }
+
+    func advance(_ duration: MeshDuration) {
+        clock.advance(duration)
+        handler.checkTimeouts(now: .uptimeNanoseconds(UInt64(clock.now)))
     }
 
     func send(_ text: String) throws {

@@ -2,10 +2,11 @@
 full sidecar → node proxy → app path through an endpoint's `via`."""
 
 import json
+import socket
 
 import pytest
 
-from meshlib import base_config, curl, http_request, metric_value, raw_exchange
+from meshlib import base_config, curl, http_request, metric_value, raw_exchange, wait_for
 
 NODE_IP = "127.0.0.2"
 POD_SOURCE = "127.0.0.3"
@@ -152,3 +153,46 @@ def test_node_without_pod_cidrs_forwards_nowhere(start_meshd, backend):
     for dst in (backend.addr, f"{node.admin[0]}:{node.admin[1]}", "127.0.0.1:22"):
         status, h, body = http_request(node.inbound, "GET", "/", headers={"Host": "app", "x-meshd-dst": dst})
         assert status == 403 and b"node.podCIDRs is empty" in body, (dst, status, body)
+
+
+def test_one_pod_cannot_take_the_node_proxys_connections(start_meshd, nginx):
+    """http.maxConnectionsPerSource: a pod at its bound gets new connections closed at accept (and a
+    metric); another pod keeps being served; a closed connection frees a place."""
+    pod_a, pod_b = "127.0.0.3", "127.0.0.4"
+    node = start_meshd({
+        "mode": "node", "nodeIP": NODE_IP, "threads": 2,
+        "outbound": {"listen": f"{NODE_IP}:0"}, "inbound": {"listen": f"{NODE_IP}:0"},
+        "admin": {"listen": "127.0.0.1:0"}, "http": {"maxConnectionsPerSource": 3},
+        "node": {"podCIDRs": ["127.0.0.1/32"], "allowedSources": [f"{pod_a}/32", f"{pod_b}/32"]},
+        "services": [{"name": "web", "endpoints": [nginx.addr("web")]}],
+        "routes": [{"match": {"authority": "web"}, "service": "web"}],
+    }, name="per-source-node")
+    request = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"
+
+    def served(sock):
+        sock.sendall(request)
+        got = b""
+        while not got.endswith(b"web\n"):
+            chunk = sock.recv(4096)
+            assert chunk, got
+            got += chunk
+        return got.startswith(b"HTTP/1.1 200")
+
+    held = [socket.create_connection(node.outbound, timeout=5, source_address=(pod_a, 0)) for _ in range(3)]
+    try:
+        assert all(served(s) for s in held)
+        got, closed, _ = raw_exchange(node.outbound, request, source=pod_a, timeout=5)
+        assert closed and got == b"", got
+        r = curl("-sS", "-o", "/dev/null", "-w", "%{http_code}", "--interface", pod_b, "-x", node.out_url, "http://web/")
+        assert r.stdout == b"200", (r.stdout, r.stderr)
+        assert metric_value(node.metrics_text(), "meshd_connections_refused_total",
+                            direction="outbound", reason="source_connection_limit") == 1.0
+        assert "source at http.maxConnectionsPerSource" in node.stderr_text()
+        held.pop().close()
+        once = b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+        wait_for(lambda: raw_exchange(node.outbound, once, source=pod_a, timeout=5)[0].startswith(b"HTTP/1.1 200"),
+                 timeout=5, what="a place freed by a closed connection")
+        assert all(served(s) for s in held)  # the others were never disturbed
+    finally:
+        for s in held:
+            s.close()

@@ -70,6 +70,7 @@ enum ConfigKeys {
         .duration("headerReadTimeout", max: .seconds(3600), \.headerReadTimeout),
         .duration("idleTimeout", \.idleTimeout),
         .int("maxConnections", 1...1_000_000, \.maxConnections),
+        .int("maxConnectionsPerSource", 1...1_000_000, \.maxConnectionsPerSource),
         .duration("detectTimeout", max: .seconds(3600), \.detectTimeout),
     ]
 

@@ -173,6 +173,8 @@ public struct HTTPConfig: Sendable, Equatable {
     public var idleTimeout: MeshDuration = .seconds(60)
     /// Open downstream connections per listener; past it new connections are closed at accept.
     public var maxConnections: Int = 10_000
+    /// Node mode, outbound listener: connections one source address (a pod) may hold open.
+    public var maxConnectionsPerSource = 1000
     /// Protocol detection: a connection that sends too few bytes to tell within this time is closed.
     public var detectTimeout: MeshDuration = .seconds(10)
     public init() {}

@@ -8,6 +8,7 @@ public struct MeshDuration: Sendable, Hashable, Comparable, CustomStringConverti
     public static func milliseconds(_ ms: Int64) -> MeshDuration { MeshDuration(nanoseconds: ms * 1_000_000) }
 
     public static func < (a: MeshDuration, b: MeshDuration) -> Bool { a.nanoseconds < b.nanoseconds }
+    public static func + (a: MeshDuration, b: MeshDuration) -> MeshDuration { MeshDuration(nanoseconds: a.nanoseconds + b.nanoseconds) }
 
     public static func parse(_ text: String) -> MeshDuration? {
         let t = text.trimmingASCIIWhitespace()

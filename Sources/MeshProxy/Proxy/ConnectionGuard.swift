@@ -14,6 +14,9 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     let allowedSources: [CIDR]?
     let openCount: ManagedAtomic<Int>
     let maxConnections: Int
+    /// Node mode outbound: connections per source, and their bound (`http.maxConnectionsPerSource`).
+    let perSource: (table: SourceConnections, limit: Int)?
+    private var countedSource: String?
     private var counted = false
     /// Set on every read; the proxy handler clears it when a request completes.
     var sawBytes = false
@@ -73,7 +76,11 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
         context.close(promise: nil)
     }
 
-    init(direction: Direction, shared: SharedRuntime, allowedSources: [CIDR]?, openCount: ManagedAtomic<Int>, maxConnections: Int) {
+    init(
+        direction: Direction, shared: SharedRuntime, allowedSources: [CIDR]?, openCount: ManagedAtomic<Int>, maxConnections: Int,
+        perSource: (table: SourceConnections, limit: Int)? = nil
+    ) {
+        self.perSource = perSource
         self.direction = direction
         self.shared = shared
         self.allowedSources = allowedSources
@@ -131,6 +138,23 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
             context.close(promise: nil)
             return
         }
+        if let perSource {
+            let source = context.channel.remoteAddress?.ipAddress ?? "?"
+            guard perSource.table.acquire(source, limit: perSource.limit) else {
+                shared.metrics.connectionsRefused[direction.rawValue][2].increment()
+                if let left = shared.refusedLog.admit() {
+                    shared.logger.warning(
+                        "refused connection: source at http.maxConnectionsPerSource",
+                        metadata: [
+                            "direction": "\(direction.label)", "source": "\(source)", "limit": "\(perSource.limit)",
+                            "suppressed": "\(left)",
+                        ])
+                }
+                context.close(promise: nil)
+                return
+            }
+            countedSource = source
+        }
         shared.metrics.connectionsOpen[direction.rawValue].increment()
         shared.metrics.connectionsTotal[direction.rawValue].increment()
         if direction == .outbound {
@@ -146,6 +170,10 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
         if http2 != nil {
             http2 = nil
             loop?.unregister(self)
+        }
+        if let source = countedSource {
+            countedSource = nil
+            perSource?.table.release(source)
         }
         if counted {
             counted = false

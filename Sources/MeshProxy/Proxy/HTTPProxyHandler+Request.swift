@@ -28,7 +28,7 @@ extension HTTPProxyHandler {
         var uri = Substring(head.uri)
         var authority: Substring?
         var rewroteURI = false
-        if uri.utf8.first != UInt8(ascii: "/"), let (hostPart, rest) = Self.splitAbsoluteForm(uri) {
+        if uri.utf8.first != UInt8(ascii: "/"), let (hostPart, rest) = RequestTarget.splitAbsoluteForm(uri) {
             authority = hostPart
             uri = rest
             rewroteURI = true
@@ -185,29 +185,6 @@ extension HTTPProxyHandler {
         beginAttempt(context: context)
     }
 
-}
-
-extension HTTPProxyHandler {
-    /// `http://host:port/path?q` → (`host:port`, `/path?q`); nil when `uri` is not absolute-form.
-    static func splitAbsoluteForm(_ uri: Substring) -> (Substring, Substring)? {
-        let bytes = uri.utf8
-        var i = bytes.startIndex
-        // scheme ":" "//"
-        while i != bytes.endIndex, bytes[i] != UInt8(ascii: ":") {
-            let c = bytes[i]
-            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 43 || c == 45 || c == 46
-            if !ok { return nil }
-            i = bytes.index(after: i)
-        }
-        guard i != bytes.endIndex else { return nil }
-        let afterColon = bytes.index(after: i)
-        guard bytes[afterColon...].starts(with: "//".utf8) else { return nil }
-        let hostStart = bytes.index(afterColon, offsetBy: 2)
-        let slash = bytes[hostStart...].firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) ?? bytes.endIndex
-        let host = uri[hostStart..<slash]
-        let rest = uri[slash...]
-        return (host, rest.isEmpty ? "/" : (rest.first == "?" ? Substring("/" + rest) : rest))
-    }
 }
 
 extension HTTPMethod {

@@ -39,7 +39,7 @@ final class MeshMetrics: Sendable {
     let ready: CoreMetrics.Gauge
     let upgrades: CoreMetrics.Counter
 
-    static let refusedReasons = ["source_not_allowed", "connection_limit"]
+    static let refusedReasons = ["source_not_allowed", "connection_limit", "source_connection_limit"]
     private let counterCache = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
 
     /// Handles are bound to this instance's registry; `bootstrapGlobal` also makes it the process's

@@ -160,7 +160,8 @@ final class MeshRuntime: Sendable {
                     limits.maxHeaderFieldSize = http.maxHeaderBytes
                     let guardHandler = ConnectionGuard(
                         direction: direction, shared: shared, allowedSources: allowed, openCount: openCount,
-                        maxConnections: http.maxConnections)
+                        maxConnections: http.maxConnections,
+                        perSource: allowed == nil ? nil : (shared.outboundSources, http.maxConnectionsPerSource))
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(guardHandler)
                     let proto = direction == .outbound ? loop.snapshot.config.outbound.protocol : loop.snapshot.config.inbound.protocol
@@ -290,7 +291,9 @@ final class MeshRuntime: Sendable {
                         let guardHandler = ConnectionGuard(
                             direction: .outbound, shared: shared,
                             allowedSources: loop.snapshot.config.mode == .node ? loop.snapshot.config.effectiveAllowedSources : nil,
-                            openCount: shared.outboundOpen, maxConnections: loop.snapshot.config.http.maxConnections)
+                            openCount: shared.outboundOpen, maxConnections: loop.snapshot.config.http.maxConnections,
+                            perSource: loop.snapshot.config.mode == .node
+                                ? (shared.outboundSources, loop.snapshot.config.http.maxConnectionsPerSource) : nil)
                         try channel.pipeline.syncOperations.addHandler(guardHandler)
                         let idle = loop.services.first { $0.name == name }?.idleTimeout ?? loop.snapshot.config.upstream.idleTimeout
                         try channel.pipeline.syncOperations.addHandler(

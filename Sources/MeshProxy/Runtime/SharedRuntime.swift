@@ -11,6 +11,8 @@ final class SharedRuntime: Sendable {
     let logger: Logger
     let ready = ManagedAtomic<Bool>(false)
     let outboundOpen = ManagedAtomic<Int>(0)
+    /// Node mode: open outbound connections per source pod (`http.maxConnectionsPerSource`).
+    let outboundSources = SourceConnections()
     /// Per-event log lines that a flood could multiply, each kind at most 10 a second.
     let refusedLog = LogLimiter()
     let protocolErrorLog = LogLimiter()
