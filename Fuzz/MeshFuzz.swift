@@ -23,6 +23,22 @@ enum FuzzTarget: String {
     }()
 }
 
+/// libFuzzer's driver (SwiftPM links an executable's entry point as `<module>_main`; libFuzzer's own
+/// `main` is not used).
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+@_cdecl("MeshFuzz_main")
+func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var argc = argc
+    var argv = argv
+    return runFuzzerDriver(&argc, &argv, fuzzOne)
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = UnsafeBufferPointer(start: data, count: size)
@@ -67,7 +83,8 @@ func fuzzTarget(_ text: String) {
         check(rest.first == "/", "path not starting with /")
     }
     let host = RouteTable.hostWithoutPort(s)
-    check(s.hasPrefix(host), "host not a prefix of the authority")
+    check(host.startIndex >= s.startIndex && host.endIndex <= s.endIndex, "host not inside the authority")
+    check(!host.hasPrefix("[") || !host.hasSuffix("]") || host.count < 2, "brackets kept around an IPv6 host")
     if case .success(let hp) = HostPort.parse(text) { check((1...65535).contains(hp.port), "port out of range") }
     _ = IPAddress(text)
     _ = CIDR(text)

@@ -22,7 +22,7 @@ status=0
 for t in "${targets[@]}"; do
     mkdir -p ".build-fuzz/corpus/$t"
     echo "== fuzzing $t for ${seconds}s"
-    if ! FUZZ_TARGET=$t "$bin" -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+    if ! SWIFT_BACKTRACE=enable=no FUZZ_TARGET=$t "$bin" -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix=".build-fuzz/crash-$t-" -print_final_stats=1 \
         ".build-fuzz/corpus/$t" "Fuzz/corpus/$t" >".build-fuzz/$t.log" 2>&1; then
         echo "fuzz target $t FAILED (input saved as .build-fuzz/crash-$t-*):"
