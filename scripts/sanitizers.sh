@@ -27,7 +27,10 @@ for step in "${steps[@]}"; do
             echo "== end-to-end tests against an AddressSanitizer build of meshd"
             swift build --sanitize=address --scratch-path .build-asan --product meshd 2>&1 | tail -n 1
             bin=$(swift build --sanitize=address --scratch-path .build-asan --show-bin-path)/meshd
+            # Tests that assert peak RSS or throughput are left out: ASan's quarantine keeps freed memory
+            # and a debug ASan build is several times slower; an ASan report aborts meshd and fails the run.
             (cd tests/e2e && MESHD_BIN="$bin" python3 -m pytest -q -p no:cacheprovider \
+                -k "not 100mib and not slow_reader and not flaky_backend_retried_within_budget" \
                 test_proxy_basic.py test_errors.py test_http2.py test_grpc.py test_resilience.py test_protocols.py)
             ;;
         *) echo "unknown step $step (thread, address, e2e)" >&2; exit 2 ;;

@@ -83,7 +83,7 @@ extension HTTPProxyHandler {
                 return
             }
             req.exchange.responseBody(now: now)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(Self.compacted(buffer, writable: context.channel.isWritable)))), promise: nil)
         case .end(let trailers):
             if req.heldHead != nil {
                 let grpcStatus = trailers?.first(name: "grpc-status").flatMap { Int($0) }
@@ -182,6 +182,17 @@ extension HTTPProxyHandler {
             let detail = "upstream \(upstream.address) closed before responding: \(error.map { "\($0)" } ?? "eof")"
             carryOut(action, error: kind, detail: detail, context: context)
         }
+    }
+
+    /// A body part that will wait in a write buffer (the client is not reading) is copied when it is a
+    /// slice of a much larger buffer: waiting, it would keep all of that buffer alive (an HTTP/2 DATA
+    /// frame is a slice of the connection's read buffer, shared with other streams' frames). While the
+    /// client reads, parts pass through untouched.
+    static func compacted(_ buffer: ByteBuffer, writable: Bool) -> ByteBuffer {
+        guard !writable, buffer.storageCapacity > 2 * buffer.readableBytes + 1024 else { return buffer }
+        var copy = ByteBufferAllocator().buffer(capacity: buffer.readableBytes)
+        copy.writeImmutableBuffer(buffer)
+        return copy
     }
 
     /// Sends a held response's head and body on, and streams from here.
