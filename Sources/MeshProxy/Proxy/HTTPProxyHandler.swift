@@ -179,7 +179,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// pipelining client) is queued with what follows it, and reads stop until the current exchange
     /// completes; clients that do not pipeline never pay for this.
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        let now = Self.nowNanos
         switch part {
         case .head(let head):
             guard case .idle = state else {
@@ -190,13 +189,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             startRequest(head, context: context)
             return
         case .body(let b):
-            if req.exchange.requestBody(bytes: b.readableBytes, now: now) {
+            if req.exchange.requestBody(bytes: b.readableBytes, now: Self.nowNanos) {
                 req.replay.append(part)
             } else if !req.replay.isEmpty {
                 req.replay.removeAll()  // too large to keep: not retried once it reached an endpoint
             }
         case .end:
-            _ = req.exchange.requestEnd(now: now)
+            _ = req.exchange.requestEnd(now: Self.nowNanos)
             if req.exchange.keepsParts { req.replay.append(part) }
         }
         switch state {
