@@ -401,12 +401,6 @@ public struct ExchangeStateMachine: Sendable {
         return true
     }
 
-    /// The attempt was dropped to send the request again at once (see `reopen`).
-    public mutating func reopening() {
-        guard phase != .done else { return }
-        phase = .connecting
-    }
-
     /// meshd replied itself (a local error): nothing more is decided.
     public mutating func replied() {
         phase = .done
@@ -567,11 +561,4 @@ public protocol RetryAdmission {
     func retryFits() -> Bool
     /// Takes one retry from the route's budget; false when it is spent.
     mutating func takeRetry(now: Int64) -> Bool
-}
-
-/// No retry is ever admitted (the inbound listener, which has no retry policy).
-public struct NoRetries: RetryAdmission {
-    public init() {}
-    public func retryFits() -> Bool { false }
-    public mutating func takeRetry(now: Int64) -> Bool { false }
 }
