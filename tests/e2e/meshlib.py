@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -693,3 +694,26 @@ def wait_for(pred, timeout: float, interval: float = 0.1, what: str = "condition
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last={last!r})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw HTTP/2 frames and process memory, for the frame-level flood and timeout tests
+
+
+def h2_frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame: 24-bit length, type, flags, stream id, payload."""
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+
+# The client connection preface and an empty SETTINGS frame.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+

@@ -18,14 +18,9 @@ import pytest
 
 hpack = pytest.importorskip("hpack", reason="Python package 'hpack' (with h2) is not installed")
 
-from meshlib import base_config  # noqa: E402
+from meshlib import base_config, h2_frame, H2_PREFACE, rss_mib  # noqa: E402
 
 
-def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
-
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
 POST = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "web")])
 HEADERS, CONTINUATION, SETTINGS, PING, DATA = 1, 9, 4, 6, 0
 END_STREAM, END_HEADERS = 0x1, 0x4
@@ -33,22 +28,22 @@ END_STREAM, END_HEADERS = 0x1, 0x4
 
 def continuation_flood() -> bytes:
     # A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION after CONTINUATION.
-    out = frame(HEADERS, 0, 1, POST[:4])
+    out = h2_frame(HEADERS, 0, 1, POST[:4])
     for _ in range(2000):
-        out += frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b")  # literal "a: b", never END_HEADERS
+        out += h2_frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b")  # literal "a: b", never END_HEADERS
     return out
 
 
 def settings_flood() -> bytes:
-    return b"".join(frame(SETTINGS, 0, 0) for _ in range(5000))
+    return b"".join(h2_frame(SETTINGS, 0, 0) for _ in range(5000))
 
 
 def ping_flood() -> bytes:
-    return b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(5000))
+    return b"".join(h2_frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(5000))
 
 
 def empty_data_flood() -> bytes:
-    return frame(HEADERS, END_HEADERS, 1, POST) + b"".join(frame(DATA, 0, 1) for _ in range(5000))
+    return h2_frame(HEADERS, END_HEADERS, 1, POST) + b"".join(h2_frame(DATA, 0, 1) for _ in range(5000))
 
 
 FLOODS = {"continuation": continuation_flood, "settings": settings_flood, "ping": ping_flood, "empty-data": empty_data_flood}
@@ -59,7 +54,7 @@ def closed_by_peer(addr, payload: bytes, timeout: float = 10.0) -> bool:
     s = socket.create_connection(addr, timeout=timeout)
     try:
         try:
-            s.sendall(PREFACE + payload)
+            s.sendall(H2_PREFACE + payload)
         except (BrokenPipeError, ConnectionResetError):
             return True  # closed while we were still sending
         deadline = time.monotonic() + timeout
@@ -74,14 +69,6 @@ def closed_by_peer(addr, payload: bytes, timeout: float = 10.0) -> bool:
         return False
     finally:
         s.close()
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @pytest.fixture(scope="module")

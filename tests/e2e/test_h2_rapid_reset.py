@@ -18,18 +18,13 @@ import pytest
 
 hpack = pytest.importorskip("hpack", reason="Python package 'hpack' (with h2) is not installed")
 
-from meshlib import base_config, metric_value  # noqa: E402
+from meshlib import base_config, h2_frame, H2_PREFACE, metric_value, rss_mib  # noqa: E402
 
 ROUNDS = 3
 ROUND_SECONDS = 4
 FLOODERS = 6
 
 
-def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
-
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
 BLOCK = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "web")])
 
 
@@ -39,12 +34,12 @@ def flooder(addr, stop: threading.Event, stats: dict):
         s = None
         try:
             s = socket.create_connection(addr, timeout=2)
-            s.sendall(PREFACE)
+            s.sendall(H2_PREFACE)
             sid = 1
             while not stop.is_set():
                 buf = bytearray()
                 for _ in range(100):
-                    buf += frame(1, 0x5, sid, BLOCK) + frame(3, 0, sid, struct.pack(">I", 8))
+                    buf += h2_frame(1, 0x5, sid, BLOCK) + h2_frame(3, 0, sid, struct.pack(">I", 8))
                     sid += 2
                 s.sendall(buf)
                 stats["pairs"] += 100
@@ -60,14 +55,6 @@ def flooder(addr, stop: threading.Event, stats: dict):
         finally:
             if s is not None:
                 s.close()
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_rapid_reset_flood_loses_its_connections_and_others_are_served(start_meshd, nginx):

@@ -6,7 +6,6 @@ connection). Twenty silent connections no longer lock new clients out of a 20-co
 from __future__ import annotations
 
 import socket
-import struct
 import subprocess
 import time
 
@@ -14,21 +13,16 @@ import pytest
 
 hpack = pytest.importorskip("hpack", reason="Python package 'hpack' (with h2) is not installed")
 
-from meshlib import base_config  # noqa: E402
+from meshlib import base_config, h2_frame, H2_PREFACE  # noqa: E402
 
 
-def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
-
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
 POST = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "web")])
 
 CASES = {
     "nothing": (b"", 2.0),
-    "preface": (PREFACE, 2.0),
-    "partial-headers": (PREFACE + frame(1, 0, 1, POST[:5]), 2.0),  # no END_HEADERS, no CONTINUATION
-    "post-without-body": (PREFACE + frame(1, 0x4, 1, POST), 2 * 3.0),  # stream idle, then connection idle
+    "preface": (H2_PREFACE, 2.0),
+    "partial-headers": (H2_PREFACE + h2_frame(1, 0, 1, POST[:5]), 2.0),  # no END_HEADERS, no CONTINUATION
+    "post-without-body": (H2_PREFACE + h2_frame(1, 0x4, 1, POST), 2 * 3.0),  # stream idle, then connection idle
 }
 
 
