@@ -132,6 +132,14 @@ extension ConfigKeys {
             d.marks[path] = node.mark
             s.listen = d.address(node, path, allowPortZero: true)
         },
+        ConfigKey(name: "tls", bound: nil) { d, node, path, s in
+            var tls = ServiceTLSConfig(identity: .any)
+            guard let present = d.decode(node, path, serviceTLS, into: &tls) else {
+                d.fail(path, node, .wrongType(expected: "a mapping with identity"))
+                return
+            }
+            if present.contains("identity") { s.tls = tls } else { d.fail(path, node, .missingKey("identity")) }
+        },
     ]
 
     static let endpoint: [ConfigKey<EndpointConfig>] = [

@@ -37,6 +37,7 @@ extension Decoder {
     }
 
     mutating func validate(_ config: inout MeshConfig) {
+        validateIdentity(config)
         if config.mode == .node && config.nodeIP == nil && config.outbound.listen == nil {
             // Pointed at the `mode: node` line that makes the key required.
             let mark = marks["mode"]

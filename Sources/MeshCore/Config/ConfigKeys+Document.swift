@@ -31,6 +31,8 @@ extension ConfigKeys {
         .section("upstream", upstream, \.upstream),
         .duration("drainTimeout", max: .seconds(3600), \.drainTimeout),
         .bool("accessLog", \.accessLog),
+        ConfigKey(name: "identity", bound: nil) { d, node, path, c in c.identity = d.decodeIdentity(node, path) },
+        .section("authorization", authorization, \.authorization),
         ConfigKey(name: "services", bound: nil) { d, node, path, c in
             guard let items = d.sequence(node) else {
                 d.fail(path, node, .wrongType(expected: "a list of services"))
@@ -63,6 +65,13 @@ extension ConfigKeys {
                 c.appProtocol = p
             } else {
                 d.fail(path, node, .invalidValue(text, expected: "auto, http1, http2 or grpc"))
+            }
+        },
+        .text("tls", bound: "`strict`, `permissive`, `disabled`") { d, node, path, text, c in
+            if let m = InboundTLSMode(rawValue: text) {
+                c.tls = m
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "strict, permissive or disabled"))
             }
         },
     ]
@@ -98,6 +107,11 @@ extension ConfigKeys {
         add("http.", http)
         add("http2.", http2)
         add("upstream.", upstream)
+        add("identity.", identity)
+        add("identity.workloads[].", workload)
+        add("authorization.", authorization)
+        add("authorization.rules[].", authorizationRule)
+        add("services[].tls.", serviceTLS)
         add("services[].", service)
         add("services[].endpoints[].", endpoint)
         add("services[].discovery.", discovery)

@@ -27,8 +27,17 @@ public struct MeshConfig: Sendable, Equatable {
     /// Where this meshd runs, for locality preference: `zone` and `node` (node name). Environment:
     /// `MESHD_ZONE`, `MESHD_NODE_NAME`.
     public var locality = SelfLocality()
+    /// Workload identities for mTLS (nil: no identity; listeners speak plaintext only).
+    public var identity: IdentityConfig?
+    /// Who may call the local workloads (inbound).
+    public var authorization = AuthorizationPolicy()
 
     public init() {}
+
+    /// `inbound.tls` in force: as configured, else `permissive` with an identity and `disabled` without.
+    public var effectiveInboundTLS: InboundTLSMode {
+        inbound.tls ?? (identity == nil ? .disabled : .permissive)
+    }
 
     /// The configuration meshd starts with when no file is given: a sidecar in front of an
     /// application on 127.0.0.1:8080.
@@ -146,6 +155,8 @@ public struct InboundConfig: Sendable, Equatable {
     public var `protocol`: ListenerProtocol = .detect
     /// The HTTP version spoken to the application (sidecar) or pod (node); `auto` keeps the request's.
     public var appProtocol: UpstreamProtocol = .auto
+    /// `strict`, `permissive` or `disabled`; nil: `permissive` with an identity, else `disabled`.
+    public var tls: InboundTLSMode?
     public init() {}
 }
 
@@ -233,6 +244,8 @@ public struct ServiceConfig: Sendable, Equatable {
     public var `protocol`: ServiceProtocol = .auto
     /// tcp services: the local address applications connect to; bytes go to one of the endpoints.
     public var listen: HostPort?
+    /// The endpoints are meshd proxies reached over mTLS, proving this identity.
+    public var tls: ServiceTLSConfig?
 
     public init(name: String, endpoints: [EndpointConfig] = [], balancer: BalancerConfig = BalancerConfig()) {
         self.name = name
@@ -397,4 +410,41 @@ public struct RouteConfig: Sendable, Equatable {
     public var rateLimit: RateLimitConfig?
 
     public init() {}
+}
+
+/// `identity`: this meshd's workload identities (X.509 certificates with a SPIFFE ID in their URI
+/// SAN, their keys, and the trust bundle), read from files and reloaded when the files change.
+public struct IdentityConfig: Sendable, Equatable {
+    /// PEM file of the CA certificates whose workloads are trusted (the mesh's roots).
+    public var trustBundle: String = ""
+    /// Sidecar: this pod's certificate chain (PEM, leaf first) and key. Node: the node proxy's own,
+    /// optional (used for callers that name no pod).
+    public var cert: String?
+    public var key: String?
+    /// Node mode: the node's pods and the identity each runs as.
+    public var workloads: [WorkloadIdentityConfig] = []
+    /// A TLS handshake (inbound and outbound) must finish within this time.
+    public var handshakeTimeout: MeshDuration = .seconds(10)
+    /// How often the files are checked for a change.
+    public var reloadInterval: MeshDuration = .seconds(1)
+    public init() {}
+}
+
+public struct WorkloadIdentityConfig: Sendable, Equatable {
+    /// The pod IPs that run as this identity.
+    public var pods: [IPAddress] = []
+    public var cert: String = ""
+    public var key: String = ""
+    public init(pods: [IPAddress] = [], cert: String = "", key: String = "") {
+        self.pods = pods
+        self.cert = cert
+        self.key = key
+    }
+}
+
+/// `services[].tls`: the service's endpoints are meshd proxies reached over mTLS.
+public struct ServiceTLSConfig: Sendable, Equatable {
+    /// The identity the endpoints must prove (exact, `spiffe://TD/ns/NS/*`, or `*` for any trusted).
+    public var identity: IdentityPattern
+    public init(identity: IdentityPattern) { self.identity = identity }
 }

@@ -90,7 +90,7 @@ extension MeshError {
         case .overflowConnections, .overflowPending, .overflowRequests, .rateLimited: return 8  // RESOURCE_EXHAUSTED
         case .upstreamProtocol: return 13  // INTERNAL
         case .badRequest, .headersTooLarge: return 13  // INTERNAL
-        case .sourceNotAllowed, .destinationNotAllowed: return 7  // PERMISSION_DENIED
+        case .sourceNotAllowed, .destinationNotAllowed, .forbidden: return 7  // PERMISSION_DENIED
         }
     }
 }

@@ -12,6 +12,10 @@ public enum HeaderPolicy {
     /// Set by an outbound meshd that carries an HTTP/1.1 request over HTTP/2 to another meshd; the
     /// receiving meshd removes it and speaks HTTP/1.1 to the application again (`appProtocol: auto`).
     public static let originalProtocolHeader = "x-meshd-orig-proto"
+    /// The caller's identity as meshd proved it with mTLS (Envoy's format: `By=<local SPIFFE ID>;
+    /// Hash=<SHA-256 of the caller's certificate>;URI=<caller SPIFFE ID>`). meshd removes any a client
+    /// sent (Envoy's default `SANITIZE`) and sets it on inbound requests that came over mTLS.
+    public static let clientCertHeader = "x-forwarded-client-cert"
 
     /// Lowercased names to remove: the fixed hop-by-hop set plus every token of `Connection`.
     public static func namesToRemove(connectionHeaderValues: [String]) -> Set<String> {

@@ -35,6 +35,9 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
     case rateLimited = "rate-limited"
     /// The exchange saw no byte in either direction for the service's idle timeout.
     case idleTimeout = "idle-timeout"
+    /// Authorization: the caller may not call this workload (or path), or (node mode) has no identity
+    /// for a service that needs mTLS.
+    case forbidden = "forbidden"
 
     public var status: Int {
         switch self {
@@ -45,7 +48,7 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
         case .badRequest: return 400
         case .headersTooLarge: return 431
         case .headerTimeout: return 408
-        case .sourceNotAllowed, .destinationNotAllowed: return 403
+        case .sourceNotAllowed, .destinationNotAllowed, .forbidden: return 403
         case .connectionLimit, .overflowConnections, .overflowPending, .overflowRequests: return 503
         case .rateLimited: return 429
         case .idleTimeout: return 504

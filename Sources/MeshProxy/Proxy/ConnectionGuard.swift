@@ -22,6 +22,8 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     var sawBytes = false
     /// Outbound: where an iptables REDIRECT sent this connection (SO_ORIGINAL_DST), if it was.
     var originalDestination: SocketAddress?
+    /// Inbound mTLS: the caller the handshake proved (nil: plaintext).
+    var tls: TLSConnectionInfo?
     /// HTTP/2: the rapid-reset defence (streams reset before meshd started work on them).
     var prematureResets: PrematureResetLimiter?
     /// Streams whose first attempt waits for the end of the current read cycle.

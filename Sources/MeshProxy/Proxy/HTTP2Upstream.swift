@@ -213,11 +213,13 @@ extension UpstreamPool {
         let connection = connectionConfig
         let stream = streamConfig
         let loopBound = NIOLoopBound(conn, eventLoop: eventLoop)
+        let tls = self.tls
         ClientBootstrap(group: eventLoop)
             .connectTimeout(.nanoseconds(timeout.nanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { _ = try tls.addHandlers(to: channel, http2: true, shared: shared) }
                     let sync = channel.pipeline.syncOperations
                     let mux = try sync.configureHTTP2Pipeline(
                         mode: .client, connectionConfiguration: connection, streamConfiguration: stream
@@ -230,6 +232,13 @@ extension UpstreamPool {
                 }
             }
             .connect(to: conn.address)
+            .flatMap { channel in
+                // mTLS: streams are opened once the endpoint proved its identity.
+                guard tls != nil, let waiter = try? channel.pipeline.syncOperations.handler(type: OutboundTLSHandler.self) else {
+                    return channel.eventLoop.makeSucceededFuture(channel)
+                }
+                return waiter.verified.futureResult.map { channel }
+            }
             .assumeIsolated()
             .whenComplete { result in
                 switch result {

@@ -58,7 +58,8 @@ extension HTTPProxyHandler {
     func dispatch(context: ChannelHandlerContext) {
         guard let target = req.target else { return }
         releasePending()
-        if !req.upstreamH2, let conn = loop.pool.lease(target) {
+        let pool = req.pool ?? loop.pool
+        if !req.upstreamH2, let conn = pool.lease(target) {
             attach(conn, reused: true, context: context)
             return
         }
@@ -67,7 +68,7 @@ extension HTTPProxyHandler {
         if direction == .outbound, let service = req.service {
             // Circuit breaker: a new connection must fit the service's connection and pending limits
             // (a stream on an HTTP/2 connection that has room needs no new connection).
-            let needsConnection = !req.upstreamH2 || !loop.pool.hasHTTP2Capacity(target)
+            let needsConnection = !req.upstreamH2 || !pool.hasHTTP2Capacity(target)
             if needsConnection && refuseOverflow(.connections, of: service, context: context) { return }
             if refuseOverflow(.pending, of: service, context: context) { return }
             service.counters.pending.wrappingIncrement(ordering: .relaxed)
@@ -78,7 +79,7 @@ extension HTTPProxyHandler {
         state = .connecting
         let attempt = req.exchange.attempts
         let serial = self.serial
-        let (future, reused) = connectUpstream(target, timeout: connectTimeout, counters: counters)
+        let (future, reused) = connectUpstream(target, pool: pool, timeout: connectTimeout, counters: counters)
         future.assumeIsolated().whenComplete { [self] result in
             // (a request that ended while connecting gave its pending slot back in finishRequest)
             let current = self.serial == serial && self.req.exchange.attempts == attempt
@@ -86,7 +87,7 @@ extension HTTPProxyHandler {
             guard current, case .connecting = self.state, let context = self.context else {
                 // The request is gone: a fresh HTTP/1.1 connection serves the next one from the pool.
                 if case .success(let conn) = result {
-                    if conn.isStream { conn.close() } else { self.loop.pool.release(conn) }
+                    if conn.isStream { conn.close() } else { Self.release(conn, fallback: self.loop.pool) }
                 }
                 return
             }
@@ -120,16 +121,16 @@ extension HTTPProxyHandler {
 
     /// A new HTTP/1.1 connection, or a stream of a (new or existing) multiplexed HTTP/2 connection.
     func connectUpstream(
-        _ target: SocketAddress, timeout: MeshDuration, counters: ServiceCounters?
+        _ target: SocketAddress, pool: UpstreamPool, timeout: MeshDuration, counters: ServiceCounters?
     ) -> (EventLoopFuture<UpstreamConnection>, reused: Bool) {
         let config = loop.snapshot.config
         if req.upstreamH2 {
-            let (future, reused) = loop.pool.openHTTP2Stream(
+            let (future, reused) = pool.openHTTP2Stream(
                 target, settings: config.http2, maxHeaderBytes: config.http.maxHeaderBytes, timeout: timeout, counters: counters)
             return (future, reused)
         }
         return (
-            loop.pool.connect(target, maxHeaderBytes: config.http.maxHeaderBytes, timeout: timeout, counters: counters), false
+            pool.connect(target, maxHeaderBytes: config.http.maxHeaderBytes, timeout: timeout, counters: counters), false
         )
     }
 
@@ -219,8 +220,13 @@ extension HTTPProxyHandler {
             return
         }
         let endpoint = service.endpoints[index]
+        guard case .pool(let pool) = loop.upstreamPool(service: service, endpoint: endpoint, source: clientAddress) else {
+            reply(.forbidden, context: context, detail: "source pod \(clientIP) runs as no identity; service '\(service.name)' needs mTLS")
+            return
+        }
         req.endpoint = endpoint
         req.target = endpoint.address
+        req.pool = pool
         req.head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
         state = .connecting
         beginAttempt(context: context)
@@ -294,7 +300,9 @@ extension HTTPProxyHandler {
             if let c = choice, service.endpoints[c] !== req.endpoint { break }
             choice = nil
         }
-        guard let index = choice else {
+        guard let index = choice,
+            case .pool(let hedgePool) = loop.upstreamPool(service: service, endpoint: service.endpoints[index], source: clientAddress)
+        else {
             req.exchange.hedgeEnded()  // no other endpoint: nothing to hedge to
             return
         }
@@ -311,7 +319,7 @@ extension HTTPProxyHandler {
         hedgeEndpoint = endpoint
         let send: (UpstreamConnection) -> Void = { [self] conn in
             conn.owner = self
-            conn.pool = self.loop.pool
+            conn.pool = hedgePool
             conn.uses += 1
             self.hedge = conn
             self.req.exchange.hedgeSent()
@@ -325,12 +333,12 @@ extension HTTPProxyHandler {
             }
             conn.flush()
         }
-        if !req.upstreamH2, let conn = loop.pool.lease(endpoint.address) {
+        if !req.upstreamH2, let conn = hedgePool.lease(endpoint.address) {
             send(conn)
             return
         }
         let serial = self.serial
-        connectUpstream(endpoint.address, timeout: service.connectTimeout, counters: service.counters).0
+        connectUpstream(endpoint.address, pool: hedgePool, timeout: service.connectTimeout, counters: service.counters).0
             .assumeIsolated().whenComplete { [self] result in
                 guard self.serial == serial, self.req.exchange.hedge == .connecting, self.hedgeEndpoint === endpoint else {
                     if case .success(let conn) = result { conn.close() }
@@ -369,6 +377,7 @@ extension HTTPProxyHandler {
         req.endpoint?.finished(latencyNanos: nil, now: Self.nowNanos)
         req.endpoint = hedgeEndpoint
         req.target = conn.address
+        req.pool = conn.pool
         hedge = nil
         hedgeEndpoint = nil
         state = .proxying(conn)

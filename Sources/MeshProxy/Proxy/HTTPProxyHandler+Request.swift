@@ -100,10 +100,22 @@ extension HTTPProxyHandler {
                 return
             }
             let endpoint = service.endpoints[endpointIndex]
+            if service.tls != nil {
+                guard case .pool(let pool) = loop.upstreamPool(service: service, endpoint: endpoint, source: clientAddress) else {
+                    reply(
+                        .forbidden, context: context, detail: "source \(clientIP) runs as no identity; service '\(service.name)' needs mTLS"
+                    )
+                    return
+                }
+                req.pool = pool
+            }
             req.endpoint = endpoint
             req.target = endpoint.address
             outHead.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+            // An identity is never taken from the application: the next meshd sets it from mTLS.
+            if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }
         case .inbound:
+            var destinationIdentity: SpiffeID?
             req.service = loop.inboundService
             deadline = startNanos + snapshot.config.upstream.requestTimeout.nanoseconds
             req.upstreamH2 = snapshot.config.inbound.appProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
@@ -120,9 +132,39 @@ extension HTTPProxyHandler {
                     reply(.destinationNotAllowed, context: context, detail: NodeInboundPolicy.Refusal.malformed.rawValue)
                     return
                 }
+                if let identity = loop.identity {
+                    let pod = IPAddress(dst.host)
+                    let podWorkload = pod.flatMap { identity.podWorkload[$0] }
+                    if let tls = connectionGuard.tls, let presented = tls.workload, podWorkload != presented {
+                        // The connection was opened for one workload's identity: only its pods are reachable.
+                        reply(
+                            .destinationNotAllowed, context: context,
+                            detail: "x-meshd-dst names a pod that does not run as \(tls.local.map { "\($0)" } ?? "the identity presented")")
+                        return
+                    }
+                    destinationIdentity = podWorkload.map { identity.workloads[$0].id }
+                }
                 req.target = addr
             } else {
                 req.target = snapshot.appAddress
+                destinationIdentity = loop.identity?.local?.id
+            }
+            if !snapshot.config.authorization.allowsEveryone {
+                let caller = connectionGuard.tls?.peer
+                let decision = snapshot.config.authorization.decide(caller: caller, destination: destinationIdentity, path: path)
+                loop.shared.authorizationCounter(decision).increment()
+                guard decision.allowed else {
+                    reply(
+                        .forbidden, context: context,
+                        detail: "\(caller.map { "\($0)" } ?? "an unauthenticated caller") may not call "
+                            + "\(destinationIdentity.map { "\($0)" } ?? "this workload") (\(decision.ruleLabel))")
+                    return
+                }
+            }
+            if let tls = connectionGuard.tls {
+                outHead.headers.replaceOrAdd(name: HeaderPolicy.clientCertHeader, value: tls.forwardedClientCert)
+            } else if scan.clientCert {
+                outHead.headers.remove(name: HeaderPolicy.clientCertHeader)
             }
             outHead.headers.remove(name: HeaderPolicy.destinationHeader)
             if scan.originalProtocol {

@@ -98,7 +98,7 @@ extension HTTPProxyHandler {
                     req.heldHead = nil
                     req.heldBody.removeAll()
                     primary.owner = nil
-                    loop.pool.release(primary)
+                    Self.release(primary, fallback: loop.pool)
                     state = .connecting
                     scheduleRetry(retry, context: context)
                     return

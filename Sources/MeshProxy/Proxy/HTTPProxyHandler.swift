@@ -64,6 +64,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// An HTTP/2 stream's first attempt waits for the end of the read cycle (see `startRequest`).
     var attemptDeferred = false
     var clientIP = "unknown"
+    /// The client's address (node mode: the source pod, whose identity outbound mTLS presents).
+    lazy var clientAddress: IPAddress? = IPAddress(clientIP)
     var firstRequest = true
     /// A trailers-only gRPC response head waiting for its end (HTTP/2 downstream only).
     var trailersOnlyHead: HTTPResponseHead?
@@ -88,6 +90,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var service: LoopService?
         var endpoint: LoopEndpoint?
         var target: SocketAddress?
+        /// The pool the target's connections come from (plaintext, or mTLS to another meshd).
+        var pool: UpstreamPool?
         var started = NIODeadline.now()
         /// The exchange's decisions (see `ExchangeStateMachine`); replaced once the request is routed.
         var exchange = ExchangeStateMachine(
@@ -121,6 +125,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     }
 
     static var nowNanos: Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
+
+    /// Gives a connection back to the pool it came from (a pool dropped after an identity rotation is
+    /// gone: its connection closes).
+    static func release(_ conn: UpstreamConnection, fallback: UpstreamPool) {
+        if let pool = conn.pool {
+            pool.release(conn)
+        } else if conn.isStream {
+            conn.owner = nil
+        } else {
+            conn.close()
+        }
+    }
 
     // MARK: - Channel events
 
@@ -315,7 +331,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     func attach(_ conn: UpstreamConnection, reused: Bool, context: ChannelHandlerContext) {
         conn.owner = self
-        conn.pool = loop.pool
+        conn.pool = req.pool ?? loop.pool
         conn.uses += 1
         state = .proxying(conn)
         req.exchange.attached(reused: reused, now: Self.nowNanos)
@@ -358,7 +374,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     func releaseUpstream(_ upstream: UpstreamConnection) {
         upstream.owner = nil
         finishRequest(status: req.status, error: nil)
-        loop.pool.release(upstream)
+        Self.release(upstream, fallback: loop.pool)
         state = .idle(since: .now())
     }
 

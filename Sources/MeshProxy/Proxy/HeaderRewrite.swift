@@ -20,6 +20,8 @@ struct HeaderScan {
     var hostCount = 0
     /// A `Content-Length` that is not a decimal number meshd (and most peers) can hold: past 2^63 - 1.
     var contentLengthTooLarge = false
+    /// `x-forwarded-client-cert`: only meshd sets it (from the mTLS peer); a client's own is removed.
+    var clientCert = false
 }
 
 extension HTTPHeaders {
@@ -41,6 +43,8 @@ extension HTTPHeaders {
             case 14 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"):
                 // NIO's parser takes any 64-bit unsigned length; a peer with signed lengths would not.
                 if value.utf8.count >= 19 && Int64(value.trimmingCharacters(in: " \t")) == nil { scan.contentLengthTooLarge = true }
+            case 24 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.clientCertHeader):
+                scan.clientCert = true
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
                 scan.grpcTimeout = value
             case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):

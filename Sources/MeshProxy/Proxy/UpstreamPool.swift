@@ -18,10 +18,14 @@ final class UpstreamPool {
     var http2: [SocketAddress: [HTTP2UpstreamConnection]] = [:]
     private(set) var idleCount = 0
     private var config = UpstreamConfig()
+    /// mTLS to the endpoints (another meshd): every connection of this pool presents the same identity
+    /// and expects the same one (see `LoopContext.upstreamPool`); nil: plaintext.
+    let tls: UpstreamTLS?
 
-    init(eventLoop: EventLoop, shared: SharedRuntime) {
+    init(eventLoop: EventLoop, shared: SharedRuntime, tls: UpstreamTLS? = nil) {
         self.eventLoop = eventLoop
         self.shared = shared
+        self.tls = tls
     }
 
     func configure(_ config: UpstreamConfig) { self.config = config }
@@ -114,11 +118,13 @@ final class UpstreamPool {
             return l
         }()
         let connectTimeout = TimeAmount.nanoseconds(timeout.nanoseconds)
+        let tls = self.tls
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { _ = try tls.addHandlers(to: channel, http2: false, shared: shared) }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(
                         leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false,
                         decoderLimitConfiguration: limits)
@@ -127,6 +133,13 @@ final class UpstreamPool {
                 }
             }
             .connect(to: address)
+            .flatMap { channel in
+                // mTLS: handed out once the endpoint proved its identity.
+                guard tls != nil, let waiter = try? channel.pipeline.syncOperations.handler(type: OutboundTLSHandler.self) else {
+                    return channel.eventLoop.makeSucceededFuture(channel)
+                }
+                return waiter.verified.futureResult.map { channel }
+            }
             .flatMapThrowing { channel in
                 shared.metrics.upstreamConnectsOK.increment()
                 return try channel.pipeline.syncOperations.handler(type: UpstreamConnection.self)

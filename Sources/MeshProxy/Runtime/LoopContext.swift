@@ -40,6 +40,19 @@ final class LoopContext: @unchecked Sendable {
     var accessLog = AccessLogBuffer()
     /// Node mode inbound: which `x-meshd-dst` destinations may be forwarded to.
     private(set) var nodeInbound: NodeInboundPolicy
+    /// The workload identities in force (nil: no `identity` configured); replaced as a whole on rotation.
+    private(set) var identity: IdentityMaterial?
+    /// Upstream pools of mTLS connections, one per (identity generation, credential presented, identity
+    /// expected, server name): connections in one pool are interchangeable.
+    private var tlsPools: [TLSPoolKey: UpstreamPool] = [:]
+
+    struct TLSPoolKey: Hashable {
+        let generation: Int
+        /// -1: the local identity; else the node workload's index.
+        let credential: Int
+        let expected: IdentityPattern
+        let serverName: String?
+    }
 
     init(eventLoop: EventLoop, index: Int, shared: SharedRuntime, snapshot: ResolvedSnapshot, seed: UInt64) {
         self.eventLoop = eventLoop
@@ -97,6 +110,7 @@ final class LoopContext: @unchecked Sendable {
     {
         let old = Dictionary(previous.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var kept = Set<ObjectIdentifier>()
+        let tlsByName = Dictionary(snapshot.config.services.map { ($0.name, $0.tls) }, uniquingKeysWith: { a, _ in a })
         let services = snapshot.mesh.services.map { s -> LoopService in
             let oldEndpoints = Dictionary(
                 (old[s.name]?.endpoints ?? []).map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
@@ -122,6 +136,7 @@ final class LoopContext: @unchecked Sendable {
                 metrics: sharedService.metrics, counters: sharedService.counters, limits: s.limits,
                 outlier: outlier, connectTimeout: s.connectTimeout, idleTimeout: s.idleTimeout, shared: shared)
             svc.upstreamProtocol = s.upstreamProtocol
+            svc.tls = tlsByName[s.name] ?? nil
             // Endpoints still ejected stay out of rotation in the new balancer.
             for (i, e) in s.endpoints.enumerated() where outlier.ejectedUntil(e.address.description) != nil {
                 svc.balancer.setHealthy(i, false)
@@ -146,12 +161,64 @@ final class LoopContext: @unchecked Sendable {
         self.services = Self.makeServices(snapshot, shared: shared, previous: services, seed: rng.next())
         for s in services { s.keepsGauges = index == 0 }
         self.routeStates = Self.makeRouteStates(snapshot, previous: routeStates)
-        pool.configure(snapshot.config.upstream)
         // Idle connections to endpoints that left every service are closed; busy ones finish first.
         var addresses = Set(snapshot.connectAddresses.joined())
         addresses.insert(snapshot.appAddress)
-        pool.closeIdle(except: addresses, keepAnyInboundTarget: snapshot.config.mode == .node)
+        for p in allPools {
+            p.configure(snapshot.config.upstream)
+            p.closeIdle(except: addresses, keepAnyInboundTarget: snapshot.config.mode == .node && p.tls == nil)
+        }
     }
+
+    /// New identity material (start, or the files changed): new connections use it; pools of the old
+    /// one close their idle connections and are dropped (busy connections finish their exchange).
+    func installIdentity(_ material: IdentityMaterial?) {
+        eventLoop.preconditionInEventLoop()
+        identity = material
+        for (key, p) in tlsPools where key.generation != material?.generation {
+            p.closeIdle(except: [], keepAnyInboundTarget: false)
+            tlsPools[key] = nil
+        }
+    }
+
+    enum PoolChoice {
+        case pool(UpstreamPool)
+        /// Node mode: the source pod runs as no identity, and the service requires mTLS.
+        case noIdentity
+    }
+
+    /// The pool for a request to `endpoint` of `service` from `source` (node mode: the pod whose
+    /// identity is presented): the plaintext pool, or the mTLS pool of the service's expected identity.
+    func upstreamPool(service: LoopService?, endpoint: LoopEndpoint?, source: IPAddress?) -> PoolChoice {
+        guard let tls = service?.tls, let endpoint else { return .pool(pool) }
+        guard let material = identity else { return .noIdentity }
+        let credential: WorkloadCredential
+        let index: Int
+        if snapshot.config.mode == .node {
+            guard let ip = source, let i = material.podWorkload[ip] else { return .noIdentity }
+            credential = material.workloads[i]
+            index = i
+        } else {
+            guard let local = material.local else { return .noIdentity }
+            credential = local
+            index = -1
+        }
+        // Behind a node proxy the server name names the pod, so the node answers as that pod's identity.
+        let serverName = endpoint.config.via != nil ? IPAddress(endpoint.config.address.host).map(PodServerName.encode) : nil
+        let key = TLSPoolKey(generation: material.generation, credential: index, expected: tls.identity, serverName: serverName)
+        if let p = tlsPools[key] { return .pool(p) }
+        let p = UpstreamPool(
+            eventLoop: eventLoop, shared: shared,
+            tls: UpstreamTLS(
+                credential: credential, roots: material.roots, expected: tls.identity, serverName: serverName,
+                handshakeTimeout: .nanoseconds(snapshot.config.identity?.handshakeTimeout.nanoseconds ?? 10_000_000_000)))
+        p.configure(snapshot.config.upstream)
+        tlsPools[key] = p
+        return .pool(p)
+    }
+
+    /// Every pool of this loop (plaintext and mTLS).
+    var allPools: [UpstreamPool] { [pool] + Array(tlsPools.values) }
 
     func start() {
         pool.configure(snapshot.config.upstream)
@@ -164,7 +231,7 @@ final class LoopContext: @unchecked Sendable {
     func stop() {
         tickTask?.cancel()
         tickTask = nil
-        pool.closeAll()
+        for p in allPools { p.closeAll() }
         accessLog.flush()
     }
 
@@ -178,6 +245,7 @@ final class LoopContext: @unchecked Sendable {
         let nanos = Int64(now.uptimeNanoseconds)
         for s in services { s.expireEjections(now: nanos) }
         pool.sweep(now: now)
+        for p in tlsPools.values { p.sweep(now: now) }
         accessLog.flush()
     }
 

@@ -56,6 +56,8 @@ final class LoopService {
     var keepsGauges = false
     /// The HTTP version spoken to the endpoints (`services[].protocol`; inbound: `inbound.appProtocol`).
     var upstreamProtocol = UpstreamProtocol.auto
+    /// `services[].tls`: the endpoints are meshd proxies reached over mTLS.
+    var tls: ServiceTLSConfig?
 
     /// Circuit breaker: whether one more of `kind` fits the service's limits (all loops together).
     func admits(_ kind: CircuitBreakerLimits.Overflow) -> Bool {

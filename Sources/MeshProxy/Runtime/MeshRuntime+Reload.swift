@@ -91,6 +91,7 @@ extension MeshRuntime {
         if new.effectiveInboundListen != old.effectiveInboundListen { needsRestart.append("inbound.listen") }
         if new.admin != old.admin { needsRestart.append("admin.listen") }
         if new.threads != old.threads { needsRestart.append("threads") }
+        if new.identity != old.identity { needsRestart.append("identity (its files reload by themselves)") }
         if new.node.allowedSources != old.node.allowedSources || new.node.podCIDRs != old.node.podCIDRs {
             needsRestart.append("node")
         }
@@ -105,6 +106,7 @@ extension MeshRuntime {
             new.admin = old.admin
             new.threads = old.threads
             new.node = old.node
+            new.identity = old.identity
         }
         let version: Int
         do {
@@ -179,6 +181,7 @@ extension MeshRuntime {
     /// Stops accepting, lets in-flight requests finish (up to `drainTimeout`), then stops the loops.
     func drainAndStop() async {
         discovery.stopAll()
+        stopping.store(true, ordering: .relaxed)
         shared.ready.store(false, ordering: .relaxed)
         shared.metrics.ready.record(0)
         let timeout = config.drainTimeout

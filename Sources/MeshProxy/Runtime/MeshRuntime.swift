@@ -41,6 +41,10 @@ final class MeshRuntime: Sendable {
     let baseConfig: NIOLockedValueBox<MeshConfig>
     let discovery: DiscoveryManager
     let startedAt = NIODeadline.now()
+    /// The identity files and material in force (see `MeshRuntime+Identity`).
+    let identityState = NIOLockedValueBox(IdentityState())
+    /// Set when draining starts: background watchers stop.
+    let stopping = ManagedAtomic<Bool>(false)
 
     init(
         config: MeshConfig, configText: String?, configPath: String?, overrides: ConfigLoader.Overrides,
@@ -75,6 +79,8 @@ final class MeshRuntime: Sendable {
     func start() async throws {
         shared.loops.withLockedValue { $0 = loops }
         for loop in loops { try await loop.eventLoop.submit { loop.start() }.get() }
+        try await loadIdentityAtStart()
+        watchIdentity()
         let config = self.config
         let admin = try await bindAdmin(config.admin.listen)
         channels.withLockedValue { $0["admin"] = admin }
@@ -184,7 +190,16 @@ final class MeshRuntime: Sendable {
                                 loop: loop, direction: direction, idleTimeout: loop.snapshot.config.upstream.idleTimeout,
                                 resolve: { runtime.opaqueTarget(direction, channel: $0, loop: loop) }))
                     }
-                    switch proto {
+                    // Inbound mTLS (`inbound.tls`): the first bytes tell a TLS ClientHello from plaintext.
+                    let tlsMode = direction == .inbound ? loop.snapshot.config.effectiveInboundTLS : .disabled
+                    func addExplicit() throws {
+                        switch proto {
+                        case .http1: try addHTTP()
+                        case .http2, .grpc: try addHTTP2()
+                        case .tcp, .detect: try addTCP()
+                        }
+                    }
+                    switch tlsMode != .disabled ? .detect : proto {
                     case .http1: try addHTTP()
                     case .http2, .grpc: try addHTTP2()
                     case .tcp: try addTCP()
@@ -202,6 +217,25 @@ final class MeshRuntime: Sendable {
                             },
                             configure: { detected, _ in
                                 shared.metrics.detected(direction, detected.rawValue).increment()
+                                if tlsMode != .disabled {
+                                    if detected == .tls {
+                                        return try Self.addInboundTLS(channel: channel, loop: loop) { http2, info in
+                                            guardHandler.tls = info
+                                            if http2 { try addHTTP2() } else { try addHTTP() }
+                                        }
+                                    }
+                                    if tlsMode == .strict {
+                                        // Nothing is served without mTLS.
+                                        shared.tlsRefused(
+                                            .plaintext, .inbound, peer: channel.remoteAddress?.description ?? "?",
+                                            detail: "inbound.tls is strict")
+                                        return false
+                                    }
+                                    if proto != .detect {
+                                        try addExplicit()
+                                        return true
+                                    }
+                                }
                                 switch detected {
                                 case .http1:
                                     try addHTTP()
