@@ -74,7 +74,10 @@ enum PeerVerifier {
             if cert.notValidAfter < now { return Outcome(refusal: .expired) }
             if cert.notValidBefore > now { return Outcome(refusal: .notYetValid) }
         }
-        var verifier = Verifier(rootCertificates: roots) { RFC5280Policy() }
+        var verifier = Verifier(rootCertificates: roots) {
+            RFC5280Policy()
+            SPIFFELeafPolicy()
+        }
         let result = await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates))
         guard case .validCertificate = result else { return Outcome(refusal: .untrusted) }
         guard let id = IdentityLoader.spiffeID(of: leaf) else { return Outcome(refusal: .wrongIdentity) }
@@ -96,5 +99,21 @@ enum PeerVerifier {
             return .noCertificate
         }
         return .handshake
+    }
+}
+
+/// The X509-SVID rules for the leaf: exactly one SPIFFE ID in its URI SAN (the SAN extension is
+/// critical when the subject is empty, so the policy must claim it), and not a CA.
+struct SPIFFELeafPolicy: VerifierPolicy {
+    let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = [.X509ExtensionID.subjectAlternativeName]
+
+    func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
+        guard IdentityLoader.spiffeID(of: chain.leaf) != nil else {
+            return .failsToMeetPolicy(reason: "the leaf certificate has no single SPIFFE ID")
+        }
+        if case .isCertificateAuthority? = try? chain.leaf.extensions.basicConstraints {
+            return .failsToMeetPolicy(reason: "an X509-SVID leaf must not be a CA")
+        }
+        return .meetsPolicy
     }
 }

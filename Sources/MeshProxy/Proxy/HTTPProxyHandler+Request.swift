@@ -152,7 +152,7 @@ extension HTTPProxyHandler {
             if !snapshot.config.authorization.allowsEveryone {
                 let caller = connectionGuard.tls?.peer
                 let decision = snapshot.config.authorization.decide(caller: caller, destination: destinationIdentity, path: path)
-                loop.shared.authorizationCounter(decision).increment()
+                loop.authorizationCounter(decision).increment()
                 guard decision.allowed else {
                     reply(
                         .forbidden, context: context,

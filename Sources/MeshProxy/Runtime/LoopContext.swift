@@ -45,6 +45,16 @@ final class LoopContext: @unchecked Sendable {
     /// Upstream pools of mTLS connections, one per (identity generation, credential presented, identity
     /// expected, server name): connections in one pool are interchangeable.
     private var tlsPools: [TLSPoolKey: UpstreamPool] = [:]
+    /// `meshd_authorization_total` handles by label, cached on the loop (no lock per request).
+    private var authorizationCounters: [String: CoreMetrics.Counter] = [:]
+
+    func authorizationCounter(_ d: AuthorizationPolicy.Decision) -> CoreMetrics.Counter {
+        let key = (d.allowed ? "allow|" : "deny|") + d.ruleLabel
+        if let c = authorizationCounters[key] { return c }
+        let c = shared.authorizationCounter(d)
+        authorizationCounters[key] = c
+        return c
+    }
 
     struct TLSPoolKey: Hashable {
         let generation: Int
@@ -267,6 +277,6 @@ final class LoopContext: @unchecked Sendable {
                     })
             },
             inboundLatency: inboundService.latency,
-            upstreamIdle: pool.idleCount)
+            upstreamIdle: allPools.reduce(0) { $0 + $1.idleCount })
     }
 }

@@ -1,0 +1,155 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import MeshCore
+import SwiftASN1
+import X509
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `meshctl identity`: a small CA for users without one (swift-certificates, swift-crypto), and a look
+/// at a certificate's SPIFFE ID and validity.
+struct IdentityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "identity",
+        abstract: "Make a mesh CA and workload certificates with SPIFFE IDs, or show one.",
+        subcommands: [Init.self, Issue.self, Show.self])
+
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a root CA (ECDSA P-256): DIR/ca.crt and DIR/ca.key.")
+        @Option(help: "The trust domain (spiffe://TRUST_DOMAIN/...).") var trustDomain: String = "cluster.local"
+        @Option(help: "How long the root is valid (e.g. 8760h).") var ttl: String = "87600h"
+        @Option(help: "Directory to write to.") var out: String
+
+        func run() async throws {
+            guard SpiffeID("spiffe://\(trustDomain)") != nil else { throw ValidationError("invalid trust domain '\(trustDomain)'") }
+            let seconds = try IdentityCommand.seconds(ttl)
+            let key = P256.Signing.PrivateKey()
+            let name = try DistinguishedName {
+                OrganizationName("meshd")
+                CommonName("meshd root CA \(trustDomain)")
+            }
+            let now = Date()
+            let cert = try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+                notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(seconds),
+                issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
+                    Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                    SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
+                },
+                issuerPrivateKey: .init(key))
+            try IdentityCommand.write(
+                out,
+                [
+                    ("ca.crt", try cert.serializeAsPEM().pemString + "\n", 0o644),
+                    ("ca.key", key.pemRepresentation + "\n", 0o600),
+                ])
+            print("wrote \(out)/ca.crt and \(out)/ca.key (trust domain \(trustDomain), serial \(IdentityCommand.hex(cert)))")
+        }
+    }
+
+    struct Issue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Issue a workload certificate: DIR/tls.crt, DIR/tls.key and DIR/ca.crt (as a Kubernetes TLS Secret).")
+        @Option(help: "The CA directory (from `identity init`).") var ca: String
+        @Option(help: "The workload's SPIFFE ID, spiffe://TD/ns/NAMESPACE/sa/ACCOUNT.") var spiffeId: String
+        @Option(help: "How long the certificate is valid (e.g. 24h, 90m).") var ttl: String = "24h"
+        @Option(help: "Directory to write to.") var out: String
+        @Option(help: "Start of validity, as seconds from now (negative: in the past; for tests).") var notBeforeOffset: Int = -60
+
+        func run() async throws {
+            guard let id = SpiffeID(spiffeId) else { throw ValidationError("'\(spiffeId)' is not a SPIFFE ID") }
+            let seconds = try IdentityCommand.seconds(ttl)
+            let caCertText = try String(contentsOfFile: "\(ca)/ca.crt", encoding: .utf8)
+            let caKeyText = try String(contentsOfFile: "\(ca)/ca.key", encoding: .utf8)
+            let caCert = try Certificate(pemEncoded: caCertText)
+            let caKey = try P256.Signing.PrivateKey(pemRepresentation: caKeyText)
+            let key = P256.Signing.PrivateKey()
+            let start = Date().addingTimeInterval(TimeInterval(notBeforeOffset))
+            let cert = try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+                notValidBefore: start, notValidAfter: start.addingTimeInterval(seconds - TimeInterval(notBeforeOffset)),
+                issuer: caCert.subject, subject: try DistinguishedName { OrganizationName("meshd") },
+                signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.notCertificateAuthority)
+                    Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
+                    try ExtendedKeyUsage([.serverAuth, .clientAuth])
+                    Critical(SubjectAlternativeNames([.uniformResourceIdentifier(id.description)]))
+                    AuthorityKeyIdentifier(keyIdentifier: try caCert.extensions.subjectKeyIdentifier?.keyIdentifier)
+                },
+                issuerPrivateKey: .init(caKey))
+            try IdentityCommand.write(
+                out,
+                [
+                    ("tls.crt", try cert.serializeAsPEM().pemString + "\n", 0o644),
+                    ("tls.key", key.pemRepresentation + "\n", 0o600),
+                    ("ca.crt", caCertText.hasSuffix("\n") ? caCertText : caCertText + "\n", 0o644),
+                ])
+            print(
+                "wrote \(out)/tls.crt, tls.key, ca.crt for \(id) (serial \(IdentityCommand.hex(cert)), valid until \(cert.notValidAfter))")
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a certificate's SPIFFE ID, issuer and validity.")
+        @Argument(help: "A PEM certificate file.") var file: String
+        @Option(name: [.short, .customLong("output")], help: "table or json.") var output: OutputFormat = .table
+
+        func run() async throws {
+            let text = try String(contentsOfFile: file, encoding: .utf8)
+            let cert = try Certificate(pemEncoded: text)
+            var spiffe: [String] = []
+            if let sans = try cert.extensions.subjectAlternativeNames {
+                for name in sans { if case .uniformResourceIdentifier(let u) = name { spiffe.append(u) } }
+            }
+            let left = Int(cert.notValidAfter.timeIntervalSinceNow)
+            let iso = ISO8601DateFormatter()
+            let fields: [(String, String)] = [
+                ("spiffeId", spiffe.first ?? ""), ("issuer", cert.issuer.description), ("subject", cert.subject.description),
+                ("serial", IdentityCommand.hex(cert)), ("notBefore", iso.string(from: cert.notValidBefore)),
+                ("notAfter", iso.string(from: cert.notValidAfter)), ("secondsLeft", "\(left)"),
+                (
+                    "ca",
+                    "\((try? cert.extensions.basicConstraints).map { if case .isCertificateAuthority = $0 { return true } else { return false } } ?? false)"
+                ),
+            ]
+            if output == .json {
+                let body = fields.map { k, v in
+                    k == "secondsLeft" || k == "ca" ? "\"\(k)\": \(v)" : "\"\(k)\": \(JSONValue.quoted(v))"
+                }
+                print("{" + body.joined(separator: ", ") + "}")
+            } else {
+                for (k, v) in fields { print(k.padding(toLength: 12, withPad: " ", startingAt: 0) + v) }
+            }
+        }
+    }
+
+    static func hex(_ cert: Certificate) -> String { cert.serialNumber.bytes.map { String(format: "%02X", $0) }.joined() }
+
+    /// `24h`, `90m`, `3600s`, `7d`.
+    static func seconds(_ text: String) throws -> TimeInterval {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        guard let unit = text.last, let mult = units[unit], let n = Double(text.dropLast()), n > 0 else {
+            throw ValidationError("'\(text)' is not a duration such as 24h, 90m or 7d")
+        }
+        return n * mult
+    }
+
+    static func write(_ dir: String, _ files: [(String, String, Int)]) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for (name, text, mode) in files {
+            let path = "\(dir)/\(name)"
+            // Written to a temporary name and renamed: a watcher never sees half a file.
+            let tmp = "\(dir)/.\(name).tmp"
+            try text.write(toFile: tmp, atomically: false, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: tmp)
+            guard rename(tmp, path) == 0 else { throw ValidationError("cannot write \(path): errno \(errno)") }
+        }
+    }
+}
