@@ -15,7 +15,7 @@ struct IdentityCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "identity",
         abstract: "Make a mesh CA and workload certificates with SPIFFE IDs, or show one.",
-        subcommands: [Init.self, Issue.self, Show.self])
+        subcommands: [Init.self, Issue.self, Show.self, Status.self])
 
     struct Init: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -127,6 +127,36 @@ struct IdentityCommand: AsyncParsableCommand {
             } else {
                 for (k, v) in fields { print(k.padding(toLength: 12, withPad: " ", startingAt: 0) + v) }
             }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The identities a running meshd serves with: SPIFFE ID, serial, expiry (admin GET /identity).")
+        @OptionGroup var options: AdminOptions
+
+        func run() async throws {
+            let (raw, value) = try await fetchJSON(options, "/identity")
+            if options.output == .json {
+                print(raw, terminator: "")
+                return
+            }
+            guard let obj = value as? [String: Any], obj["enabled"] as? Bool == true else {
+                print("no identity configured (plaintext only)")
+                return
+            }
+            var rows: [[String]] = []
+            func add(_ kind: String, _ c: [String: Any]) {
+                let left = (c["secondsLeft"] as? Int).map { "\($0 / 3600)h\(($0 % 3600) / 60)m" } ?? "?"
+                rows.append([
+                    kind, c["spiffeId"] as? String ?? "", c["serial"] as? String ?? "", c["notAfter"] as? String ?? "", left,
+                    (c["pods"] as? [String])?.joined(separator: ",") ?? "",
+                ])
+            }
+            if let local = obj["local"] as? [String: Any] { add("local", local) }
+            for w in obj["workloads"] as? [[String: Any]] ?? [] { add("workload", w) }
+            print("inbound.tls: \(obj["inboundTLS"] as? String ?? "?")  generation: \(obj["generation"] as? Int ?? 0)")
+            printTable(["KIND", "SPIFFE ID", "SERIAL", "NOT AFTER", "LEFT", "PODS"], rows)
         }
     }
 

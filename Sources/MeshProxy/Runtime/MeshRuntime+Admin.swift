@@ -46,6 +46,8 @@ extension MeshRuntime {
             return ok(c)
         case (.GET, "/routes"):
             return ok(routesJSON())
+        case (.GET, "/identity"):
+            return ok(identityJSON())
         case (.GET, "/services"):
             return collectReports(on: loop).map { reports in
                 (.ok, json, self.servicesJSON(reports).rendered(pretty: true) + "\n")
@@ -83,7 +85,7 @@ extension MeshRuntime {
             return promise.futureResult
         default:
             return loop.makeSucceededFuture(
-                (.notFound, "text/plain", "not found; try /live /ready /metrics /config /routes /services /log-level\n"))
+                (.notFound, "text/plain", "not found; try /live /ready /metrics /config /routes /services /identity /log-level\n"))
         }
     }
 
