@@ -60,7 +60,10 @@ struct IdentityCommand: AsyncParsableCommand {
         @Option(help: "The workload's SPIFFE ID, spiffe://TD/ns/NAMESPACE/sa/ACCOUNT.") var spiffeId: String
         @Option(help: "How long the certificate is valid (e.g. 24h, 90m).") var ttl: String = "24h"
         @Option(help: "Directory to write to.") var out: String
-        @Option(help: "Start of validity, as seconds from now (negative: in the past; for tests).") var notBeforeOffset: Int = -60
+        @Option(
+            help:
+                "Start of validity, as seconds from now (negative: in the past; write --not-before-offset=-7200). The certificate is valid for --ttl from there."
+        ) var notBeforeOffset: Int = -60
 
         func run() async throws {
             guard let id = SpiffeID(spiffeId) else { throw ValidationError("'\(spiffeId)' is not a SPIFFE ID") }
@@ -73,7 +76,7 @@ struct IdentityCommand: AsyncParsableCommand {
             let start = Date().addingTimeInterval(TimeInterval(notBeforeOffset))
             let cert = try Certificate(
                 version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-                notValidBefore: start, notValidAfter: start.addingTimeInterval(seconds - TimeInterval(notBeforeOffset)),
+                notValidBefore: start, notValidAfter: start.addingTimeInterval(seconds),
                 issuer: caCert.subject, subject: try DistinguishedName { OrganizationName("meshd") },
                 signatureAlgorithm: .ecdsaWithSHA256,
                 extensions: try Certificate.Extensions {

@@ -113,18 +113,23 @@ def _der_sha256(pem_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def mesh(start_meshd_module, backend, pki):
-    inbound = lambda tls: {"listen": "127.0.0.1:0", "app": backend.addr, "tls": tls}  # noqa: E731
+    # backend.py speaks HTTP/1.1 only: with the default `appProtocol: auto` an HTTP/2 request would stay
+    # HTTP/2 on the hop to the app, so the callees pin that hop to HTTP/1.1.
+    inbound = lambda tls: {"listen": "127.0.0.1:0", "app": backend.addr, "appProtocol": "http1", "tls": tls}  # noqa: E731
     strict = start_meshd_module(base_config(
+        drainTimeout="1s",  # web's pooled keep-alive connections would hold the callees' drain
         inbound=inbound("strict"),
         identity=_identity(pki, "api", pki["bundle"]),
         authorization={"defaultPolicy": "all-authenticated"},
     ), name="api-strict")
     authz = start_meshd_module(base_config(
+        drainTimeout="1s",  # web's pooled keep-alive connections would hold the callees' drain
         inbound=inbound("strict"),
         identity=_identity(pki, "api", pki["bundle"]),
         authorization={"defaultPolicy": "deny", "rules": [{"from": [WEB], "pathPrefix": "/api/"}]},
     ), name="api-authz")
     permissive = start_meshd_module(base_config(
+        drainTimeout="1s",  # web's pooled keep-alive connections would hold the callees' drain
         inbound=inbound("permissive"),
         identity=_identity(pki, "api", pki["bundle"]),
     ), name="api-permissive")
@@ -140,12 +145,14 @@ def mesh(start_meshd_module, backend, pki):
         svc("wrongid", strict, OTHER),
     ]
     web = start_meshd_module(base_config(
+        drainTimeout="1s",  # web's pooled keep-alive connections would hold the callees' drain
         threads=2,
         identity=_identity(pki, "web"),
         services=services,
         routes=[{"match": {"authority": s["name"]}, "service": s["name"]} for s in services],
     ), name="web")
-    return {"web": web, "strict": strict, "authz": authz, "permissive": permissive}
+    yield {"web": web, "strict": strict, "authz": authz, "permissive": permissive}
+    web.stop()  # first, so that its pooled connections do not hold the callees' drain
 
 
 def _hdrs(body: bytes) -> dict:
@@ -223,9 +230,11 @@ def test_http2_prior_knowledge_through_mtls(mesh):
     assert r.returncode == 0, r.stderr
     head, _, body = r.stdout.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/2 200"), head
-    hdr = _hdrs(body)
-    xfcc = hdr.get("x-forwarded-client-cert")
-    assert xfcc and len(xfcc) == 1 and _parse_xfcc(xfcc[0]).get("URI") == WEB, xfcc
+    got = json.loads(body)
+    assert got["path"] == "/headers?h2=1" and got["version"] == "HTTP/1.1", got
+    xfcc = _hdrs(body).get("x-forwarded-client-cert")
+    assert xfcc and len(xfcc) == 1, f"want exactly one XFCC (the forged one dropped), got {xfcc!r}"
+    assert _parse_xfcc(xfcc[0]).get("URI") == WEB, xfcc
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,13 +351,26 @@ def test_outbound_wrong_identity_refused(mesh, backend):
 
 def test_permissive_serves_plaintext_and_mtls(mesh, pki):
     web, perm = mesh["web"], mesh["permissive"]
-    status, _, body = http_request(perm.inbound, "GET", "/headers", headers={
-        "Host": "api", "X-Forwarded-Client-Cert": f"URI={WEB}"})
+    status, _, body = http_request(perm.inbound, "GET", "/headers", headers={"Host": "api"})
     assert status == 200, body
-    assert "x-forwarded-client-cert" not in _hdrs(body), "plaintext request must not carry XFCC to the app"
-    status, _, body = http_request(web.outbound, "GET", "/headers", headers={"Host": "perm"})
+    assert "x-forwarded-client-cert" not in _hdrs(body), "a plaintext request got an XFCC"
+    # mTLS from the caller sidecar
+    status, _, body = http_request(web.outbound, "GET", "/headers", headers={
+        "Host": "perm", "X-Forwarded-Client-Cert": "URI=spiffe://forged"})
     assert status == 200, body
     xfcc = _hdrs(body).get("x-forwarded-client-cert")
-    assert xfcc and _parse_xfcc(xfcc[0]).get("URI") == WEB, xfcc
+    assert xfcc and len(xfcc) == 1 and _parse_xfcc(xfcc[0]).get("URI") == WEB, xfcc
+    # mTLS straight from curl with the openssl-made certificate
     r = _tls_curl(perm, pki["ops"])
     assert r.returncode == 0 and _status(r) == 200, (r.stdout, r.stderr)
+    xfcc = _hdrs(r.stdout.split(b"\r\n\r\n", 1)[1]).get("x-forwarded-client-cert")
+    assert xfcc and _parse_xfcc(xfcc[0]).get("URI") == OPS, xfcc
+
+
+def test_permissive_plaintext_drops_client_xfcc(mesh):
+    perm = mesh["permissive"]
+    status, _, body = http_request(perm.inbound, "GET", "/headers", headers={
+        "Host": "api", "X-Forwarded-Client-Cert": f"By={API};URI={WEB}"})
+    assert status == 200, body
+    assert "x-forwarded-client-cert" not in _hdrs(body), \
+        f"a forged XFCC on a plaintext request reached the app: {_hdrs(body)['x-forwarded-client-cert']}"

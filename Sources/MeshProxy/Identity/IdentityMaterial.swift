@@ -198,6 +198,8 @@ enum IdentityLoader {
             tls.privateKey = .privateKey(key)
         }
         tls.minimumTLSVersion = .tlsv13
+        // Closing waits this long for the peer's close_notify (NIO's default, 5 s, held up drains).
+        tls.shutdownTimeout = .seconds(1)
         tls.trustRoots = .certificates(roots)
         // The peer's chain and SPIFFE ID are checked by meshd's verification callback (`PeerVerifier`);
         // this makes the server ask for (and require) a client certificate.

@@ -43,7 +43,7 @@ extension HTTPHeaders {
             case 14 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"):
                 // NIO's parser takes any 64-bit unsigned length; a peer with signed lengths would not.
                 if value.utf8.count >= 19 && Int64(value.trimmingCharacters(in: " \t")) == nil { scan.contentLengthTooLarge = true }
-            case 24 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.clientCertHeader):
+            case 23 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.clientCertHeader):
                 scan.clientCert = true
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
                 scan.grpcTimeout = value

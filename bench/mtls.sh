@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The cost of mTLS on the meshd -> meshd hop, against the same hop in plaintext and against HAProxy
+# terminating and originating TLS (verify required on both sides), all in one run:
+#
+#   wrk (HTTP/1.1 keep-alive, 1 thread) -> proxy A -> proxy B -> nginx
+#
+# Variants: meshd plaintext, meshd mTLS (A: services[].tls.identity; B: inbound.tls strict), HAProxy
+# mTLS (A: server ... ssl crt verify required; B: bind ... ssl crt ca-file verify required). Proxies
+# run with one thread on CPU 0, nginx and the clients on CPU 1; RUNS interleaved rounds, medians.
+# Prints req/s, p50/p99, CPU seconds per 1000 requests (A + B), and full handshakes per CPU-second
+# of the server side (B), measured with `openssl s_time -new`.
+#
+# Usage: bench/mtls.sh    Env: DURATION (s, default 8), RUNS (default 3), CONNS (default 32),
+#                              MESHD_BIN, MESHCTL_BIN (default .build/release/...)
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-8}
+RUNS=${RUNS:-3}
+CONNS=${CONNS:-32}
+MESHD_BIN=${MESHD_BIN:-$REPO/.build/release/meshd}
+MESHCTL_BIN=${MESHCTL_BIN:-$REPO/.build/release/meshctl}
+for t in nginx haproxy wrk curl taskset openssl; do command -v $t >/dev/null || { echo "mtls: $t missing" >&2; exit 1; }; done
+
+TMP=$(mktemp -d /tmp/meshd-bench-mtls.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+"$MESHCTL_BIN" identity init --trust-domain cluster.local --out "$TMP/ca" >/dev/null
+"$MESHCTL_BIN" identity issue --ca "$TMP/ca" --spiffe-id spiffe://cluster.local/ns/bench/sa/a --out "$TMP/a" >/dev/null
+"$MESHCTL_BIN" identity issue --ca "$TMP/ca" --spiffe-id spiffe://cluster.local/ns/bench/sa/b --out "$TMP/b" >/dev/null
+cat "$TMP/a/tls.crt" "$TMP/a/tls.key" >"$TMP/a.pem"
+cat "$TMP/b/tls.crt" "$TMP/b/tls.key" >"$TMP/b.pem"
+
+NGINX_PORT=$(port)
+cat >"$TMP/nginx.conf" <<EOF
+daemon off; worker_processes 1; error_log $TMP/nginx.err; pid $TMP/nginx.pid;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP;
+       uwsgi_temp_path $TMP; scgi_temp_path $TMP; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$NGINX_PORT; location / { return 200 "ok\n"; } } }
+EOF
+taskset -c 1 nginx -c "$TMP/nginx.conf" -p "$TMP" >"$TMP/nginx.log" 2>&1 &
+PIDS+=($!)
+
+declare -A ENTRY PA PB
+start() { taskset -c 0 "$@" >>"$TMP/proc.log" 2>&1 & PIDS+=($!); LAST=$!; }
+for v in plain mtls; do
+    bin=$(port) bout=$(port) badm=$(port) aout=$(port) ain=$(port) aadm=$(port)
+    if [[ $v == mtls ]]; then
+        bid="identity: { trustBundle: $TMP/b/ca.crt, cert: $TMP/b/tls.crt, key: $TMP/b/tls.key }"
+        aid="identity: { trustBundle: $TMP/a/ca.crt, cert: $TMP/a/tls.crt, key: $TMP/a/tls.key }"
+        tls="tls: { identity: spiffe://cluster.local/ns/bench/sa/b }, "
+        btls=strict
+        HS_PORT=$bin
+    else
+        bid="" aid="" tls="" btls=disabled
+    fi
+    cat >"$TMP/b-$v.yaml" <<EOF
+threads: 1
+outbound: { listen: "127.0.0.1:$bout" }
+inbound: { listen: "127.0.0.1:$bin", app: "127.0.0.1:$NGINX_PORT", tls: $btls }
+admin: { listen: "127.0.0.1:$badm" }
+$bid
+EOF
+    cat >"$TMP/a-$v.yaml" <<EOF
+threads: 1
+outbound: { listen: "127.0.0.1:$aout" }
+inbound: { listen: "127.0.0.1:$ain", app: "127.0.0.1:1" }
+admin: { listen: "127.0.0.1:$aadm" }
+$aid
+services: [ { name: app, protocol: http1, ${tls}endpoints: ["127.0.0.1:$bin"] } ]
+routes: [ { match: { authority: app }, service: app } ]
+EOF
+    start "$MESHD_BIN" --config "$TMP/b-$v.yaml"; PB[$v]=$LAST
+    start "$MESHD_BIN" --config "$TMP/a-$v.yaml"; PA[$v]=$LAST
+    ENTRY[$v]=$aout
+done
+HB=$(port) HA=$(port)
+cat >"$TMP/hb.cfg" <<EOF
+global
+    maxconn 10000
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$HB ssl crt $TMP/b.pem ca-file $TMP/ca/ca.crt verify required ssl-min-ver TLSv1.3 alpn http/1.1
+    default_backend be
+backend be
+    server nginx 127.0.0.1:$NGINX_PORT
+EOF
+cat >"$TMP/ha.cfg" <<EOF
+global
+    maxconn 10000
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$HA
+    default_backend be
+backend be
+    server b 127.0.0.1:$HB ssl crt $TMP/a.pem ca-file $TMP/ca/ca.crt verify required ssl-min-ver TLSv1.3 alpn http/1.1
+EOF
+start haproxy -f "$TMP/hb.cfg"; PB[haproxy]=$LAST
+start haproxy -f "$TMP/ha.cfg"; PA[haproxy]=$LAST
+ENTRY[haproxy]=$HA
+VARIANTS=(plain mtls haproxy)
+for _ in $(seq 50); do
+    ok=1
+    for v in "${VARIANTS[@]}"; do curl -sf -m 1 -H 'host: app' "http://127.0.0.1:${ENTRY[$v]}/" >/dev/null || ok=0; done
+    ((ok)) && break
+    sleep 0.2
+done
+((ok)) || { echo "mtls: proxies did not come up" >&2; cat "$TMP/proc.log" >&2; exit 1; }
+
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }   # utime + stime, clock ticks
+TICK=$(getconf CLK_TCK)
+ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }; printf "%.3f", v }' <<<"$1"; }
+declare -A RPS P50 P99 CPUK
+for r in $(seq "$RUNS"); do
+    for v in "${VARIANTS[@]}"; do
+        taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H 'Host: app' "http://127.0.0.1:${ENTRY[$v]}/" >/dev/null
+        c0=$(( $(cpu "${PA[$v]}") + $(cpu "${PB[$v]}") ))
+        out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: app' "http://127.0.0.1:${ENTRY[$v]}/")
+        c1=$(( $(cpu "${PA[$v]}") + $(cpu "${PB[$v]}") ))
+        if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "mtls: errors in $v run: $out" >&2; fi
+        reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+        RPS[$v]+="$(awk '/Requests\/sec/ { print $2 }' <<<"$out") "
+        P50[$v]+="$(ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")") "
+        P99[$v]+="$(ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")") "
+        CPUK[$v]+="$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$reqs" 'BEGIN { printf "%.4f", c / t / n * 1000 }') "
+        echo "run $r $v: $(awk '/Requests\/sec/ { print $2 }' <<<"$out") req/s" >&2
+    done
+done
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+printf '| A -> B | req/s | p50 ms | p99 ms | CPU s / 1000 req (A+B) |\n|---|---|---|---|---|\n'
+for v in "${VARIANTS[@]}"; do
+    printf '| %s | %s | %s | %s | %s |\n' "$v" "$(median "${RPS[$v]}")" "$(median "${P50[$v]}")" "$(median "${P99[$v]}")" "$(median "${CPUK[$v]}")"
+done
+awk -v m="$(median "${RPS[mtls]}")" -v p="$(median "${RPS[plain]}")" -v h="$(median "${RPS[haproxy]}")" \
+    'BEGIN { printf "\nmeshd mTLS / meshd plaintext: %.2f; meshd mTLS / HAProxy mTLS: %.2f\n", m / p, m / h }'
+
+# Full handshakes (no resumption) per CPU-second of the terminating side.
+printf '\n| server (B) | handshakes/s (one client) | handshakes per CPU-second of B |\n|---|---|---|\n'
+for v in mtls haproxy; do
+    p=$([[ $v == mtls ]] && echo "$HS_PORT" || echo "$HB")
+    c0=$(cpu "${PB[$v]}")
+    out=$(taskset -c 1 openssl s_time -connect "127.0.0.1:$p" -new -time 5 -cert "$TMP/a/tls.crt" -key "$TMP/a/tls.key" \
+        -CAfile "$TMP/ca/ca.crt" 2>/dev/null || true)
+    c1=$(cpu "${PB[$v]}")
+    n=$(awk '/connections in/ && /real seconds/ { print $1; exit }' <<<"$out")
+    secs=$(awk '/connections in/ && /real seconds/ { for (i = 1; i <= NF; i++) if ($i == "in") { print $(i + 1); exit } }' <<<"$out")
+    printf '| %s | %s | %s |\n' "$v" "$(awk -v n="${n:-0}" -v s="${secs:-1}" 'BEGIN { printf "%.0f", n / s }')" \
+        "$(awk -v n="${n:-0}" -v c=$((c1 - c0)) -v t="$TICK" 'BEGIN { if (c > 0) printf "%.0f", n / (c / t); else print "?" }')"
+done
