@@ -85,7 +85,7 @@ done
 HB=$(port) HA=$(port)
 cat >"$TMP/hb.cfg" <<EOF
 global
-    maxconn 10000
+    maxconn 4000
     nbthread 1
 defaults
     mode http
@@ -101,7 +101,7 @@ backend be
 EOF
 cat >"$TMP/ha.cfg" <<EOF
 global
-    maxconn 10000
+    maxconn 4000
     nbthread 1
 defaults
     mode http
