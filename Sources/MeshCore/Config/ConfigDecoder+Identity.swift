@@ -157,15 +157,25 @@ extension ConfigKeys {
 extension ConfigKey {
     static func file(_ name: String, _ field: WritableKeyPath<Target, String> & Sendable) -> ConfigKey {
         ConfigKey(name: name, bound: "a file path") { d, node, path, target in
-            guard let text = d.string(node, path) else { return }
-            if text.isEmpty { d.fail(path, node, .invalidValue(text, expected: "a file path")) } else { target[keyPath: field] = text }
+            if let text = d.filePath(node, path) { target[keyPath: field] = text }
         }
     }
 
     static func optionalFile(_ name: String, _ field: WritableKeyPath<Target, String?> & Sendable) -> ConfigKey {
         ConfigKey(name: name, bound: "a file path") { d, node, path, target in
-            guard let text = d.string(node, path) else { return }
-            if text.isEmpty { d.fail(path, node, .invalidValue(text, expected: "a file path")) } else { target[keyPath: field] = text }
+            if let text = d.filePath(node, path) { target[keyPath: field] = text }
         }
+    }
+}
+
+extension Decoder {
+    /// A non-empty string naming a file (not read here: meshd reads it at start and on change).
+    mutating func filePath(_ node: Node, _ path: String) -> String? {
+        guard let text = string(node, path) else { return nil }
+        if text.isEmpty {
+            fail(path, node, .invalidValue(text, expected: "a file path"))
+            return nil
+        }
+        return text
     }
 }

@@ -87,7 +87,7 @@ extension HTTPProxyHandler {
             guard current, case .connecting = self.state, let context = self.context else {
                 // The request is gone: a fresh HTTP/1.1 connection serves the next one from the pool.
                 if case .success(let conn) = result {
-                    if conn.isStream { conn.close() } else { Self.release(conn, fallback: self.loop.pool) }
+                    if conn.isStream { conn.close() } else { Self.release(conn) }
                 }
                 return
             }

@@ -98,7 +98,7 @@ extension HTTPProxyHandler {
                     req.heldHead = nil
                     req.heldBody.removeAll()
                     primary.owner = nil
-                    Self.release(primary, fallback: loop.pool)
+                    Self.release(primary)
                     state = .connecting
                     scheduleRetry(retry, context: context)
                     return

@@ -128,7 +128,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     /// Gives a connection back to the pool it came from (a pool dropped after an identity rotation is
     /// gone: its connection closes).
-    static func release(_ conn: UpstreamConnection, fallback: UpstreamPool) {
+    static func release(_ conn: UpstreamConnection) {
         if let pool = conn.pool {
             pool.release(conn)
         } else if conn.isStream {
@@ -374,7 +374,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     func releaseUpstream(_ upstream: UpstreamConnection) {
         upstream.owner = nil
         finishRequest(status: req.status, error: nil)
-        Self.release(upstream, fallback: loop.pool)
+        Self.release(upstream)
         state = .idle(since: .now())
     }
 
