@@ -1,12 +1,16 @@
 import ArgumentParser
 import Foundation
+import MeshCore
 import NIOCore
 import NIOPosix
 
 /// `meshctl demo`: one command that shows the project on this machine. It starts a backend and meshd
 /// in both placements on loopback — two sidecars (the caller's outbound, the callee's inbound) and one
 /// node proxy on 127.0.0.2 — sends the same open-loop workload direct, through the sidecars and through
-/// the node proxy, prints the route table and the latency comparison, then stops everything.
+/// the node proxy, prints the route table and the latency comparison, then stops everything. By default
+/// every meshd → meshd hop is mTLS: the demo makes a CA and two workload identities (`client` and
+/// `server`), the callee's sidecar and the node proxy accept only mTLS (`inbound.tls: strict`) and
+/// authorize the client's identity alone; `--no-mtls` runs the same in plaintext.
 struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a backend and meshd in both placements on this machine, compare their hop latency, clean up.")
@@ -25,6 +29,41 @@ struct Demo: AsyncParsableCommand {
 
     @Option(name: [.short, .customLong("output")], help: "table or json (the latency report).")
     var output: OutputFormat = .table
+
+    @Flag(inversion: .prefixedNo, help: "Run every meshd → meshd hop over mTLS with workload identities made for the demo.")
+    var mtls = true
+
+    static let trustDomain = "demo.local"
+    static let clientID = "spiffe://demo.local/ns/demo/sa/client"
+    static let serverID = "spiffe://demo.local/ns/demo/sa/server"
+
+    /// A demo CA and the two workload identities, written under `dir/pki`.
+    static func makeIdentities(in dir: URL) throws -> (ca: String, client: (String, String), server: (String, String)) {
+        let pki = dir.appendingPathComponent("pki").path
+        let root = try IdentityCommand.makeRoot(trustDomain: trustDomain, seconds: 86400)
+        try IdentityCommand.write(pki, [("ca.crt", root.certPEM, 0o644)])
+        var pairs: [(String, String)] = []
+        for (name, id) in [("client", clientID), ("server", serverID)] {
+            let leaf = try IdentityCommand.issueLeaf(
+                id: SpiffeID(id)!, caCertPEM: root.certPEM, caKeyPEM: root.keyPEM, notBefore: Date().addingTimeInterval(-60),
+                seconds: 86400)
+            try IdentityCommand.write(pki, [("\(name).crt", leaf.certPEM, 0o644), ("\(name).key", leaf.keyPEM, 0o600)])
+            pairs.append(("\(pki)/\(name).crt", "\(pki)/\(name).key"))
+        }
+        return ("\(pki)/ca.crt", pairs[0], pairs[1])
+    }
+
+    /// The sum of a counter over the label sets that contain `match` (Prometheus text).
+    static func counter(_ text: String, _ name: String, _ match: String = "") -> Double {
+        var sum = 0.0
+        for line in text.split(separator: "\n") where line.hasPrefix(name + "{") || line.hasPrefix(name + " ") {
+            guard match.isEmpty || line.contains(match), let v = line.split(separator: " ").last.flatMap({ Double($0) }) else {
+                continue
+            }
+            sum += v
+        }
+        return sum
+    }
 
     func meshdPath() throws -> String {
         if let meshd { return meshd }
@@ -74,6 +113,25 @@ struct Demo: AsyncParsableCommand {
             let (aOut, aIn, aAdmin) = (try Self.freePort("127.0.0.1"), try Self.freePort("127.0.0.1"), try Self.freePort("127.0.0.1"))
             let (bOut, bIn, bAdmin) = (try Self.freePort("127.0.0.1"), try Self.freePort("127.0.0.1"), try Self.freePort("127.0.0.1"))
             let (nOut, nIn, nAdmin) = (try Self.freePort("127.0.0.2"), try Self.freePort("127.0.0.2"), try Self.freePort("127.0.0.1"))
+            // With --mtls: each meshd's identity block, the callee's expected identity, strict inbound
+            // and an authorization policy that admits the client alone.
+            var idCaller = "", idCallee = "", idNode = "", tlsExpect = "", nodeTLSExpect = "", strict = "", authz = ""
+            if mtls {
+                let (ca, client, server) = try Self.makeIdentities(in: dir)
+                idCaller = "identity: { trustBundle: \"\(ca)\", cert: \"\(client.0)\", key: \"\(client.1)\" }"
+                idCallee = "identity: { trustBundle: \"\(ca)\", cert: \"\(server.0)\", key: \"\(server.1)\" }"
+                // On the node, the one pod address (127.0.0.1) is both the caller and the backend, so that
+                // pod runs as `client` at both ends of the node → node hop.
+                idNode = """
+                    identity:
+                      trustBundle: "\(ca)"
+                      workloads: [ { pods: ["127.0.0.1"], cert: "\(client.0)", key: "\(client.1)" } ]
+                    """
+                tlsExpect = "tls: { identity: \"\(Self.serverID)\" }"
+                nodeTLSExpect = "tls: { identity: \"\(Self.clientID)\" }"
+                strict = ", tls: strict"
+                authz = "authorization: { defaultPolicy: deny, rules: [ { from: [\"\(Self.clientID)\"] } ] }"
+            }
             let configs: [(String, String)] = [
                 (
                     "sidecar-caller",
@@ -83,9 +141,11 @@ struct Demo: AsyncParsableCommand {
                     outbound: { listen: "127.0.0.1:\(aOut)" }
                     inbound: { listen: "127.0.0.1:\(aIn)", app: "127.0.0.1:\(b)" }
                     admin: { listen: "127.0.0.1:\(aAdmin)" }
+                    \(idCaller)
                     services:
                       - name: demo
                         endpoints: ["127.0.0.1:\(bIn)"]      # the callee's sidecar
+                        \(tlsExpect)
                     routes:
                       - name: demo
                         match: { authority: demo }
@@ -99,8 +159,10 @@ struct Demo: AsyncParsableCommand {
                     mode: sidecar
                     threads: 1
                     outbound: { listen: "127.0.0.1:\(bOut)" }
-                    inbound: { listen: "127.0.0.1:\(bIn)", app: "127.0.0.1:\(b)" }
+                    inbound: { listen: "127.0.0.1:\(bIn)", app: "127.0.0.1:\(b)"\(strict) }
                     admin: { listen: "127.0.0.1:\(bAdmin)" }
+                    \(idCallee)
+                    \(authz)
                     """
                 ),
                 (
@@ -110,12 +172,15 @@ struct Demo: AsyncParsableCommand {
                     nodeIP: 127.0.0.2
                     threads: 1
                     outbound: { listen: "127.0.0.2:\(nOut)" }
-                    inbound: { listen: "127.0.0.2:\(nIn)" }
+                    inbound: { listen: "127.0.0.2:\(nIn)"\(strict) }
                     admin: { listen: "127.0.0.1:\(nAdmin)" }
                     node: { podCIDRs: ["127.0.0.0/8"] }
+                    \(idNode)
+                    \(authz)
                     services:
                       - name: demo
                         endpoints: [{ address: "127.0.0.1:\(b)", via: "127.0.0.2:\(nIn)" }]   # a pod behind this node proxy
+                        \(nodeTLSExpect)
                     routes:
                       - name: demo
                         match: { authority: demo }
@@ -154,6 +219,13 @@ struct Demo: AsyncParsableCommand {
             let routes = try Routes.parse(["--admin", "127.0.0.1:\(aAdmin)"])
             try await routes.run()
             print("")
+            if mtls {
+                print("mTLS on every meshd → meshd hop (identities made for the demo under \(dir.path)/pki):")
+                print("  sidecar: caller's sidecar presents \(Self.clientID),")
+                print("           callee's sidecar presents \(Self.serverID), strict, authorizes \(Self.clientID) only")
+                print("  node:    the node proxy's pod 127.0.0.1 runs as \(Self.clientID) at both ends, strict")
+                print("")
+            }
             print("Hop latency, open loop at \(Int(rate)) req/s for \(seconds) s per target (backend answers after \(backendDelayMs) ms):")
             print("  direct  = client → backend")
             print("  sidecar = client → caller's sidecar (outbound) → callee's sidecar (inbound) → backend")
@@ -166,6 +238,16 @@ struct Demo: AsyncParsableCommand {
                 "--duration", "\(seconds)s", "--warmup", "1s", "-o", output.rawValue,
             ])
             try await latency.run()
+            if mtls {
+                // What the callees saw: handshakes completed and refused, requests authorized.
+                for (name, admin) in [("callee's sidecar", bAdmin), ("node proxy", nAdmin)] {
+                    let text = try await AdminClient.request(admin: "127.0.0.1:\(admin)", path: "/metrics").body
+                    let ok = Self.counter(text, "meshd_tls_handshakes_total", "direction=\"inbound\"")
+                    let refused = Self.counter(text, "meshd_tls_handshake_errors_total", "direction=\"inbound\"")
+                    let allowed = Self.counter(text, "meshd_authorization_total", "decision=\"allow\"")
+                    say("mTLS at the \(name): \(Int(ok)) handshakes, \(Int(refused)) refused, \(Int(allowed)) requests authorized")
+                }
+            }
             await cleanUp()
             try? FileManager.default.removeItem(at: dir)
         } catch {

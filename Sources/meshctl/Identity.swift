@@ -26,30 +26,9 @@ struct IdentityCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard SpiffeID("spiffe://\(trustDomain)") != nil else { throw ValidationError("invalid trust domain '\(trustDomain)'") }
-            let seconds = try IdentityCommand.seconds(ttl)
-            let key = P256.Signing.PrivateKey()
-            let name = try DistinguishedName {
-                OrganizationName("meshd")
-                CommonName("meshd root CA \(trustDomain)")
-            }
-            let now = Date()
-            let cert = try Certificate(
-                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-                notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(seconds),
-                issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
-                extensions: try Certificate.Extensions {
-                    Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
-                    Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-                    SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
-                },
-                issuerPrivateKey: .init(key))
-            try IdentityCommand.write(
-                out,
-                [
-                    ("ca.crt", try cert.serializeAsPEM().pemString + "\n", 0o644),
-                    ("ca.key", key.pemRepresentation + "\n", 0o600),
-                ])
-            print("wrote \(out)/ca.crt and \(out)/ca.key (trust domain \(trustDomain), serial \(IdentityCommand.hex(cert)))")
+            let root = try IdentityCommand.makeRoot(trustDomain: trustDomain, seconds: try IdentityCommand.seconds(ttl))
+            try IdentityCommand.write(out, [("ca.crt", root.certPEM, 0o644), ("ca.key", root.keyPEM, 0o600)])
+            print("wrote \(out)/ca.crt and \(out)/ca.key (trust domain \(trustDomain), serial \(root.serial))")
         }
     }
 
@@ -64,38 +43,29 @@ struct IdentityCommand: AsyncParsableCommand {
             help:
                 "Start of validity, as seconds from now (negative: in the past; write --not-before-offset=-7200). The certificate is valid for --ttl from there."
         ) var notBeforeOffset: Int = -60
+        @Option(
+            name: .customLong("dns-name"),
+            help:
+                "A DNS name to add to the subject alternative names (repeatable), for clients that check a host name as well, such as gRPC's TLS credentials."
+        ) var dnsNames: [String] = []
 
         func run() async throws {
             guard let id = SpiffeID(spiffeId) else { throw ValidationError("'\(spiffeId)' is not a SPIFFE ID") }
-            let seconds = try IdentityCommand.seconds(ttl)
+            for name in dnsNames where !IdentityCommand.isDNSName(name) {
+                throw ValidationError("'\(name)' is not a DNS name (letters, digits, '-' and '.', labels of 1 to 63)")
+            }
             let caCertText = try String(contentsOfFile: "\(ca)/ca.crt", encoding: .utf8)
             let caKeyText = try String(contentsOfFile: "\(ca)/ca.key", encoding: .utf8)
-            let caCert = try Certificate(pemEncoded: caCertText)
-            let caKey = try P256.Signing.PrivateKey(pemRepresentation: caKeyText)
-            let key = P256.Signing.PrivateKey()
-            let start = Date().addingTimeInterval(TimeInterval(notBeforeOffset))
-            let cert = try Certificate(
-                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-                notValidBefore: start, notValidAfter: start.addingTimeInterval(seconds),
-                issuer: caCert.subject, subject: try DistinguishedName { OrganizationName("meshd") },
-                signatureAlgorithm: .ecdsaWithSHA256,
-                extensions: try Certificate.Extensions {
-                    Critical(BasicConstraints.notCertificateAuthority)
-                    Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
-                    try ExtendedKeyUsage([.serverAuth, .clientAuth])
-                    Critical(SubjectAlternativeNames([.uniformResourceIdentifier(id.description)]))
-                    AuthorityKeyIdentifier(keyIdentifier: try caCert.extensions.subjectKeyIdentifier?.keyIdentifier)
-                },
-                issuerPrivateKey: .init(caKey))
+            let leaf = try IdentityCommand.issueLeaf(
+                id: id, dnsNames: dnsNames, caCertPEM: caCertText, caKeyPEM: caKeyText,
+                notBefore: Date().addingTimeInterval(TimeInterval(notBeforeOffset)), seconds: try IdentityCommand.seconds(ttl))
             try IdentityCommand.write(
                 out,
                 [
-                    ("tls.crt", try cert.serializeAsPEM().pemString + "\n", 0o644),
-                    ("tls.key", key.pemRepresentation + "\n", 0o600),
+                    ("tls.crt", leaf.certPEM, 0o644), ("tls.key", leaf.keyPEM, 0o600),
                     ("ca.crt", caCertText.hasSuffix("\n") ? caCertText : caCertText + "\n", 0o644),
                 ])
-            print(
-                "wrote \(out)/tls.crt, tls.key, ca.crt for \(id) (serial \(IdentityCommand.hex(cert)), valid until \(cert.notValidAfter))")
+            print("wrote \(out)/tls.crt, tls.key, ca.crt for \(id) (serial \(leaf.serial), valid until \(leaf.notAfter))")
         }
     }
 
@@ -108,13 +78,21 @@ struct IdentityCommand: AsyncParsableCommand {
             let text = try String(contentsOfFile: file, encoding: .utf8)
             let cert = try Certificate(pemEncoded: text)
             var spiffe: [String] = []
+            var dns: [String] = []
             if let sans = try cert.extensions.subjectAlternativeNames {
-                for name in sans { if case .uniformResourceIdentifier(let u) = name { spiffe.append(u) } }
+                for name in sans {
+                    switch name {
+                    case .uniformResourceIdentifier(let u): spiffe.append(u)
+                    case .dnsName(let d): dns.append(d)
+                    default: break
+                    }
+                }
             }
             let left = Int(cert.notValidAfter.timeIntervalSinceNow)
             let iso = ISO8601DateFormatter()
             let fields: [(String, String)] = [
-                ("spiffeId", spiffe.first ?? ""), ("issuer", cert.issuer.description), ("subject", cert.subject.description),
+                ("spiffeId", spiffe.first ?? ""), ("dnsNames", dns.joined(separator: ",")), ("issuer", cert.issuer.description),
+                ("subject", cert.subject.description),
                 ("serial", IdentityCommand.hex(cert)), ("notBefore", iso.string(from: cert.notValidBefore)),
                 ("notAfter", iso.string(from: cert.notValidAfter)), ("secondsLeft", "\(left)"),
                 (
@@ -160,6 +138,76 @@ struct IdentityCommand: AsyncParsableCommand {
             for w in obj["workloads"] as? [[String: Any]] ?? [] { add("workload", w) }
             print("inbound.tls: \(obj["inboundTLS"] as? String ?? "?")  generation: \(obj["generation"] as? Int ?? 0)")
             printTable(["KIND", "SPIFFE ID", "SERIAL", "NOT AFTER", "LEFT", "PODS"], rows)
+        }
+    }
+
+    /// A certificate and its key, PEM-encoded.
+    struct Issued {
+        var certPEM: String
+        var keyPEM: String
+        var serial: String
+        var notAfter: Date
+    }
+
+    /// A self-signed root CA (ECDSA P-256) for `trustDomain`.
+    static func makeRoot(trustDomain: String, seconds: TimeInterval) throws -> Issued {
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName {
+            OrganizationName("meshd")
+            CommonName("meshd root CA \(trustDomain)")
+        }
+        let now = Date()
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(seconds),
+            issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
+            },
+            issuerPrivateKey: .init(key))
+        return Issued(
+            certPEM: try cert.serializeAsPEM().pemString + "\n", keyPEM: key.pemRepresentation + "\n", serial: hex(cert),
+            notAfter: cert.notValidAfter)
+    }
+
+    /// An X509-SVID: `id` in its URI SAN (plus `dnsNames`), for client and server use, signed by the CA.
+    static func issueLeaf(
+        id: SpiffeID, dnsNames: [String] = [], caCertPEM: String, caKeyPEM: String, notBefore: Date, seconds: TimeInterval
+    ) throws -> Issued {
+        let caCert = try Certificate(pemEncoded: caCertPEM)
+        let caKey = try P256.Signing.PrivateKey(pemRepresentation: caKeyPEM)
+        let key = P256.Signing.PrivateKey()
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: notBefore, notValidAfter: notBefore.addingTimeInterval(seconds),
+            issuer: caCert.subject, subject: try DistinguishedName { OrganizationName("meshd") },
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
+                try ExtendedKeyUsage([.serverAuth, .clientAuth])
+                Critical(SubjectAlternativeNames([.uniformResourceIdentifier(id.description)] + dnsNames.map { .dnsName($0) }))
+                AuthorityKeyIdentifier(keyIdentifier: try caCert.extensions.subjectKeyIdentifier?.keyIdentifier)
+            },
+            issuerPrivateKey: .init(caKey))
+        return Issued(
+            certPEM: try cert.serializeAsPEM().pemString + "\n", keyPEM: key.pemRepresentation + "\n", serial: hex(cert),
+            notAfter: cert.notValidAfter)
+    }
+
+    /// A host name as RFC 1123 spells it (a leading `*.` wildcard label allowed), at most 253 bytes.
+    static func isDNSName(_ name: String) -> Bool {
+        var labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        if labels.first == "*" { labels.removeFirst() }
+        guard !labels.isEmpty, name.utf8.count <= 253 else { return false }
+        return labels.allSatisfy { label in
+            (1...63).contains(label.utf8.count) && label.first != "-" && label.last != "-"
+                && label.utf8.allSatisfy { c in
+                    (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) || (c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z"))
+                        || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) || c == UInt8(ascii: "-")
+                }
         }
     }
 
