@@ -94,6 +94,18 @@ struct HTTPProxyHandlerTests {
         #expect(h.errorCount(.headersTooLarge) == 1)
     }
 
+    @Test func longRequestLineIs414AndKeepsTheConnection() throws {
+        let h = try ProxyHarness(
+            yaml: Self.config.replacingOccurrences(of: "maxHeaderBytes: 1024", with: "maxHeaderBytes: 4096, maxRequestLineBytes: 300"))
+        let path = "/" + String(repeating: "p", count: 300)
+        try h.send("GET \(path) HTTP/1.1\r\nHost: web\r\n\r\n")
+        let r = try h.response()
+        #expect(r.hasPrefix("HTTP/1.1 414 URI Too Long\r\n"))
+        #expect(r.contains("x-meshd-error: uri-too-long"))
+        #expect(h.channel.isActive)
+        #expect(h.errorCount(.uriTooLong) == 1)
+    }
+
     @Test func halfSentHeadGets408AfterTheHeaderReadTimeout() throws {
         let h = try ProxyHarness(yaml: Self.config)
         try h.send("GET / HTTP/1.1\r\nHost: web\r\n")

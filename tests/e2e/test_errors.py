@@ -15,7 +15,9 @@ def mesh(start_meshd_module, nginx, backend):
     closed_port = free_port()  # nothing listens there
     cfg = base_config(
         threads=1,
-        http={"maxHeaderBytes": 65536, "headerReadTimeout": "1s", "idleTimeout": "60s"},
+        # maxRequestLineBytes below the default (16 KiB): an HTTP/2 client's first header block is
+        # bounded at 16 KiB by SwiftNIO until it acknowledges meshd's SETTINGS (docs/reliability.md).
+        http={"maxHeaderBytes": 65536, "maxRequestLineBytes": 8192, "headerReadTimeout": "1s", "idleTimeout": "60s"},
         upstream={"connectTimeout": "1s", "requestTimeout": "15s"},
         services=[
             {"name": "web", "endpoints": [nginx.addr("web")]},
@@ -140,6 +142,23 @@ def test_431_headers_too_large_curl(mesh):
     assert out.startswith("HTTP/1.1 431"), (out[:300], r.stderr)
     assert "x-meshd-error: headers-too-large" in out.lower()
     assert c.delta == 1
+
+
+def test_414_request_line_too_long(mesh):
+    """http.maxRequestLineBytes (8 KiB here): a longer request line gets 414 and never reaches the
+    backend, over HTTP/1.1 and HTTP/2; one just under the bound is served."""
+    long_path = "/" + "p" * (10 * 1024)
+    with ErrorCounter(mesh, "uri-too-long") as c:
+        status, h, _ = http_request(mesh.outbound, "GET", long_path, headers={"Host": "web"})
+        assert status == 414 and h.get("x-meshd-error") == "uri-too-long", (status, h)
+        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "-H", "Host: web",
+                 mesh.out_url + long_path)
+        assert r.stdout.decode() == "414", (r.stdout, r.stderr)
+    assert c.delta == 2
+    # Within the bound (and within http.maxHeaderBytes): routed as usual.
+    ok_path = "/" + "p" * (8192 - 30)
+    status, h, _ = http_request(mesh.outbound, "GET", ok_path, headers={"Host": "py"})
+    assert status == 200 and "x-meshd-error" not in h, (status, h)
 
 
 def test_408_header_read_timeout_partial_head(mesh):

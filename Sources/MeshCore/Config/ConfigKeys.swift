@@ -67,6 +67,7 @@ enum ConfigKeys {
 
     static let http: [ConfigKey<HTTPConfig>] = [
         .int("maxHeaderBytes", 1024...(1 << 20), \.maxHeaderBytes),
+        .int("maxRequestLineBytes", 256...(1 << 20), \.maxRequestLineBytes),
         .duration("headerReadTimeout", max: .seconds(3600), \.headerReadTimeout),
         .duration("idleTimeout", \.idleTimeout),
         .int("maxConnections", 1...1_000_000, \.maxConnections),

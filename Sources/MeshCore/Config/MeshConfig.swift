@@ -177,6 +177,9 @@ public struct NodeConfig: Sendable, Equatable {
 public struct HTTPConfig: Sendable, Equatable {
     /// Largest request or response head (request line + headers) accepted, in bytes. Over it: 431 / 502.
     public var maxHeaderBytes: Int = 64 * 1024
+    /// Longest request line (method, request target, version; HTTP/2: `:method` and `:path`) accepted,
+    /// in bytes. Over it: 414. The head bound above applies as well.
+    public var maxRequestLineBytes: Int = 16 * 1024
     /// A client must finish sending a request head within this time after connecting or after the
     /// previous response; otherwise the connection is closed (408 if nothing of the head was read yet).
     public var headerReadTimeout: MeshDuration = .seconds(10)

@@ -89,7 +89,7 @@ extension MeshError {
         case .upstreamTimeout, .idleTimeout, .headerTimeout: return 4  // DEADLINE_EXCEEDED
         case .overflowConnections, .overflowPending, .overflowRequests, .rateLimited: return 8  // RESOURCE_EXHAUSTED
         case .upstreamProtocol: return 13  // INTERNAL
-        case .badRequest, .headersTooLarge: return 13  // INTERNAL
+        case .badRequest, .headersTooLarge, .uriTooLong: return 13  // INTERNAL
         case .sourceNotAllowed, .destinationNotAllowed, .forbidden: return 7  // PERMISSION_DENIED
         }
     }

@@ -17,6 +17,8 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
     case badRequest = "bad-request"
     /// The request head is larger than `http.maxHeaderBytes`.
     case headersTooLarge = "headers-too-large"
+    /// The request line is longer than `http.maxRequestLineBytes`.
+    case uriTooLong = "uri-too-long"
     /// The client did not finish its request head within `http.headerReadTimeout`.
     case headerTimeout = "header-timeout"
     /// Node mode: the connection's source address is outside `node.allowedSources`.
@@ -47,6 +49,7 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
         case .upstreamReset, .upstreamProtocol: return 502
         case .badRequest: return 400
         case .headersTooLarge: return 431
+        case .uriTooLong: return 414
         case .headerTimeout: return 408
         case .sourceNotAllowed, .destinationNotAllowed, .forbidden: return 403
         case .connectionLimit, .overflowConnections, .overflowPending, .overflowRequests: return 503
@@ -61,6 +64,7 @@ public enum MeshError: String, Sendable, CaseIterable, Error {
         case 403: return "Forbidden"
         case 404: return "Not Found"
         case 408: return "Request Timeout"
+        case 414: return "URI Too Long"
         case 429: return "Too Many Requests"
         case 431: return "Request Header Fields Too Large"
         case 502: return "Bad Gateway"

@@ -192,6 +192,10 @@ final class OutboundTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
             timer?.cancel()
             shared.tlsHandshakeOK(.outbound)
             verified.succeed(())
+            context.fireUserInboundEventTriggered(event)
+            // Verified: nothing left to watch, so every later read skips this handler.
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }

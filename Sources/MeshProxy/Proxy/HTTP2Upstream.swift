@@ -214,12 +214,16 @@ extension UpstreamPool {
         let stream = streamConfig
         let loopBound = NIOLoopBound(conn, eventLoop: eventLoop)
         let tls = self.tls
+        // The handshake's verification, set by the channel initializer (on `eventLoop`).
+        let verification = NIOLoopBoundBox.makeEmptyBox(valueType: EventLoopFuture<Void>.self, eventLoop: eventLoop)
         ClientBootstrap(group: eventLoop)
             .connectTimeout(.nanoseconds(timeout.nanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let tls { _ = try tls.addHandlers(to: channel, http2: true, shared: shared) }
+                    if let tls {
+                        verification.value = try tls.addHandlers(to: channel, http2: true, shared: shared).verified.futureResult
+                    }
                     let sync = channel.pipeline.syncOperations
                     let mux = try sync.configureHTTP2Pipeline(
                         mode: .client, connectionConfiguration: connection, streamConfiguration: stream
@@ -234,10 +238,8 @@ extension UpstreamPool {
             .connect(to: conn.address)
             .flatMap { channel in
                 // mTLS: streams are opened once the endpoint proved its identity.
-                guard tls != nil, let waiter = try? channel.pipeline.syncOperations.handler(type: OutboundTLSHandler.self) else {
-                    return channel.eventLoop.makeSucceededFuture(channel)
-                }
-                return waiter.verified.futureResult.map { channel }
+                guard let verified = verification.value else { return channel.eventLoop.makeSucceededFuture(channel) }
+                return verified.map { channel }
             }
             .assumeIsolated()
             .whenComplete { result in

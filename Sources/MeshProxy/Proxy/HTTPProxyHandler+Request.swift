@@ -23,6 +23,14 @@ extension HTTPProxyHandler {
         let scan = head.headers.meshScan()
         req.grpc = scan.grpc
         let snapshot = loop.snapshot
+        // RFC 9112 §3: a request line longer than the server is willing to parse gets 414.
+        let lineBytes = head.method.rawValue.utf8.count + head.uri.utf8.count + 10  // SP, SP, "HTTP/1.1"
+        guard lineBytes <= snapshot.config.http.maxRequestLineBytes else {
+            reply(
+                .uriTooLong, context: context,
+                detail: "request line of \(lineBytes) bytes is over http.maxRequestLineBytes (\(snapshot.config.http.maxRequestLineBytes))")
+            return
+        }
 
         // Authority: absolute-form URI (as http_proxy clients send it) or the Host header.
         var uri = Substring(head.uri)

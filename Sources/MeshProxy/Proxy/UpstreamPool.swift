@@ -119,12 +119,16 @@ final class UpstreamPool {
         }()
         let connectTimeout = TimeAmount.nanoseconds(timeout.nanoseconds)
         let tls = self.tls
+        // The handshake's verification, set by the channel initializer (on `eventLoop`).
+        let verification = NIOLoopBoundBox.makeEmptyBox(valueType: EventLoopFuture<Void>.self, eventLoop: eventLoop)
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let tls { _ = try tls.addHandlers(to: channel, http2: false, shared: shared) }
+                    if let tls {
+                        verification.value = try tls.addHandlers(to: channel, http2: false, shared: shared).verified.futureResult
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(
                         leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false,
                         decoderLimitConfiguration: limits)
@@ -135,10 +139,8 @@ final class UpstreamPool {
             .connect(to: address)
             .flatMap { channel in
                 // mTLS: handed out once the endpoint proved its identity.
-                guard tls != nil, let waiter = try? channel.pipeline.syncOperations.handler(type: OutboundTLSHandler.self) else {
-                    return channel.eventLoop.makeSucceededFuture(channel)
-                }
-                return waiter.verified.futureResult.map { channel }
+                guard let verified = verification.value else { return channel.eventLoop.makeSucceededFuture(channel) }
+                return verified.map { channel }
             }
             .flatMapThrowing { channel in
                 shared.metrics.upstreamConnectsOK.increment()

@@ -24,6 +24,7 @@ struct HeaderPolicyTests {
         #expect(MeshError.upstreamTimeout.status == 504)
         #expect(MeshError.badRequest.status == 400)
         #expect(MeshError.headersTooLarge.status == 431)
+        #expect(MeshError.uriTooLong.status == 414 && MeshError.uriTooLong.reason == "URI Too Long")
         #expect(MeshError.headerTimeout.status == 408)
         #expect(MeshError.upstreamReset.status == 502)
         #expect(MeshError.sourceNotAllowed.status == 403)
