@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from meshlib import (HERE, _readline_timeout, base_config, curl, free_port, kill_group, metric_value, parse_metrics,
-                     popen, run, wait_port)
+                     popen, rss_mib, run, wait_port)
 
 H2_SINK = HERE / "h2_sink.py"
 MIB = 1 << 20
@@ -663,3 +663,65 @@ def test_slow_reader_small_window(start_meshd, h2web):
     assert res["status"] == "200" and res["ended"] and res["reset"] is None, res
     assert res["bytes"] == BIG_BYTES and res["sha256"] == h2web.big_sha256, res
     assert hwm < HWM_LIMIT, f"meshd peak resident memory {hwm / 1e6:.1f} MB: the response was buffered"
+
+
+def _stall_streams(addr, authority: str, path: str, n: int) -> socket.socket:
+    """Opens `n` streams GET `path` on one HTTP/2 connection whose client never opens a window: a
+    64 KiB connection window (the default) that it never acknowledges. Returns the open socket."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.settings import SettingCodes
+
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.local_settings = type(conn.local_settings)(
+        client=True, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+    conn.initiate_connection()
+    s = socket.create_connection(addr, timeout=20)
+    for _ in range(n):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", authority), (":path", path)],
+                          end_stream=True)
+    s.sendall(conn.data_to_send())
+    return s
+
+
+def test_stalled_streams_buffer_at_most_one_window_each(start_meshd, h2web):
+    """Issue 15 item 7: streams whose client never reads, across an HTTP/2 upstream hop (nginx h2c).
+    meshd must not take more from the upstream than it can hold back: per stalled stream at most
+    `http2.initialWindowSize` (256 KiB; STALL_WINDOW overrides it to try others) of buffered data plus
+    the stream's fixed cost (two child channels, codecs, handler: under 64 KiB), not the response
+    (100 MiB) and not several windows."""
+    window = int(os.environ.get("STALL_WINDOW", 256 * 1024))
+    m = start_meshd(base_config(
+        http2={"maxConcurrentStreams": 200, "initialWindowSize": window},
+        services=[{"name": "web", "protocol": "http2", "endpoints": [h2web.addr()]}],
+        routes=[{"match": {"authority": "web"}, "service": "web"}]), name="stall-h2")
+    # Warm up (pools, allocator arenas), then measure the growth for N stalled streams.
+    for _ in range(3):
+        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "-H", "Host: web",
+                 m.out_url + "/")
+        assert r.stdout == b"200"
+    time.sleep(0.5)
+    before = rss_mib(m.pid)
+    n = 90
+    s = _stall_streams(m.outbound, "web", "/big.bin", n)
+    try:
+        # Let every stream fill what meshd will take, then read the steady state.
+        last = before
+        for _ in range(40):
+            time.sleep(0.25)
+            now = rss_mib(m.pid)
+            if abs(now - last) < 0.25 and now > before + 1:
+                break
+            last = now
+        grown = (rss_mib(m.pid) - before) * 1024  # KiB
+        per_stream = grown / n
+        print(f"{n} stalled streams, window {window // 1024} KiB: meshd grew {grown / 1024:.1f} MiB, "
+              f"{per_stream:.0f} KiB per stream")
+        assert per_stream <= window / 1024 + 64, \
+            f"{per_stream:.0f} KiB per stalled stream: more than one {window // 1024} KiB window buffered"
+    finally:
+        s.close()
+    # Closing the connection frees them; meshd keeps serving.
+    r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "-H", "Host: web", m.out_url + "/")
+    assert r.stdout == b"200"

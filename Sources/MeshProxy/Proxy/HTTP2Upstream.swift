@@ -12,8 +12,9 @@ import NIOPosix
 /// sees the root-stream frames: the endpoint's SETTINGS (its max concurrent streams) and GOAWAY.
 ///
 /// Bounds: at most `min(http2.maxConcurrentStreams, peer's SETTINGS_MAX_CONCURRENT_STREAMS)` streams
-/// are handed out per connection (the pool opens another connection past it); per stream, the
-/// flow-control window `http2.initialWindowSize` bounds what is buffered.
+/// are handed out per connection (the pool opens another connection past it); per stream, what is
+/// buffered is bounded by `http2.initialWindowSize`: the endpoint is granted half of it (see
+/// `upstreamStreamWindow`).
 final class HTTP2UpstreamConnection: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
 
@@ -194,18 +195,26 @@ extension UpstreamPool {
         return (future, false)
     }
 
+    /// The window meshd grants an endpoint per stream: half of `http2.initialWindowSize` (at least the
+    /// protocol's 65 535). NIO credits a stream's window as soon as its data is handed to the proxy
+    /// handler, so a stream whose client stops reading can hold one delivered burst (waiting for the
+    /// client) plus one more window (received, not yet delivered): two halves make the one window a
+    /// stalled stream may cost.
+    static func upstreamStreamWindow(_ configured: Int) -> Int { max(65_535, configured / 2) }
+
     private func connectHTTP2(_ conn: HTTP2UpstreamConnection, settings: HTTP2Config, maxHeaderBytes: Int, timeout: MeshDuration) {
         let shared = self.shared
+        let window = Self.upstreamStreamWindow(settings.initialWindowSize)
         var connectionConfig = NIOHTTP2Handler.ConnectionConfiguration()
         connectionConfig.initialSettings = [
             HTTP2Setting(parameter: .enablePush, value: 0),
-            HTTP2Setting(parameter: .initialWindowSize, value: settings.initialWindowSize),
+            HTTP2Setting(parameter: .initialWindowSize, value: window),
             HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderBytes),
         ]
-        connectionConfig.targetWindowSize = settings.initialWindowSize * settings.maxConcurrentStreams
+        connectionConfig.targetWindowSize = window * settings.maxConcurrentStreams
         connectionConfig.maximumRecentlyResetStreams = settings.recentlyResetStreams
         var streamConfig = NIOHTTP2Handler.StreamConfiguration()
-        streamConfig.targetWindowSize = settings.initialWindowSize
+        streamConfig.targetWindowSize = window
         // NIO's rapid-reset defence (200 RST_STREAM per 30 s) guards a server against its clients; an
         // endpoint that ends streams with RST_STREAM(NO_ERROR) after a full response (RFC 9113 §8.1,
         // nginx does) would otherwise get its connection dropped every 200 requests.
