@@ -13,24 +13,25 @@
 # Usage: bench/mtls.sh    Env: DURATION (s, default 8), RUNS (default 3), CONNS (default 32),
 #                              MESHD_BIN, MESHCTL_BIN (default .build/release/...)
 set -euo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 DURATION=${DURATION:-8}
 RUNS=${RUNS:-3}
 CONNS=${CONNS:-32}
 MESHD_BIN=${MESHD_BIN:-$REPO/.build/release/meshd}
 MESHCTL_BIN=${MESHCTL_BIN:-$REPO/.build/release/meshctl}
-for t in nginx haproxy wrk curl taskset openssl; do command -v $t >/dev/null || { echo "mtls: $t missing" >&2; exit 1; }; done
 
-TMP=$(mktemp -d /tmp/meshd-bench-mtls.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+log() { printf '[mtls] %s\n' "$*" >&2; }
+die() { printf '[mtls] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[[ $DURATION =~ ^[0-9]+$ ]] && ((DURATION >= 1 && DURATION <= 3600)) || die "DURATION must be an integer in 1..3600 (got '$DURATION')"
+[[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1 && RUNS <= 100)) || die "RUNS must be an integer in 1..100 (got '$RUNS')"
+for t in nginx haproxy wrk curl taskset openssl; do command -v $t >/dev/null || die "'$t' is required but not installed"; done
+[[ -x $MESHD_BIN && -x $MESHCTL_BIN ]] || die "meshd/meshctl not found: $MESHD_BIN, $MESHCTL_BIN (scripts/build-release.sh, or set MESHD_BIN/MESHCTL_BIN)"
+
+BENCH_NAME=mtls
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/lib.sh" # TMP, PIDS and cleanup on every exit, free_port, proc_ticks, median
 
 "$MESHCTL_BIN" identity init --trust-domain cluster.local --out "$TMP/ca" >/dev/null
 "$MESHCTL_BIN" identity issue --ca "$TMP/ca" --spiffe-id spiffe://cluster.local/ns/bench/sa/a --out "$TMP/a" >/dev/null
@@ -38,7 +39,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 cat "$TMP/a/tls.crt" "$TMP/a/tls.key" >"$TMP/a.pem"
 cat "$TMP/b/tls.crt" "$TMP/b/tls.key" >"$TMP/b.pem"
 
-NGINX_PORT=$(port)
+free_port NGINX_PORT
 cat >"$TMP/nginx.conf" <<EOF
 daemon off; worker_processes 1; error_log $TMP/nginx.err; pid $TMP/nginx.pid;
 events { worker_connections 4096; }
@@ -46,13 +47,12 @@ http { access_log off; client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi
        uwsgi_temp_path $TMP; scgi_temp_path $TMP; keepalive_requests 1000000;
   server { listen 127.0.0.1:$NGINX_PORT; location / { return 200 "ok\n"; } } }
 EOF
-taskset -c 1 nginx -c "$TMP/nginx.conf" -p "$TMP" >"$TMP/nginx.log" 2>&1 &
-PIDS+=($!)
+start_bg "$TMP/nginx.log" taskset -c 1 nginx -c "$TMP/nginx.conf" -p "$TMP"
 
 declare -A ENTRY PA PB
-start() { taskset -c 0 "$@" >>"$TMP/proc.log" 2>&1 & PIDS+=($!); LAST=$!; }
+start() { start_bg "$TMP/proc-$((${#PIDS[@]})).log" taskset -c 0 "$@"; LAST=$LAST_PID; }
 for v in plain mtls; do
-    bin=$(port) bout=$(port) badm=$(port) aout=$(port) ain=$(port) aadm=$(port)
+    for n in bin bout badm aout ain aadm; do free_port "$n"; done
     if [[ $v == mtls ]]; then
         bid="identity: { trustBundle: $TMP/b/ca.crt, cert: $TMP/b/tls.crt, key: $TMP/b/tls.key }"
         aid="identity: { trustBundle: $TMP/a/ca.crt, cert: $TMP/a/tls.crt, key: $TMP/a/tls.key }"
@@ -82,7 +82,7 @@ EOF
     start "$MESHD_BIN" --config "$TMP/a-$v.yaml"; PA[$v]=$LAST
     ENTRY[$v]=$aout
 done
-HB=$(port) HA=$(port)
+free_port HB; free_port HA
 cat >"$TMP/hb.cfg" <<EOF
 global
     maxconn 4000
@@ -125,10 +125,10 @@ for _ in $(seq 50); do
     ((ok)) && break
     sleep 0.2
 done
-((ok)) || { echo "mtls: proxies did not come up" >&2; cat "$TMP/proc.log" >&2; exit 1; }
+((ok)) || { cat "$TMP"/proc-*.log >&2; die "proxies did not come up"; }
 
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }   # utime + stime, clock ticks
-TICK=$(getconf CLK_TCK)
+cpu() { proc_ticks "$1"; } # utime + stime, clock ticks
+TICK=$CLK_TCK
 ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }; printf "%.3f", v }' <<<"$1"; }
 declare -A RPS P50 P99 CPUK
 for r in $(seq "$RUNS"); do
@@ -137,21 +137,21 @@ for r in $(seq "$RUNS"); do
         c0=$(( $(cpu "${PA[$v]}") + $(cpu "${PB[$v]}") ))
         out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: app' "http://127.0.0.1:${ENTRY[$v]}/")
         c1=$(( $(cpu "${PA[$v]}") + $(cpu "${PB[$v]}") ))
-        if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "mtls: errors in $v run: $out" >&2; fi
+        if grep -q "Non-2xx\|Socket errors" <<<"$out"; then log "errors in the $v run: $out"; fi
         reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
         RPS[$v]+="$(awk '/Requests\/sec/ { print $2 }' <<<"$out") "
         P50[$v]+="$(ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")") "
         P99[$v]+="$(ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")") "
         CPUK[$v]+="$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$reqs" 'BEGIN { printf "%.4f", c / t / n * 1000 }') "
-        echo "run $r $v: $(awk '/Requests\/sec/ { print $2 }' <<<"$out") req/s" >&2
+        log "run $r $v: $(awk '/Requests\/sec/ { print $2 }' <<<"$out") req/s"
     done
 done
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+med() { median $1; } # lib.sh's median over a space-separated list
 printf '| A -> B | req/s | p50 ms | p99 ms | CPU s / 1000 req (A+B) |\n|---|---|---|---|---|\n'
 for v in "${VARIANTS[@]}"; do
-    printf '| %s | %s | %s | %s | %s |\n' "$v" "$(median "${RPS[$v]}")" "$(median "${P50[$v]}")" "$(median "${P99[$v]}")" "$(median "${CPUK[$v]}")"
+    printf '| %s | %s | %s | %s | %s |\n' "$v" "$(med "${RPS[$v]}")" "$(med "${P50[$v]}")" "$(med "${P99[$v]}")" "$(med "${CPUK[$v]}")"
 done
-awk -v m="$(median "${RPS[mtls]}")" -v p="$(median "${RPS[plain]}")" -v h="$(median "${RPS[haproxy]}")" \
+awk -v m="$(med "${RPS[mtls]}")" -v p="$(med "${RPS[plain]}")" -v h="$(med "${RPS[haproxy]}")" \
     'BEGIN { printf "\nmeshd mTLS / meshd plaintext: %.2f; meshd mTLS / HAProxy mTLS: %.2f\n", m / p, m / h }'
 
 # Full handshakes (no resumption) per CPU-second of the terminating side.
