@@ -1,9 +1,10 @@
 /// A fixed-bucket latency histogram owned by one event loop (no locks, no atomics); loops' copies are
-/// merged when `/metrics` is scraped. Bucket bounds follow the usual Prometheus latency ladder.
+/// merged when `/metrics` is scraped. Bucket bounds follow the usual Prometheus latency ladder, from 100 µs (a
+/// proxy hop on one machine) to 30 s.
 public struct LatencyHistogram: Sendable, Equatable {
     /// Upper bounds in seconds.
     public static let bounds: [Double] = [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
     ]
     static let boundsNanos: [Int64] = bounds.map { Int64($0 * 1e9) }
 

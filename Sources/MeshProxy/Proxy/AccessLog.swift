@@ -4,19 +4,45 @@ import Dispatch
 import MeshCore
 import NIOCore
 
-/// One JSON access-log line per request (`accessLog: true`).
+/// One JSON access-log line per request (`accessLog: true`). Fields (docs/operations.md): `ts_ms`,
+/// `direction`, `method`, `authority`, `path`, `status`, `grpc_status` (gRPC calls), `duration_ms`,
+/// `client` (the source address; node mode: the source pod), `identity` (the caller's SPIFFE ID over
+/// mTLS), `service`, `upstream` (the last endpoint tried), `attempts`, `bytes_in` and `bytes_out`
+/// (body bytes from and to the client), `request_id`, `trace_id`, and `error` (meshd's reason when
+/// meshd produced the reply).
 enum AccessLog {
-    static func line(
-        direction: String, method: String, authority: String, path: String, status: Int, service: String?,
-        target: String?, durationNanos: Int64, error: String?, client: String
-    ) -> String {
+    struct Entry {
+        var direction: String
+        var method: String
+        var authority: String
+        var path: String
+        var status: Int
+        var grpcStatus: Int?
+        var durationNanos: Int64
+        var client: String
+        var identity: String?
+        var service: String?
+        var upstream: String?
+        var attempts: Int
+        var bytesIn: Int
+        var bytesOut: Int
+        var requestID: String
+        var traceID: String
+        var error: String?
+    }
+
+    static func line(_ e: Entry) -> String {
         var s = "{\"ts_ms\":\(wallClockMillis())"
-        s += ",\"direction\":\"\(direction)\",\"method\":\(quote(method)),\"authority\":\(quote(authority))"
-        s += ",\"path\":\(quote(path)),\"status\":\(status),\"duration_ms\":\(Double(durationNanos) / 1e6)"
-        s += ",\"client\":\(quote(client))"
-        if let service { s += ",\"service\":\(quote(service))" }
-        if let target { s += ",\"upstream\":\(quote(target))" }
-        if let error { s += ",\"error\":\(quote(error))" }
+        s += ",\"direction\":\"\(e.direction)\",\"method\":\(quote(e.method)),\"authority\":\(quote(e.authority))"
+        s += ",\"path\":\(quote(e.path)),\"status\":\(e.status)"
+        if let g = e.grpcStatus { s += ",\"grpc_status\":\(g)" }
+        s += ",\"duration_ms\":\(Double(e.durationNanos) / 1e6),\"client\":\(quote(e.client))"
+        if let identity = e.identity { s += ",\"identity\":\(quote(identity))" }
+        if let service = e.service { s += ",\"service\":\(quote(service))" }
+        if let upstream = e.upstream { s += ",\"upstream\":\(quote(upstream))" }
+        s += ",\"attempts\":\(e.attempts),\"bytes_in\":\(e.bytesIn),\"bytes_out\":\(e.bytesOut)"
+        s += ",\"request_id\":\(quote(e.requestID)),\"trace_id\":\"\(e.traceID)\""
+        if let error = e.error { s += ",\"error\":\(quote(error))" }
         return s + "}"
     }
 

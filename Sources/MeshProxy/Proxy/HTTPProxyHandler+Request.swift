@@ -22,6 +22,10 @@ extension HTTPProxyHandler {
         // One pass over the headers: framing, Expect, hop-by-hop, XFF, gRPC, the meshd marks.
         let scan = head.headers.meshScan()
         req.grpc = scan.grpc
+        // Request identity and trace context: the client's, else new ones (added to the head below).
+        let trace = TraceDecision.decide(scan.trace, rng: &loop.rng)
+        req.requestID = trace.requestID
+        req.traceID = trace.traceID
         let snapshot = loop.snapshot
         // RFC 9112 §3: a request line longer than the server is willing to parse gets 414.
         let lineBytes = head.method.rawValue.utf8.count + head.uri.utf8.count + 10  // SP, SP, "HTTP/1.1"
@@ -199,6 +203,12 @@ extension HTTPProxyHandler {
             outHead.headers.add(name: "x-forwarded-for", value: clientIP)
         }
         if hostHeader == nil && !rewroteURI { outHead.headers.add(name: "host", value: String(req.authority)) }
+        if trace.dropMalformed {
+            outHead.headers.remove(name: "traceparent")
+            outHead.headers.remove(name: "tracestate")
+        }
+        if let id = trace.addRequestID { outHead.headers.add(name: "x-request-id", value: id) }
+        if let tp = trace.setTraceparent { outHead.headers.add(name: "traceparent", value: tp) }
         if let upgrade = head.headers.first(name: "upgrade"),
             head.headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
         {

@@ -70,6 +70,7 @@ extension HTTPProxyHandler {
             }
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let buffer):
+            req.bytesOut &+= buffer.readableBytes
             if let head = trailersOnlyHead {
                 trailersOnlyHead = nil
                 context.write(wrapOutboundOut(.head(head)), promise: nil)

@@ -122,6 +122,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var grpcStatus: Int?
         /// Upstream as a stream of a multiplexed HTTP/2 connection (else HTTP/1.1).
         var upstreamH2 = false
+        /// `x-request-id` and the `traceparent` trace id (the client's, or those meshd added).
+        var requestID = ""
+        var traceID = ""
+        /// Body bytes received from the client and sent to it.
+        var bytesIn = 0
+        var bytesOut = 0
     }
 
     static var nowNanos: Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
@@ -205,6 +211,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             startRequest(head, context: context)
             return
         case .body(let b):
+            req.bytesIn &+= b.readableBytes
             if req.exchange.requestBody(bytes: b.readableBytes, now: Self.nowNanos) {
                 req.replay.append(part)
             } else if !req.replay.isEmpty {

@@ -22,6 +22,8 @@ struct HeaderScan {
     var contentLengthTooLarge = false
     /// `x-forwarded-client-cert`: only meshd sets it (from the mTLS peer); a client's own is removed.
     var clientCert = false
+    /// Request identity and trace context (the first of each), for `TraceDecision`.
+    var trace = TraceDecision.Incoming()
 }
 
 extension HTTPHeaders {
@@ -47,6 +49,16 @@ extension HTTPHeaders {
                 scan.clientCert = true
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
                 scan.grpcTimeout = value
+            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-request-id"):
+                if scan.trace.requestID == nil { scan.trace.requestID = Substring(value) }
+            case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, "traceparent"):
+                if scan.trace.traceparent == nil { scan.trace.traceparent = Substring(value) }
+            case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "b3"):
+                if scan.trace.b3 == nil { scan.trace.b3 = Substring(value) }
+            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-traceid"):
+                if scan.trace.b3TraceID == nil { scan.trace.b3TraceID = Substring(value) }
+            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-sampled"):
+                if scan.trace.b3Sampled == nil { scan.trace.b3Sampled = Substring(value) }
             case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):
                 scan.originalProtocol = true
             case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):

@@ -29,17 +29,19 @@ extension HTTPProxyHandler {
             }
             service.metrics.requests[MeshMetrics.statusClassIndex(status)].increment()
             service.latency.record(nanoseconds: elapsed.nanoseconds)
-            if req.grpc {
-                let code = req.exchange.grpcStatus(recorded: req.grpcStatus, httpStatus: status, error: error, now: nowNanos)
-                service.metrics.grpcCounter(code).increment()
-            }
         }
+        let grpcCode =
+            req.grpc ? req.exchange.grpcStatus(recorded: req.grpcStatus, httpStatus: status, error: error, now: nowNanos) : nil
+        if let service, let grpcCode { service.metrics.grpcCounter(grpcCode).increment() }
         if loop.snapshot.config.accessLog {
             loop.accessLog.append(
                 AccessLog.line(
-                    direction: direction.label, method: req.method.rawValue, authority: String(req.authority),
-                    path: String(req.path), status: status, service: service?.name, target: req.target.map(MeshRuntime.hostPort),
-                    durationNanos: elapsed.nanoseconds, error: error?.rawValue, client: clientIP))
+                    .init(
+                        direction: direction.label, method: req.method.rawValue, authority: String(req.authority),
+                        path: String(req.path), status: status, grpcStatus: grpcCode, durationNanos: elapsed.nanoseconds,
+                        client: clientIP, identity: connectionGuard.tls?.peer.description, service: service?.name,
+                        upstream: req.target.map(MeshRuntime.hostPort), attempts: req.exchange.attempts, bytesIn: req.bytesIn,
+                        bytesOut: req.bytesOut, requestID: req.requestID, traceID: req.traceID, error: error?.rawValue)))
         }
     }
 }
