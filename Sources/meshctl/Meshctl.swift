@@ -11,7 +11,7 @@ struct Meshctl: AsyncParsableCommand {
             + "and measure the latency and footprint of the placements.",
         subcommands: [
             Routes.self, Services.self, ConfigCommand.self, Metrics.self, Check.self, Inject.self, Latency.self, Footprint.self,
-            DelayBackendCommand.self, Demo.self, IdentityCommand.self,
+            DelayBackendCommand.self, Demo.self, IdentityCommand.self, Top.self, Tap.self,
         ])
 }
 

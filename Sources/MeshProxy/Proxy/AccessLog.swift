@@ -7,7 +7,7 @@ import NIOCore
 /// One JSON access-log line per request (`accessLog: true`). Fields (docs/operations.md): `ts_ms`,
 /// `direction`, `method`, `authority`, `path`, `status`, `grpc_status` (gRPC calls), `duration_ms`,
 /// `client` (the source address; node mode: the source pod), `identity` (the caller's SPIFFE ID over
-/// mTLS), `service`, `upstream` (the last endpoint tried), `attempts`, `bytes_in` and `bytes_out`
+/// mTLS), `service`, `route`, `upstream` (the last endpoint tried), `attempts`, `bytes_in` and `bytes_out`
 /// (body bytes from and to the client), `request_id`, `trace_id`, and `error` (meshd's reason when
 /// meshd produced the reply).
 enum AccessLog {
@@ -22,6 +22,7 @@ enum AccessLog {
         var client: String
         var identity: String?
         var service: String?
+        var route: String?
         var upstream: String?
         var attempts: Int
         var bytesIn: Int
@@ -39,6 +40,7 @@ enum AccessLog {
         s += ",\"duration_ms\":\(Double(e.durationNanos) / 1e6),\"client\":\(quote(e.client))"
         if let identity = e.identity { s += ",\"identity\":\(quote(identity))" }
         if let service = e.service { s += ",\"service\":\(quote(service))" }
+        if let route = e.route { s += ",\"route\":\(quote(route))" }
         if let upstream = e.upstream { s += ",\"upstream\":\(quote(upstream))" }
         s += ",\"attempts\":\(e.attempts),\"bytes_in\":\(e.bytesIn),\"bytes_out\":\(e.bytesOut)"
         s += ",\"request_id\":\(quote(e.requestID)),\"trace_id\":\"\(e.traceID)\""

@@ -33,15 +33,26 @@ extension HTTPProxyHandler {
         let grpcCode =
             req.grpc ? req.exchange.grpcStatus(recorded: req.grpcStatus, httpStatus: status, error: error, now: nowNanos) : nil
         if let service, let grpcCode { service.metrics.grpcCounter(grpcCode).increment() }
-        if loop.snapshot.config.accessLog {
-            loop.accessLog.append(
-                AccessLog.line(
-                    .init(
-                        direction: direction.label, method: req.method.rawValue, authority: String(req.authority),
-                        path: String(req.path), status: status, grpcStatus: grpcCode, durationNanos: elapsed.nanoseconds,
-                        client: clientIP, identity: connectionGuard.tls?.peer.description, service: service?.name,
-                        upstream: req.target.map(MeshRuntime.hostPort), attempts: req.exchange.attempts, bytesIn: req.bytesIn,
-                        bytesOut: req.bytesOut, requestID: req.requestID, traceID: req.traceID, error: error?.rawValue)))
+        if let route = req.routeState {
+            route.shared.metrics.requests[MeshMetrics.statusClassIndex(status)].increment()
+            if let grpcCode { route.shared.metrics.grpcCounter(grpcCode).increment() }
+            route.latency.record(nanoseconds: elapsed.nanoseconds)
+        }
+        let logging = loop.snapshot.config.accessLog
+        let tapping = loop.shared.tap.active.load(ordering: .relaxed) > 0
+        if logging || tapping {
+            let route = req.routeState?.name
+            let line = AccessLog.line(
+                .init(
+                    direction: direction.label, method: req.method.rawValue, authority: String(req.authority),
+                    path: String(req.path), status: status, grpcStatus: grpcCode, durationNanos: elapsed.nanoseconds,
+                    client: clientIP, identity: connectionGuard.tls?.peer.description, service: service?.name, route: route,
+                    upstream: req.target.map(MeshRuntime.hostPort), attempts: req.exchange.attempts, bytesIn: req.bytesIn,
+                    bytesOut: req.bytesOut, requestID: req.requestID, traceID: req.traceID, error: error?.rawValue))
+            if logging { loop.accessLog.append(line) }
+            if tapping {
+                loop.tap(TapEvent(direction: direction.label, service: service?.name, route: route, status: status, line: line))
+            }
         }
     }
 }

@@ -38,6 +38,17 @@ final class LoopContext: @unchecked Sendable {
     private(set) var routeStates: [RouteState] = []
     private var tickTask: RepeatedTask?
     var accessLog = AccessLogBuffer()
+    /// Finished requests for the taps (`GET /tap`), handed over every tick.
+    private var tapEvents: [TapEvent] = []
+
+    /// A finished request for the taps; past `TapHub.perLoopTickBound` in one tick it is dropped.
+    func tap(_ event: TapEvent) {
+        guard tapEvents.count < TapHub.perLoopTickBound else {
+            shared.tap.dropped.increment()
+            return
+        }
+        tapEvents.append(event)
+    }
     /// Node mode inbound: which `x-meshd-dst` destinations may be forwarded to.
     private(set) var nodeInbound: NodeInboundPolicy
     /// The workload identities in force (nil: no `identity` configured); replaced as a whole on rotation.
@@ -93,7 +104,9 @@ final class LoopContext: @unchecked Sendable {
         let old = Dictionary(previous.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         return zip(snapshot.mesh.routes.routes, snapshot.routes).map { r, shared in
             if let o = old[r.name], o.retry == r.retry, o.shared === shared { return o }
-            return RouteState(name: r.name, retry: r.retry, rateLimit: r.rateLimit, shared: shared, now: now)
+            let state = RouteState(name: r.name, retry: r.retry, rateLimit: r.rateLimit, shared: shared, now: now)
+            if let o = old[r.name] { state.latency = o.latency }  // the route's series go on across a reload
+            return state
         }
     }
 
@@ -257,6 +270,10 @@ final class LoopContext: @unchecked Sendable {
         pool.sweep(now: now)
         for p in tlsPools.values { p.sweep(now: now) }
         accessLog.flush()
+        if !tapEvents.isEmpty {
+            shared.tap.publish(tapEvents)
+            tapEvents.removeAll(keepingCapacity: true)
+        }
     }
 
     /// A copy of this loop's service and endpoint state, for `/services` and `/metrics`.
@@ -276,6 +293,7 @@ final class LoopContext: @unchecked Sendable {
                             ejectedUntil: s.outlier.ejectedUntil(e.config.address.description))
                     })
             },
+            routes: routeStates.map { ($0.name, $0.latency) },
             inboundLatency: inboundService.latency,
             upstreamIdle: allPools.reduce(0) { $0 + $1.idleCount })
     }

@@ -133,3 +133,18 @@ final class MeshMetrics: Sendable {
         }
     }
 }
+
+extension LatencyHistogram {
+    /// One histogram's `_bucket`, `_sum` and `_count` lines in Prometheus text.
+    static func prometheusSeries(_ name: String, labels: String, _ h: LatencyHistogram) -> String {
+        var out = ""
+        let cumulative = h.cumulative
+        for (i, bound) in bounds.enumerated() {
+            out += "\(name)_bucket{\(labels),le=\"\(bound)\"} \(cumulative[i])\n"
+        }
+        out += "\(name)_bucket{\(labels),le=\"+Inf\"} \(h.count)\n"
+        out += "\(name)_sum{\(labels)} \(Double(h.sumNanos) / 1e9)\n"
+        out += "\(name)_count{\(labels)} \(h.count)\n"
+        return out
+    }
+}

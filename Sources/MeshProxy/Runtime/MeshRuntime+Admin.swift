@@ -190,15 +190,12 @@ extension MeshRuntime {
         out += "# HELP meshd_request_duration_seconds Time from request head to response end.\n"
         out += "# TYPE meshd_request_duration_seconds histogram\n"
         for (direction, service, h) in byService {
-            let labels = "direction=\"\(direction)\",service=\"\(service)\""
-            let cumulative = h.cumulative
-            for (i, bound) in LatencyHistogram.bounds.enumerated() {
-                out += "meshd_request_duration_seconds_bucket{\(labels),le=\"\(bound)\"} \(cumulative[i])\n"
-            }
-            out += "meshd_request_duration_seconds_bucket{\(labels),le=\"+Inf\"} \(h.count)\n"
-            out += "meshd_request_duration_seconds_sum{\(labels)} \(Double(h.sumNanos) / 1e9)\n"
-            out += "meshd_request_duration_seconds_count{\(labels)} \(h.count)\n"
+            out += LatencyHistogram.prometheusSeries(
+                "meshd_request_duration_seconds", labels: "direction=\"\(direction)\",service=\"\(service)\"", h)
         }
+        var byRoute: [String: LatencyHistogram] = [:]
+        for r in reports { for route in r.routes { byRoute[route.name, default: LatencyHistogram()].merge(route.latency) } }
+        out += RouteMetrics.render(shared.snapshot.routes.map(\.metrics), latency: byRoute)
         let idle = reports.reduce(0) { $0 + $1.upstreamIdle }
         out += "# TYPE meshd_upstream_pool_idle gauge\nmeshd_upstream_pool_idle \(idle)\n"
         let p = ProcessStats.read()

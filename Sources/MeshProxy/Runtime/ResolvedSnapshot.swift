@@ -69,7 +69,8 @@ final class ResolvedSnapshot: Sendable {
                 rateLimit: r.rateLimit, perSource: perSource, retryMinimum: r.retry.budget.minPerSecond)
             if let old = oldRoutes[r.name], old.policy == key { return old }
             return SharedRouteState(
-                name: r.name, rateLimit: r.rateLimit, perSource: perSource, retryMinimumPerSecond: r.retry.budget.minPerSecond)
+                name: r.name, rateLimit: r.rateLimit, perSource: perSource, retryMinimumPerSecond: r.retry.budget.minPerSecond,
+                metrics: oldRoutes[r.name]?.metrics)
         }
         return ResolvedSnapshot(mesh: mesh, connectAddresses: all, appAddress: app!, services: services, routes: routes)
     }

@@ -15,6 +15,8 @@ final class RouteState {
     var budget: RetryBudget
     /// Whether requests must be kept for replay: retries on a response outcome are possible.
     let keepsReplay: Bool
+    /// This loop's latencies of the route's requests (merged over loops by `/metrics`).
+    var latency = LatencyHistogram()
 
     init(name: String, retry: RetryPolicy, rateLimit: RateLimitConfig?, shared: SharedRouteState, now: Int64) {
         self.name = name
@@ -59,6 +61,8 @@ struct LoopReport: Sendable {
     }
     var version: Int
     var services: [Service]
+    /// Per route (outbound): name and this loop's latencies.
+    var routes: [(name: String, latency: LatencyHistogram)] = []
     var inboundLatency: LatencyHistogram
     var upstreamIdle: Int
 }

@@ -95,3 +95,47 @@ final class ServiceMetrics: Sendable {
         return out
     }
 }
+
+/// The metrics of one route (outbound), by the route's name: a bounded label, one series set per
+/// configured route. Latency lives per loop in `RouteState` and is merged by `/metrics`.
+final class RouteMetrics: Sendable {
+    let name: String
+    /// By status class (`MeshMetrics.statusClassIndex`).
+    let requests: [AtomicCounter]
+    /// By gRPC status code (0...16).
+    let grpc: [AtomicCounter]
+
+    init(name: String) {
+        self.name = name
+        requests = ServiceMetrics.statusClasses.map { _ in AtomicCounter() }
+        grpc = GRPC.codeNames.map { _ in AtomicCounter() }
+    }
+
+    func grpcCounter(_ code: Int) -> AtomicCounter { grpc[code >= 0 && code < grpc.count ? code : 2] }
+
+    /// Prometheus text for the routes: requests by status class, gRPC statuses, and the latency
+    /// histograms merged over the loops (`latency[name]`).
+    static func render(_ all: [RouteMetrics], latency: [String: LatencyHistogram]) -> String {
+        var out = "# HELP meshd_route_requests_total Requests matched by each route, by the status class the client got.\n"
+        out += "# TYPE meshd_route_requests_total counter\n"
+        for r in all {
+            for (i, cls) in ServiceMetrics.statusClasses.enumerated() {
+                out += "meshd_route_requests_total{route=\"\(r.name)\",status_class=\"\(cls)\"} \(r.requests[i].count)\n"
+            }
+        }
+        out += "# HELP meshd_route_grpc_responses_total gRPC calls matched by each route, by status.\n"
+        out += "# TYPE meshd_route_grpc_responses_total counter\n"
+        for r in all {
+            for (code, c) in r.grpc.enumerated() where c.count > 0 {
+                out += "meshd_route_grpc_responses_total{route=\"\(r.name)\",code=\"\(GRPC.codeName(code))\"} \(c.count)\n"
+            }
+        }
+        out += "# HELP meshd_route_request_duration_seconds Time from request head to response end, per route.\n"
+        out += "# TYPE meshd_route_request_duration_seconds histogram\n"
+        for r in all {
+            let h = latency[r.name] ?? LatencyHistogram()
+            out += LatencyHistogram.prometheusSeries("meshd_route_request_duration_seconds", labels: "route=\"\(r.name)\"", h)
+        }
+        return out
+    }
+}

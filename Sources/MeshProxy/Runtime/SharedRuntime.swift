@@ -41,10 +41,13 @@ final class SharedRuntime: Sendable {
 
     /// Where every loop's access-log lines go (written off the loops).
     let accessLogWriter: AccessLogWriter
+    /// Live requests for `GET /tap`.
+    let tap: TapHub
 
     init(metrics: MeshMetrics, logger: Logger, snapshot: ResolvedSnapshot) {
         self.metrics = metrics
         self.accessLogWriter = AccessLogWriter(dropped: metrics.counter("meshd_access_log_dropped_total", []))
+        self.tap = TapHub(dropped: metrics.counter("meshd_tap_dropped_total", []))
         self.logger = logger
         self.current = NIOLockedValueBox(snapshot)
     }

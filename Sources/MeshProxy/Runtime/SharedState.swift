@@ -22,6 +22,8 @@ final class SharedRouteState: Sendable {
     private let retryTAT = ManagedAtomic<Int64>(0)
     /// The policy this state was made for (kept across reloads while unchanged).
     let policy: RouteConfigKey
+    /// Requests by status class and gRPC status (kept across reloads while the route's name stays).
+    let metrics: RouteMetrics
 
     struct RouteConfigKey: Equatable, Sendable {
         var rateLimit: RateLimitConfig?
@@ -29,8 +31,9 @@ final class SharedRouteState: Sendable {
         var retryMinimum: Double
     }
 
-    init(name: String, rateLimit: RateLimitConfig?, perSource: Bool, retryMinimumPerSecond: Double) {
+    init(name: String, rateLimit: RateLimitConfig?, perSource: Bool, retryMinimumPerSecond: Double, metrics: RouteMetrics? = nil) {
         self.name = name
+        self.metrics = metrics ?? RouteMetrics(name: name)
         self.policy = RouteConfigKey(rateLimit: rateLimit, perSource: perSource, retryMinimum: retryMinimumPerSecond)
         self.rateLimit = rateLimit.map { GCRA(ratePerSecond: $0.requestsPerSecond, burst: $0.burst) }
         self.perSource = perSource
