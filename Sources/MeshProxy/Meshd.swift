@@ -150,6 +150,17 @@ struct MeshdService: Service {
                 await runtime.reloadOffLoop(force: true, reason: "SIGHUP")
             }
         }
+        // SIGUSR1: log rotation moved the access-log file away; write to a new one at its path.
+        let usr1 = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sigusr1) {
+                do {
+                    try runtime.shared.accessLogWriter.reopen()
+                    logger.info("access log reopened (SIGUSR1)")
+                } catch {
+                    logger.error("cannot reopen the access log", metadata: ["problem": "\(error)"])
+                }
+            }
+        }
         // The file is re-read every second: this also catches the atomic `..data` symlink swap of a
         // Kubernetes ConfigMap volume, which no inotify watch on the file itself would see. A change
         // is applied when a read 250 ms later finds the same text (never a half-written file).
@@ -164,6 +175,7 @@ struct MeshdService: Service {
         }
         try? await gracefulShutdown()
         hup.cancel()
+        usr1.cancel()
         watcher.cancel()
         await runtime.drainAndStop()
     }

@@ -14,8 +14,10 @@ from meshlib import base_config, meshd_bin, metric_value, popen, kill_group, wai
 
 
 def web(nginx, **top):
-    return base_config(accessLog=True, threads=1, services=[{"name": "web", "endpoints": [nginx.addr("web")]}],
-                       routes=[{"match": {"authority": "web"}, "service": "web"}], **top)
+    cfg = base_config(accessLog=True, threads=1, services=[{"name": "web", "endpoints": [nginx.addr("web")]}],
+                      routes=[{"match": {"authority": "web"}, "service": "web"}])
+    cfg.update(top)
+    return cfg
 
 
 def wrk(mesh, seconds: int = 3) -> int:
@@ -52,9 +54,16 @@ def test_stuck_stdout_does_not_block_requests(start_meshd, nginx, tmp_path):
         second = wrk(M, 3)
         assert first > 3000 and second > 3000, (first, second)
         assert second > 0.5 * first, f"requests slowed down once stdout was full: {first} then {second}"
-        metrics = subprocess.run(["curl", "-s", f"http://{admin}/metrics"], capture_output=True, text=True, timeout=10).stdout
-        dropped = metric_value(metrics, "meshd_access_log_dropped_total") or 0
-        assert dropped > 0, "no line was dropped although nobody read stdout"
+        def dropped() -> float:
+            metrics = subprocess.run(["curl", "-s", f"http://{admin}/metrics"], capture_output=True, text=True,
+                                     timeout=10).stdout
+            return metric_value(metrics, "meshd_access_log_dropped_total") or 0
+        # The 4 MiB bound holds some 10 000 lines: a slow (debug) build may need more requests to pass it.
+        for _ in range(4):
+            if dropped() > 0:
+                break
+            assert wrk(M, 3) > 0.5 * first, "requests slowed down once stdout was full"
+        assert dropped() > 0, "no line was dropped although nobody read stdout"
     finally:
         kill_group(proc)
 
@@ -77,3 +86,45 @@ def test_every_request_has_its_line(start_meshd, nginx):
     # wrk sends no x-request-id: meshd made one per request, all different.
     assert len({l["request_id"] for l in lines}) == len(lines)
     assert (metric_value(m.metrics_text(), "meshd_access_log_dropped_total") or 0) == 0
+
+
+def test_file_reopened_on_sigusr1_after_rotation(start_meshd, nginx, tmp_path):
+    """`accessLog.path`: lines go to the file; logrotate renames it and sends SIGUSR1; new lines go to a
+    new file at the path, none is lost or duplicated."""
+    import signal
+
+    log = tmp_path / "access.log"
+    m = start_meshd(web(nginx, accessLog={"path": str(log)}), name="access-file")
+    first = wrk(m, 1)
+    time.sleep(0.5)
+    rotated = tmp_path / "access.log.1"
+    log.rename(rotated)
+    m.signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.exists(), "SIGUSR1 must reopen the access log at its path"
+    second = wrk(m, 1)
+    time.sleep(0.5)
+    old_lines = [json.loads(l) for l in rotated.read_text().splitlines()]
+    new_lines = [json.loads(l) for l in log.read_text().splitlines()]
+    assert first <= len(old_lines) <= first + 8, (first, len(old_lines))
+    assert second <= len(new_lines) <= second + 8, (second, len(new_lines))
+    ids = [l["request_id"] for l in old_lines + new_lines]
+    assert len(ids) == len(set(ids))
+    assert m.stdout_text().strip() == "", "with a path, nothing goes to standard output"
+
+
+def test_sample_ratio(start_meshd, nginx):
+    """`accessLog.sampleRatio: 0.1`: about a tenth of the requests get a line; meshd's own error replies
+    (here 404 no-route) always do."""
+    m = start_meshd(web(nginx, accessLog={"sampleRatio": 0.1}), name="access-sampled")
+    n = wrk(m, 2)
+    for _ in range(20):
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "Host: nowhere", m.out_url + "/"], timeout=10)
+    time.sleep(0.5)
+    lines = [json.loads(l) for l in m.stdout_text().splitlines()]
+    ok = [l for l in lines if l["status"] == 200]
+    errors = [l for l in lines if l.get("error") == "no-route"]
+    assert len(errors) == 20, len(errors)
+    assert 0.05 * n <= len(ok) <= 0.15 * n, (len(ok), n)

@@ -142,7 +142,13 @@ extension MeshConfig {
                 ])
             ),
             ("drainTimeout", .string(drainTimeout.description)),
-            ("accessLog", .bool(accessLog)),
+            (
+                "accessLog",
+                .object([
+                    ("enabled", .bool(accessLog)), ("path", accessLogOptions.path.map { .string($0) } ?? .null),
+                    ("sampleRatio", .double(accessLogOptions.sampleRatio)),
+                ])
+            ),
             ("services", .array(services.map(\.json))),
             ("routes", .array(routes.map(\.json))),
         ])

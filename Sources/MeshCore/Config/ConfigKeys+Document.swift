@@ -30,7 +30,17 @@ extension ConfigKeys {
         .section("http2", http2, \.http2),
         .section("upstream", upstream, \.upstream),
         .duration("drainTimeout", max: .seconds(3600), \.drainTimeout),
-        .bool("accessLog", \.accessLog),
+        ConfigKey(name: "accessLog", bound: "`true`, `false`, or a section") { d, node, path, c in
+            // `accessLog: true` (standard output, every request), or `{enabled, path, sampleRatio}`.
+            if case .mapping = node {
+                var section = AccessLogSection(enabled: true, options: AccessLogConfig())
+                _ = d.decode(node, path, ConfigKeys.accessLog, into: &section)
+                c.accessLog = section.enabled
+                c.accessLogOptions = section.options
+            } else if let v = d.bool(node, path) {
+                c.accessLog = v
+            }
+        },
         ConfigKey(name: "identity", bound: nil) { d, node, path, c in c.identity = d.decodeIdentity(node, path) },
         .section("authorization", authorization, \.authorization),
         ConfigKey(name: "services", bound: nil) { d, node, path, c in
@@ -47,6 +57,12 @@ extension ConfigKeys {
             }
             c.routes = items.enumerated().compactMap { d.decodeRoute($1, "\(path)[\($0)]") }
         },
+    ]
+
+    static let accessLog: [ConfigKey<AccessLogSection>] = [
+        .bool("enabled", \.enabled),
+        .optionalFile("path", \.options.path),
+        .number("sampleRatio", 0...1, bound: "0…1", \.options.sampleRatio),
     ]
 
     static let outbound: [ConfigKey<OutboundConfig>] = [
@@ -99,6 +115,7 @@ extension ConfigKeys {
             for key in keys { if let bound = key.bound { out.append((prefix + key.name, bound)) } }
         }
         add("", root)
+        add("accessLog.", accessLog)
         add("outbound.", outbound)
         add("inbound.", inbound)
         add("admin.", admin)
@@ -169,4 +186,10 @@ extension ConfigKey {
             if let c = d.cidrs(node, path) { target[keyPath: field] = c }
         }
     }
+}
+
+/// `accessLog` written as a section.
+struct AccessLogSection {
+    var enabled: Bool
+    var options: AccessLogConfig
 }

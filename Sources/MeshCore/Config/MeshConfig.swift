@@ -20,8 +20,10 @@ public struct MeshConfig: Sendable, Equatable {
     public var http2 = HTTP2Config()
     /// How long a graceful shutdown waits for in-flight requests before closing connections.
     public var drainTimeout: MeshDuration = .seconds(30)
-    /// Write one JSON access-log line per request to standard output.
+    /// Write one JSON access-log line per request (`accessLog: true`, or a section for a file or a
+    /// sampling ratio: `accessLogOptions`).
     public var accessLog: Bool = false
+    public var accessLogOptions = AccessLogConfig()
     public var services: [ServiceConfig] = []
     public var routes: [RouteConfig] = []
     /// Where this meshd runs, for locality preference: `zone` and `node` (node name). Environment:
@@ -172,6 +174,20 @@ public struct NodeConfig: Sendable, Equatable {
     /// Sources allowed to connect to the outbound listener in node mode (default: podCIDRs + loopback).
     public var allowedSources: [CIDR] = []
     public init() {}
+}
+
+/// Where access-log lines go and how many requests get one.
+public struct AccessLogConfig: Sendable, Equatable {
+    /// A file to append to (reopened on SIGUSR1, for log rotation); nil: standard output.
+    public var path: String?
+    /// The fraction of requests that get a line (0…1). meshd's own error replies always do.
+    public var sampleRatio: Double = 1
+    public init() {}
+
+    /// Whether a request gets its line: `draw` is uniform in [0, 1).
+    public func samples(errorReply: Bool, draw: Double) -> Bool {
+        errorReply || sampleRatio >= 1 || draw < sampleRatio
+    }
 }
 
 public struct HTTPConfig: Sendable, Equatable {

@@ -2,6 +2,7 @@ import Atomics
 import CoreMetrics
 import Dispatch
 import MeshCore
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// One JSON access-log line per request (`accessLog: true`). Fields (docs/operations.md): `ts_ms`,
@@ -88,21 +89,51 @@ struct AccessLogBuffer {
     }
 }
 
-/// Writes access-log lines to standard output from its own thread (a serial dispatch queue), so a slow
-/// or stuck reader of meshd's stdout never blocks an event loop. Bound: `maxQueuedBytes` (4 MiB) waiting
-/// to be written; past it whole chunks are dropped and their lines counted in
-/// `meshd_access_log_dropped_total`.
+/// Writes access-log lines to standard output or to `accessLog.path` from its own thread (a serial
+/// dispatch queue), so a slow or stuck reader or disk never blocks an event loop. Bound:
+/// `maxQueuedBytes` (4 MiB) waiting to be written; past it whole chunks are dropped and their lines
+/// counted in `meshd_access_log_dropped_total`. A file is reopened on SIGUSR1 (after a rotation
+/// renamed it) and when a reload names another path.
 final class AccessLogWriter: Sendable {
     static let maxQueuedBytes = 4 << 20
     private let queue = DispatchQueue(label: "meshd.access-log")
     private let queued = ManagedAtomic<Int>(0)
     private let dropped: CoreMetrics.Counter
-    private let fd: Int32
+    /// The descriptor written to (1: standard output); swapped on the writer's queue only.
+    private let fd = ManagedAtomic<Int32>(1)
+    private let path = NIOLockedValueBox<String?>(nil)
 
-    init(dropped: CoreMetrics.Counter, fd: Int32 = 1) {
+    init(dropped: CoreMetrics.Counter) {
         self.dropped = dropped
-        self.fd = fd
     }
+
+    /// Writes to `path` from now on (nil: standard output), opening it for appending (created 0644).
+    /// Lines already queued go to the previous destination. Throws when the file cannot be opened;
+    /// the previous destination is kept then.
+    func use(path newPath: String?) throws {
+        let result: Result<Void, FileReadError> = queue.sync {
+            let next: Int32
+            if let newPath {
+                next = open(newPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+                guard next >= 0 else { return .failure(FileReadError(path: newPath, errno: errno)) }
+            } else {
+                next = 1
+            }
+            let old = fd.exchange(next, ordering: .relaxed)
+            if old > 2 { close(old) }
+            path.withLockedValue { $0 = newPath }
+            return .success(())
+        }
+        try result.get()
+    }
+
+    /// SIGUSR1: reopens the file (log rotation moved it away); nothing to do for standard output.
+    func reopen() throws {
+        guard let p = path.withLockedValue({ $0 }) else { return }
+        try use(path: p)
+    }
+
+    var currentPath: String? { path.withLockedValue { $0 } }
 
     /// Called by a loop with one flush's worth of lines.
     func submit(_ bytes: [UInt8], lines: Int) {
@@ -112,8 +143,8 @@ final class AccessLogWriter: Sendable {
             dropped.increment(by: lines)
             return
         }
-        let fd = self.fd
-        queue.async { [queued] in
+        queue.async { [queued, fd] in
+            let fd = fd.load(ordering: .relaxed)
             bytes.withUnsafeBytes { writeAll(fd: fd, $0) }
             queued.wrappingDecrement(by: size, ordering: .relaxed)
         }

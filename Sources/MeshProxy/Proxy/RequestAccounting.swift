@@ -38,7 +38,11 @@ extension HTTPProxyHandler {
             if let grpcCode { route.shared.metrics.grpcCounter(grpcCode).increment() }
             route.latency.record(nanoseconds: elapsed.nanoseconds)
         }
-        let logging = loop.snapshot.config.accessLog
+        let options = loop.snapshot.config.accessLogOptions
+        // A random draw only when sampling (the loop's generator also picks endpoints).
+        let logging =
+            loop.snapshot.config.accessLog
+            && (options.sampleRatio >= 1 || options.samples(errorReply: error != nil, draw: Double(loop.rng.next() >> 11) * 0x1p-53))
         let tapping = loop.shared.tap.active.load(ordering: .relaxed) > 0
         if logging || tapping {
             let route = req.routeState?.name

@@ -117,6 +117,14 @@ extension MeshRuntime {
             return .rejected(error.description)
         }
         discovery.sync(with: new)
+        if new.accessLogOptions.path != shared.accessLogWriter.currentPath {
+            do {
+                try shared.accessLogWriter.use(path: new.accessLogOptions.path)
+            } catch {
+                shared.logger.error(
+                    "cannot open the new access-log file; lines keep going where they went", metadata: ["problem": "\(error)"])
+            }
+        }
         shared.metrics.reloadsOK.increment()
         shared.logger.info(
             "config reloaded",

@@ -81,6 +81,7 @@ final class MeshRuntime: Sendable {
         for loop in loops { try await loop.eventLoop.submit { loop.start() }.get() }
         try await loadIdentityAtStart()
         watchIdentity()
+        if let path = config.accessLogOptions.path { try shared.accessLogWriter.use(path: path) }
         let config = self.config
         let admin = try await bindAdmin(config.admin.listen)
         channels.withLockedValue { $0["admin"] = admin }

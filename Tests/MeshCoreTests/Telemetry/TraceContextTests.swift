@@ -70,3 +70,25 @@ struct TraceContextTests {
         #expect(d.addRequestID != nil && d.requestID.count == 36)
     }
 }
+
+@Suite("Access-log configuration")
+struct AccessLogConfigTests {
+    @Test func boolOrSection() throws {
+        #expect(try ConfigLoader.load(yaml: "accessLog: true").accessLog)
+        let c = try ConfigLoader.load(yaml: "accessLog: {path: /var/log/meshd/access.log, sampleRatio: 0.25}")
+        #expect(c.accessLog && c.accessLogOptions.path == "/var/log/meshd/access.log" && c.accessLogOptions.sampleRatio == 0.25)
+        #expect(try !ConfigLoader.load(yaml: "accessLog: {enabled: false, sampleRatio: 0.5}").accessLog)
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(yaml: "accessLog: {sampleRatio: 2}") }
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(yaml: "accessLog: {colour: red}") }
+    }
+
+    @Test func sampling() {
+        var o = AccessLogConfig()
+        #expect(o.samples(errorReply: false, draw: 0.99))
+        o.sampleRatio = 0.1
+        #expect(o.samples(errorReply: false, draw: 0.05) && !o.samples(errorReply: false, draw: 0.5))
+        #expect(o.samples(errorReply: true, draw: 0.5))  // meshd's own error replies always
+        o.sampleRatio = 0
+        #expect(!o.samples(errorReply: false, draw: 0))
+    }
+}
