@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+# A real Prometheus (server and promtool) scrapes meshd in tests/e2e/test_prometheus.py.
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-test-deps: installing ${need[*]}"
@@ -19,10 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# nginx/dnsmasq packages may start system services; the tests run their own instances.
+# nginx/dnsmasq/prometheus packages may start system services; the tests run their own instances.
 if command -v service >/dev/null 2>&1; then
   service nginx stop >/dev/null 2>&1 || true
   service dnsmasq stop >/dev/null 2>&1 || true
+  service prometheus stop >/dev/null 2>&1 || true
 fi
 
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest

@@ -717,3 +717,24 @@ def rss_mib(pid: int) -> float:
                 return int(line.split()[1]) / 1024
     return 0.0
 
+
+def promtool_check_metrics(text: str, promtool: str = "promtool") -> tuple[int, list[str]]:
+    """`promtool check metrics` on a Prometheus text exposition → (exit status, problem lines).
+
+    Exit status 0: clean; 3: lint problems only (each line `NAME PROBLEM`, e.g. `foo no help text`);
+    1: the text could not be parsed (`error while linting: …`)."""
+    p = popen([promtool, "check", "metrics"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(text.encode(), timeout=30)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        raise AssertionError("promtool check metrics timed out")
+    lines = [ln for ln in (out + err).decode(errors="replace").splitlines() if ln.strip()]
+    return p.returncode, lines
+
+
+def assert_promtool_clean(text: str, promtool: str = "promtool") -> None:
+    """`promtool check metrics` finds nothing: the text parses, and every family has its HELP and TYPE
+    and a conforming name."""
+    rc, lines = promtool_check_metrics(text, promtool)
+    assert rc == 0, f"promtool check metrics exited {rc} on meshd's exposition:\n" + "\n".join(lines)

@@ -3,6 +3,7 @@ full sidecar → node proxy → app path through an endpoint's `via`."""
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -196,3 +197,38 @@ def test_one_pod_cannot_take_the_node_proxys_connections(start_meshd, nginx):
     finally:
         for s in held:
             s.close()
+
+
+def test_requests_per_source_pod_top_n_plus_other(start_meshd, nginx):
+    """meshd_source_requests_total: the busiest source pods by address (node.sourceMetrics of them),
+    every other request under source="other"; the series add up to the requests sent."""
+    pods = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
+    node = start_meshd({
+        "mode": "node", "nodeIP": NODE_IP, "threads": 2,
+        "outbound": {"listen": f"{NODE_IP}:0"}, "inbound": {"listen": f"{NODE_IP}:0"}, "admin": {"listen": "127.0.0.1:0"},
+        "node": {"podCIDRs": ["127.0.0.1/32"], "allowedSources": ["127.0.0.0/24"], "sourceMetrics": 2},
+        "services": [{"name": "web", "endpoints": [nginx.addr("web")]}],
+        "routes": [{"match": {"authority": "web"}, "service": "web"}],
+    }, name="node-sources")
+    sent = {"127.0.0.21": 30, "127.0.0.22": 20, "127.0.0.23": 5}
+    for pod, n in sent.items():
+        for _ in range(n):
+            s = socket.create_connection(node.outbound, timeout=5, source_address=(pod, 0))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+            s.close()
+    time.sleep(0.2)
+    text = node.metrics_text()
+    got = {p: metric_value(text, "meshd_source_requests_total", source=p) for p in pods + ["other"]}
+    # The first scrape labels the two busiest (their counts start there); the next requests count.
+    assert got["127.0.0.21"] == 0 and got["127.0.0.22"] == 0 and got["127.0.0.23"] is None, got
+    assert got["other"] == 55, got
+    for pod in pods:
+        s = socket.create_connection(node.outbound, timeout=5, source_address=(pod, 0))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        assert s.recv(64).startswith(b"HTTP/1.1 200")
+        s.close()
+    time.sleep(0.2)
+    text = node.metrics_text()
+    got = {p: metric_value(text, "meshd_source_requests_total", source=p) for p in pods + ["other"]}
+    assert got == {"127.0.0.21": 1, "127.0.0.22": 1, "127.0.0.23": None, "other": 56}, got

@@ -101,6 +101,7 @@ extension ConfigKeys {
     static let node: [ConfigKey<NodeConfig>] = [
         .cidrs("podCIDRs", \.podCIDRs),
         .cidrs("allowedSources", \.allowedSources),
+        .int("sourceMetrics", 0...100, \.sourceMetrics),
     ]
 
     static let locality: [ConfigKey<SelfLocality>] = [

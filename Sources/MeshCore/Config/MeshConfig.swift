@@ -173,6 +173,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var podCIDRs: [CIDR] = []
     /// Sources allowed to connect to the outbound listener in node mode (default: podCIDRs + loopback).
     public var allowedSources: [CIDR] = []
+    /// Source pods labelled in `meshd_source_requests_total` (the busiest; the rest are `other`).
+    public var sourceMetrics = 10
     public init() {}
 }
 

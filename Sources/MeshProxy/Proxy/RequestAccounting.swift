@@ -33,6 +33,7 @@ extension HTTPProxyHandler {
         let grpcCode =
             req.grpc ? req.exchange.grpcStatus(recorded: req.grpcStatus, httpStatus: status, error: error, now: nowNanos) : nil
         if let service, let grpcCode { service.metrics.grpcCounter(grpcCode).increment() }
+        if direction == .outbound && loop.snapshot.config.mode == .node { loop.countSource(clientIP) }
         if let route = req.routeState {
             route.shared.metrics.requests[MeshMetrics.statusClassIndex(status)].increment()
             if let grpcCode { route.shared.metrics.grpcCounter(grpcCode).increment() }

@@ -40,6 +40,20 @@ final class LoopContext: @unchecked Sendable {
     var accessLog = AccessLogBuffer()
     /// Finished requests for the taps (`GET /tap`), handed over every tick.
     private var tapEvents: [TapEvent] = []
+    /// Node mode, outbound: requests per source pod since start (at most `maxTrackedSources`; later
+    /// sources count in `sourceTotal` only), for `meshd_source_requests_total`.
+    private(set) var sourceCounts: [String: UInt64] = [:]
+    private(set) var sourceTotal: UInt64 = 0
+    static let maxTrackedSources = 4096
+
+    func countSource(_ source: String) {
+        sourceTotal &+= 1
+        if let c = sourceCounts[source] {
+            sourceCounts[source] = c &+ 1
+        } else if sourceCounts.count < Self.maxTrackedSources {
+            sourceCounts[source] = 1
+        }
+    }
 
     /// A finished request for the taps; past `TapHub.perLoopTickBound` in one tick it is dropped.
     func tap(_ event: TapEvent) {
@@ -294,6 +308,7 @@ final class LoopContext: @unchecked Sendable {
                     })
             },
             routes: routeStates.map { ($0.name, $0.latency) },
+            sourceCounts: sourceCounts, sourceTotal: sourceTotal,
             inboundLatency: inboundService.latency,
             upstreamIdle: allPools.reduce(0) { $0 + $1.idleCount })
     }

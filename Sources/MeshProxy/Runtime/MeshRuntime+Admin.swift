@@ -196,13 +196,33 @@ extension MeshRuntime {
         var byRoute: [String: LatencyHistogram] = [:]
         for r in reports { for route in r.routes { byRoute[route.name, default: LatencyHistogram()].merge(route.latency) } }
         out += RouteMetrics.render(shared.snapshot.routes.map(\.metrics), latency: byRoute)
+        if config.mode == .node { out += sourceMetricsText(reports) }
         let idle = reports.reduce(0) { $0 + $1.upstreamIdle }
         out += "# TYPE meshd_upstream_pool_idle gauge\nmeshd_upstream_pool_idle \(idle)\n"
         let p = ProcessStats.read()
         out += "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes \(p.rssBytes)\n"
         out += "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total \(p.cpuSeconds)\n"
         out += "# TYPE process_open_fds gauge\nprocess_open_fds \(p.openFDs)\n"
+        out += "# TYPE process_max_fds gauge\nprocess_max_fds \(p.maxFDs)\n"
+        out += "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds \(ProcessStats.startTime)\n"
         out += "# TYPE meshd_uptime_seconds gauge\nmeshd_uptime_seconds \(Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9)\n"
+        return MetricHelp.added(to: out)
+    }
+
+    /// `meshd_source_requests_total{source}`: the busiest source pods by name, the rest as `other`
+    /// (`SourceLabeler` keeps every series a counter).
+    func sourceMetricsText(_ reports: [LoopReport]) -> String {
+        var counts: [String: UInt64] = [:]
+        var total: UInt64 = 0
+        for r in reports {
+            total &+= r.sourceTotal
+            for (s, c) in r.sourceCounts { counts[s, default: 0] &+= c }
+        }
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        let (sources, other) = sourceLabeler.withLockedValue { $0.series(counts: counts, total: total, now: now) }
+        var out = "# TYPE meshd_source_requests_total counter\n"  // HELP: MetricHelp
+        for (s, c) in sources { out += "meshd_source_requests_total{source=\"\(s)\"} \(c)\n" }
+        out += "meshd_source_requests_total{source=\"other\"} \(other)\n"
         return out
     }
 }

@@ -43,6 +43,8 @@ final class MeshRuntime: Sendable {
     let startedAt = NIODeadline.now()
     /// The identity files and material in force (see `MeshRuntime+Identity`).
     let identityState = NIOLockedValueBox(IdentityState())
+    /// Which source pods have a label in `meshd_source_requests_total` (touched by `/metrics` only).
+    let sourceLabeler: NIOLockedValueBox<SourceLabeler>
     /// Set when draining starts: background watchers stop.
     let stopping = ManagedAtomic<Bool>(false)
 
@@ -54,6 +56,8 @@ final class MeshRuntime: Sendable {
         let threads = config.threads > 0 ? config.threads : System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.shared = SharedRuntime(metrics: metrics, logger: logger, snapshot: snapshot)
+        self.sourceLabeler = NIOLockedValueBox(SourceLabeler(slots: config.node.sourceMetrics))
+        _ = ProcessStats.startTime  // taken now, at start
         var loops: [LoopContext] = []
         var seed = SplitMix64(seed: UInt64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds))
         for (i, loop) in group.makeIterator().enumerated() {

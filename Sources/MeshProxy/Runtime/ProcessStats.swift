@@ -12,7 +12,15 @@ enum ProcessStats {
         var rssBytes: Int = 0
         var cpuSeconds: Double = 0
         var openFDs: Int = 0
+        var maxFDs: Int = 0
     }
+
+    /// When this process started (Unix seconds): taken when meshd's code first asks, at start.
+    static let startTime: Double = {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }()
 
     static func read() -> Sample {
         var s = Sample()
@@ -26,6 +34,8 @@ enum ProcessStats {
                 Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
                 + Double(usage.ru_stime.tv_usec) / 1e6
         }
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 { s.maxFDs = Int(clamping: limit.rlim_cur) }
         if let dir = opendir("/proc/self/fd") {
             while readdir(dir) != nil { s.openFDs += 1 }
             closedir(dir)

@@ -63,6 +63,9 @@ struct LoopReport: Sendable {
     var services: [Service]
     /// Per route (outbound): name and this loop's latencies.
     var routes: [(name: String, latency: LatencyHistogram)] = []
+    /// Node mode: requests per source pod, and in all (see `LoopContext.countSource`).
+    var sourceCounts: [String: UInt64] = [:]
+    var sourceTotal: UInt64 = 0
     var inboundLatency: LatencyHistogram
     var upstreamIdle: Int
 }
