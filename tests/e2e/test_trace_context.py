@@ -121,3 +121,26 @@ def test_http2_request_gets_ids_too(mesh):
         got.setdefault(k.lower(), []).append(v)
     assert got["traceparent"] == [VALID_TP], got
     assert len(got["x-request-id"]) == 1 and UUID4.fullmatch(got["x-request-id"][0]), got
+
+
+def test_grpc_call_keeps_its_trace(start_meshd, tmp_path):
+    """gRPC (grpcio through one meshd): the caller's traceparent and x-request-id are the ones in
+    meshd's access log, and meshd adds none of its own."""
+    grpc = pytest.importorskip("grpc")
+    from test_grpc import GrpcServer, pb2, pb2_grpc
+
+    server = GrpcServer(tmp_path, "trace-grpc")
+    try:
+        m = start_meshd(base_config(accessLog=True, services=[{"name": "echo", "protocol": "grpc",
+                                                                "endpoints": [server.addr]}],
+                                    routes=[{"match": {"authority": "echo"}, "service": "echo"}]), name="trace-grpc")
+        ch = grpc.insecure_channel(f"{m.outbound[0]}:{m.outbound[1]}", options=[
+            ("grpc.default_authority", "echo"), ("grpc.enable_http_proxy", 0)])
+        with ch:
+            pb2_grpc.EchoStub(ch).Unary(pb2.Msg(payload=b"x"), timeout=10,
+                                        metadata=[("traceparent", VALID_TP), ("x-request-id", "grpc-call-7")])
+        lines = _access(m, "grpc-call-7")
+        assert len(lines) == 1, lines
+        assert lines[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736" and lines[0]["grpc_status"] == 0, lines
+    finally:
+        server.stop()
