@@ -2,6 +2,7 @@
 process keeps serving afterwards. The tests in this module share one meshd and run in file order;
 the last one checks that meshd is still alive and serving."""
 
+import re
 import socket
 import time
 
@@ -91,6 +92,27 @@ def test_503_connect_failed_closed_port(mesh):
     assert h.get("x-meshd-error") == "connect-failed"
     assert elapsed < 3.0
     assert c.delta == 1
+
+
+def test_keep_alive_connection_serves_on_after_connect_failed(mesh):
+    """A 503 connect-failed (answered after an asynchronous connect attempt, while reads were held)
+    leaves the keep-alive connection serving: the next requests on it are answered (soak finding)."""
+    s = socket.create_connection(mesh.outbound, timeout=5)
+    try:
+        for host, want in (("closed", b"503"), ("closed", b"503"), ("web", b"200")):
+            s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                assert chunk, "connection closed"
+                head += chunk
+            assert head.split(b" ")[1] == want, head[:200]
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += s.recv(4096)
+    finally:
+        s.close()
 
 
 def test_504_route_timeout(mesh):

@@ -394,7 +394,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         connectionGuard.sawBytes = !pipelined.isEmpty
         if req.keepAlive && !quiescing {
             state = .idle(since: .now())
-            if !pipelined.isEmpty, let context { drainPipelined(context: context) }
+            // Serves queued pipelined requests, then resumes reading: reads held while the exchange
+            // waited for an upstream (one that never came: a connect failure) must not stay held.
+            if let context { drainPipelined(context: context) }
         } else {
             state = .closed
             pipelined.removeAll()
