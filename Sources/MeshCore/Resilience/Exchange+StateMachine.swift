@@ -346,18 +346,20 @@ public struct ExchangeStateMachine: Sendable {
         return .forward(skipped: skipped)
     }
 
-    /// Body bytes of a held response. Returns true when it is too large to hold: send it on now
-    /// (this attempt can no longer be retried).
+    /// Body bytes of a held response. Returns true when the response must go on now: a gRPC
+    /// response is held only until its first message (or its trailers), never longer — a streaming
+    /// call whose client waits for a message before sending the next one would otherwise stall until
+    /// its deadline. So a call is retried on its status only when it ends before sending a message
+    /// (as Envoy retries on the gRPC status of a trailers-only response); after a message, never.
     public mutating func heldBody(bytes: Int, now: Int64) -> Bool {
         guard case .holding(let held) = phase else { return false }
         lastActivity = now
-        let total = held + bytes
-        if total > (plan.retry?.bufferBytes ?? 0) {
+        if bytes > 0 {
             phase = .streaming
             responseStarted = true
             return true
         }
-        phase = .holding(bytes: total)
+        phase = .holding(bytes: held)
         return false
     }
 

@@ -429,7 +429,7 @@ struct ExchangeHeldResponseTests {
 
     @Test func trailersAskForARetry() {
         var h = holding()
-        let v10 = h.machine.heldBody(bytes: 50, now: h.now)
+        let v10 = h.machine.heldBody(bytes: 0, now: h.now)
         #expect(!v10)
         let action = h.machine.heldEnd(grpcStatus: 14, now: h.now, admission: &h.admission, rng: &h.rng)
         guard case .retry(let r) = action else {
@@ -447,9 +447,11 @@ struct ExchangeHeldResponseTests {
         #expect(h.machine.responseStarted)
     }
 
-    @Test func tooLargeToHoldIsStreamed() {
+    @Test func theFirstMessageReleasesTheResponse() {
+        // Held until the first message only: a bidi call whose client waits for each echo must not
+        // stall; after a message the call is no longer retried.
         var h = holding()
-        let v12 = h.machine.heldBody(bytes: 101, now: h.now)
+        let v12 = h.machine.heldBody(bytes: 5, now: h.now)
         #expect(v12)
         #expect(h.machine.phase == .streaming)
         #expect(h.closed() == .breakResponse)  // streamed: no retry any more
