@@ -152,11 +152,17 @@ public struct LoadBalancer: Sendable {
         loads[i].inFlight += 1
     }
 
+    /// The latency a failed attempt (no response: connect failure, reset, timeout) counts as in the
+    /// peak-EWMA. Without it a refusing endpoint — never observed, its estimate decaying toward zero —
+    /// would look fastest and draw every request and retry.
+    public static let failurePenaltyNanos: Int64 = 1_000_000_000
+
     /// A request finished; `latencyNanos` (time to the response head) feeds the peak-EWMA. Pass nil
-    /// when there was no response (the in-flight count still drops).
-    public mutating func requestFinished(_ i: Int, latencyNanos: Int64?, now: Int64) {
+    /// when there was no response (the in-flight count still drops); `failed`: the attempt failed
+    /// without a response, which counts as `failurePenaltyNanos`.
+    public mutating func requestFinished(_ i: Int, latencyNanos: Int64?, failed: Bool = false, now: Int64) {
         loads[i].inFlight = max(0, loads[i].inFlight - 1)
-        guard let rtt = latencyNanos.map(Double.init) else { return }
+        guard let rtt = (latencyNanos ?? (failed ? Self.failurePenaltyNanos : nil)).map(Double.init) else { return }
         guard let current = loads[i].ewmaNanos else {
             loads[i].ewmaNanos = rtt
             loads[i].stamp = now

@@ -192,8 +192,9 @@ extension HTTPProxyHandler {
         service.metrics.retries[retry.metricLabel]?.increment()
         if retry.takesRetrySlot { service.counters.activeRetries.wrappingIncrement(ordering: .relaxed) }
         if let endpoint = req.endpoint {
-            endpoint.finished(
-                latencyNanos: req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) }, now: Self.nowNanos)
+            // No response head: the attempt failed (connect failure, reset, timeout) and counts as slow.
+            let latency = req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) }
+            endpoint.finished(latencyNanos: latency, failed: latency == nil, now: Self.nowNanos)
             req.previousEndpoint = endpoint
             req.endpoint = nil
         }

@@ -313,10 +313,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let e = event as? ChannelEvent, case .inputClosed = e {
-            // The client will send no more: finish what is in flight, then close.
+            // The client will send no more.
             req.keepAlive = false
             if isIdle && pipelined.isEmpty {
                 state = .closed
+                context.close(promise: nil)
+            } else if !multiplexed && !req.exchange.responseStarted {
+                // It left before its response began — a closed connection looks just like this — so,
+                // as nginx (499) and Envoy do, the request is abandoned: closing runs `channelInactive`,
+                // which stops the upstream work now instead of at the route's timeout. A response
+                // under way is finished (a client that only half-closed still gets all of it).
                 context.close(promise: nil)
             }
             return

@@ -12,7 +12,9 @@ extension HTTPProxyHandler {
         let nowNanos = Int64(now.uptimeNanoseconds)
         if let endpoint = req.endpoint {
             // The balancer learns the time to the response head (nil when there was none).
-            endpoint.finished(latencyNanos: req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) }, now: nowNanos)
+            // meshd's own error with no response head (connect failure, reset, timeout): a failure.
+            let latency = req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) }
+            endpoint.finished(latencyNanos: latency, failed: latency == nil && error != nil, now: nowNanos)
             req.endpoint = nil
         }
         req.replay.removeAll()

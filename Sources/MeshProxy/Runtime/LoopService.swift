@@ -33,8 +33,8 @@ final class LoopEndpoint {
         service?.balancer.requestStarted(index)
     }
 
-    func finished(latencyNanos: Int64?, now: Int64) {
-        service?.balancer.requestFinished(index, latencyNanos: latencyNanos, now: now)
+    func finished(latencyNanos: Int64?, failed: Bool = false, now: Int64) {
+        service?.balancer.requestFinished(index, latencyNanos: latencyNanos, failed: failed, now: now)
     }
 }
 

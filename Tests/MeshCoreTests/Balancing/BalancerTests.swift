@@ -112,6 +112,29 @@ struct BalancerTests {
         #expect(abs(c[0] - c[1]) < picks / 10, "\(c)")
     }
 
+    @Test func ewmaAvoidsEndpointsThatFailWithoutAResponse() {
+        // One healthy endpoint (1 ms) and two that refuse connections (fail at once, no response):
+        // failures count as `failurePenaltyNanos`, so the refusing ones do not look fastest.
+        var b = Self.balancer(.ewma, [1, 1, 1])
+        var rng = SplitMix64(seed: 11)
+        var now: Int64 = 0
+        var c = [0, 0, 0]
+        for _ in 0..<3000 {
+            let i = b.pick(now: now, using: &rng)!
+            b.requestStarted(i)
+            c[i] += 1
+            now += 1_000_000
+            if i == 0 {
+                b.requestFinished(i, latencyNanos: 1_000_000, now: now)
+            } else {
+                b.requestFinished(i, latencyNanos: nil, failed: true, now: now)
+            }
+        }
+        // Power of two choices: a pick of the two failing ones (1 in 3) must take one of them; every
+        // other pick goes to the healthy endpoint (before the penalty the failing ones looked fastest).
+        #expect(Double(c[0]) / 3000 > 0.6 && c[1] < 600 && c[2] < 600, "the healthy endpoint got only \(c)")
+    }
+
     @Test func ewmaIsPeakSensitiveAndDecays() {
         var b = Self.balancer(.ewma, [1, 1])
         #expect(b.cost(0, now: 0) == 30_000_000)  // default RTT before any observation
