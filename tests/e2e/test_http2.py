@@ -725,3 +725,36 @@ def test_stalled_streams_buffer_at_most_one_window_each(start_meshd, h2web):
     # Closing the connection frees them; meshd keeps serving.
     r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "-H", "Host: web", m.out_url + "/")
     assert r.stdout == b"200"
+
+
+def test_http1_app_header_whitespace_is_trimmed_for_http2_clients(mesh):
+    """backend.py (HTTP/1.1) sends `Server: e2e-backend ` (trailing space). HTTP/2 forbids leading or
+    trailing whitespace in a field value (RFC 9113 §8.2.1): meshd trims it, so a strict HTTP/2 client
+    (the `h2` package validates every field) gets the response instead of a protocol error."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, ResponseReceived, StreamEnded
+
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8", validate_inbound_headers=True))
+    conn.initiate_connection()
+    s = socket.create_connection(mesh.outbound, timeout=10)
+    try:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "py1"), (":path", "/headers")],
+                          end_stream=True)
+        s.sendall(conn.data_to_send())
+        headers, ended = {}, False
+        while not ended:
+            data = s.recv(65536)
+            assert data, "connection closed"
+            for ev in conn.receive_data(data):  # raises on an invalid header field
+                if isinstance(ev, ResponseReceived):
+                    headers = dict(ev.headers)
+                elif isinstance(ev, DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, StreamEnded):
+                    ended = True
+            s.sendall(conn.data_to_send())
+        assert headers[":status"] == "200" and headers["server"] == "e2e-backend", headers
+    finally:
+        s.close()

@@ -225,6 +225,7 @@ extension HTTPProxyHandler {
         if direction == .outbound && req.upstreamH2 && !multiplexed {
             outHead.headers.replaceOrAdd(name: HeaderPolicy.originalProtocolHeader, value: "HTTP/1.1")
         }
+        if req.upstreamH2 { outHead.headers.meshTrimValueWhitespace() }
         req.head = outHead
         let retry = req.routeState?.retry
         req.exchange = ExchangeStateMachine(

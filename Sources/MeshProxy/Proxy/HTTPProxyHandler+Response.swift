@@ -213,6 +213,7 @@ extension HTTPProxyHandler {
         head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
         head.version = .http1_1
         if (!req.keepAlive || quiescing) && !multiplexed { head.headers.add(name: "connection", value: "close") }
+        if multiplexed { head.headers.meshTrimValueWhitespace() }
         return head
     }
 }

@@ -74,6 +74,19 @@ extension HTTPHeaders {
         return scan
     }
 
+    /// Removes leading and trailing whitespace (SP, HTAB) from field values, which RFC 9110 §5.5
+    /// excludes from a value and RFC 9113 §8.2.1 forbids in HTTP/2: an HTTP/1.1 peer's
+    /// `Server: app ` must not reach an HTTP/2 peer as it is (it would reset the stream).
+    /// Rebuilds the headers only when some value needs it.
+    mutating func meshTrimValueWhitespace() {
+        func padded(_ v: String) -> Bool {
+            guard let first = v.utf8.first, let last = v.utf8.last else { return false }
+            return first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09
+        }
+        guard contains(where: { padded($0.value) }) else { return }
+        self = HTTPHeaders(map { ($0.name, padded($0.value) ? $0.value.trimmingCharacters(in: [" ", "\t"]) : $0.value) })
+    }
+
     /// Removes hop-by-hop headers (the fixed set, names listed in `Connection`, and `Expect` when
     /// asked) in one rebuild, and re-applies chunked framing when the message had it.
     mutating func meshStripHopByHop(_ scan: HeaderScan, removeExpect: Bool) {
