@@ -333,3 +333,19 @@ def test_client_that_leaves_stops_the_upstream_request(start_meshd, tmp_path):
                 or 0) == 20, text
     finally:
         hang.stop()
+
+
+@pytest.mark.parametrize("name,req", [
+    ("unknown transfer coding", b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+    ("bad chunk size", b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+    ("Content-Length 2^64-1", b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 18446744073709551615\r\n\r\nabc"),
+])
+def test_broken_body_framing_gets_400_and_close(mesh, name, req):
+    """Framing that cannot be trusted gets a 400 and the connection closes at once (soak finding: the
+    first two were a silent close, the third left the connection open until it idled out)."""
+    with ErrorCounter(mesh, "bad-request") as c:
+        got, closed, elapsed = raw_exchange(mesh.outbound, req, timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 400 and h.get("x-meshd-error") == "bad-request", (name, got[:200])
+    assert closed and elapsed < 2, (name, closed, elapsed)
+    assert c.delta == 1

@@ -25,6 +25,13 @@ extension HTTPProxyHandler {
         if let status = reply.grpcStatus { req.grpcStatus = status }
         req.exchange.replied()
         finishRequest(status: reply.status, error: error)
+        if !req.keepAlive && !multiplexed && !req.exchange.requestEnded {
+            // The rest of this request cannot be trusted (e.g. a Content-Length past 2^63 - 1): the
+            // connection closes once the reply is out, instead of reading what follows.
+            state = .closed
+            write(reply, context: context, thenClose: true)
+            return
+        }
         write(reply, context: context)
         if req.exchange.requestEnded {
             goIdleOrClose()
@@ -81,6 +88,7 @@ extension HTTPProxyHandler {
 
     /// A request that cannot be parsed: reply if no response is under way, then close.
     func protocolFailure(_ error: MeshError, context: ChannelHandlerContext) {
+        if case .closed = state { return }  // already answered and closing: not a second error
         loop.shared.metrics.error(error, direction).increment()
         switch state {
         case .idle:
@@ -103,6 +111,14 @@ extension HTTPProxyHandler {
         let responded = req.exchange.cancel()
         finishRequest(status: responded ? req.status : error.status, error: error)
         state = .closed
+        if !responded && !multiplexed {
+            // The body broke (a bad chunk size, an unknown transfer coding) before any response: the
+            // client is told why, then the connection closes (its framing can no longer be trusted).
+            write(
+                LocalReply.error(error, detail: "malformed HTTP request body", grpc: false, http2: false, close: true),
+                context: context, thenClose: true)
+            return
+        }
         context.close(promise: nil)
     }
 
