@@ -148,6 +148,22 @@ public struct LoadBalancer: Sendable {
         }
     }
 
+    /// A pick for a retry: the balancer's choice unless `avoid` rejects it (an endpoint the request
+    /// already tried); after four rejected picks, a uniform choice among the candidates `avoid`
+    /// accepts; when it accepts none (every candidate was tried), the balancer's choice.
+    public mutating func pick(
+        hash: UInt64? = nil, now: Int64, using rng: inout SplitMix64, avoiding avoid: (Int) -> Bool
+    ) -> Int? {
+        var choice: Int?
+        for _ in 0..<4 {
+            choice = pick(hash: hash, now: now, using: &rng)
+            guard let c = choice else { return nil }
+            if !avoid(c) { return c }
+        }
+        let fresh = candidates.filter { !avoid($0) }
+        return fresh.isEmpty ? choice : fresh[Int.random(in: 0..<fresh.count, using: &rng)]
+    }
+
     public mutating func requestStarted(_ i: Int) {
         loads[i].inFlight += 1
     }

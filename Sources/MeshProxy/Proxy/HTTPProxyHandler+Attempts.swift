@@ -195,7 +195,7 @@ extension HTTPProxyHandler {
             // No response head: the attempt failed (connect failure, reset, timeout) and counts as slow.
             let latency = req.responseHeadNanos.map { $0 - Int64(req.started.uptimeNanoseconds) }
             endpoint.finished(latencyNanos: latency, failed: latency == nil, now: Self.nowNanos)
-            req.previousEndpoint = endpoint
+            req.triedEndpoints.append(ObjectIdentifier(endpoint))
             req.endpoint = nil
         }
         // Parts already sent are replayed from the buffer; unsent ones are still pending.
@@ -209,12 +209,13 @@ extension HTTPProxyHandler {
     private func retryNow() {
         guard case .backoff = state, let context, let service = req.service, req.exchange.backoffElapsed() else { return }
         let now = Self.nowNanos
-        // Prefer an endpoint other than the one that just failed.
-        var choice: Int?
-        for _ in 0..<4 {
-            choice = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng)
-            if let c = choice, service.endpoints[c] !== req.previousEndpoint { break }
-            if let hash = req.hash { req.hash = StableHash.mix(hash &+ UInt64(req.exchange.retries)) }
+        // Prefer an endpoint no attempt of this request went to (as Envoy's `previous_hosts`
+        // predicate): with two endpoints down, retries must not alternate between them.
+        if let hash = req.hash { req.hash = StableHash.mix(hash &+ UInt64(req.exchange.retries)) }
+        let tried = req.triedEndpoints
+        let endpoints = service.endpoints
+        let choice = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng) { i in
+            tried.contains(ObjectIdentifier(endpoints[i]))
         }
         guard let index = choice else {
             reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")

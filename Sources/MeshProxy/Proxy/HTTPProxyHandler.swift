@@ -104,7 +104,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         /// Outbound: the route's per-loop state (retry policy and budget, rate limits).
         var routeState: RouteState?
         var hash: UInt64?
-        var previousEndpoint: LoopEndpoint?
+        /// Endpoints this request's attempts went to (a retry prefers one not among them).
+        var triedEndpoints: [ObjectIdentifier] = []
         /// Request parts kept for a replay (retries on a response need the request again).
         var replay: [HTTPServerRequestPart] = []
         var countedActive = false

@@ -135,6 +135,19 @@ struct BalancerTests {
         #expect(Double(c[0]) / 3000 > 0.6 && c[1] < 600 && c[2] < 600, "the healthy endpoint got only \(c)")
     }
 
+    @Test(arguments: [BalancerKind.random, .leastRequest, .ewma, .roundRobin])
+    func aRetryPickAvoidsTriedEndpoints(algorithm: BalancerKind) {
+        var b = Self.balancer(algorithm, [1, 1, 1])
+        var rng = SplitMix64(seed: 3)
+        for n in 0..<500 {
+            let tried: Set<Int> = n % 2 == 0 ? [0, 1] : [1, 2]
+            let pick = b.pick(now: 0, using: &rng) { tried.contains($0) }
+            #expect(pick == (n % 2 == 0 ? 2 : 0))
+        }
+        // Everything tried: the balancer's own choice.
+        #expect(b.pick(now: 0, using: &rng) { _ in true } != nil)
+    }
+
     @Test func ewmaIsPeakSensitiveAndDecays() {
         var b = Self.balancer(.ewma, [1, 1])
         #expect(b.cost(0, now: 0) == 30_000_000)  // default RTT before any observation
