@@ -78,11 +78,14 @@ def test_every_request_has_its_line(start_meshd, nginx):
     assert n <= len(lines) <= n + 8, (len(lines), n)
     fields = {"ts_ms", "direction", "method", "authority", "path", "status", "duration_ms", "client", "service",
               "upstream", "attempts", "bytes_in", "bytes_out", "request_id", "trace_id"}
+    cut = [l for l in lines if l["status"] == 499]  # in flight when wrk stopped and closed its connections
+    assert len(cut) <= 8, cut
     for l in lines:
         assert fields <= set(l), sorted(fields - set(l))
-        assert l["status"] == 200 and l["authority"] == "web" and l["direction"] == "outbound", l
-        assert l["attempts"] == 1 and l["bytes_in"] == 0 and l["bytes_out"] == 4, l  # nginx answers "web\n"
+        assert l["authority"] == "web" and l["direction"] == "outbound" and l["attempts"] == 1, l
         assert re.fullmatch(r"[0-9a-f]{32}", l["trace_id"]), l
+        if l["status"] != 499:
+            assert l["status"] == 200 and l["bytes_in"] == 0 and l["bytes_out"] == 4, l  # nginx answers "web\n"
     # wrk sends no x-request-id: meshd made one per request, all different.
     assert len({l["request_id"] for l in lines}) == len(lines)
     assert (metric_value(m.metrics_text(), "meshd_access_log_dropped_total") or 0) == 0
