@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+# meshctl top and tap are driven in a real terminal (tests/e2e/test_meshctl_live.py).
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # A real Prometheus (server and promtool) scrapes meshd in tests/e2e/test_prometheus.py.
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
 
