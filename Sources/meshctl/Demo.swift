@@ -53,18 +53,6 @@ struct Demo: AsyncParsableCommand {
         return ("\(pki)/ca.crt", pairs[0], pairs[1])
     }
 
-    /// The sum of a counter over the label sets that contain `match` (Prometheus text).
-    static func counter(_ text: String, _ name: String, _ match: String = "") -> Double {
-        var sum = 0.0
-        for line in text.split(separator: "\n") where line.hasPrefix(name + "{") || line.hasPrefix(name + " ") {
-            guard match.isEmpty || line.contains(match), let v = line.split(separator: " ").last.flatMap({ Double($0) }) else {
-                continue
-            }
-            sum += v
-        }
-        return sum
-    }
-
     func meshdPath() throws -> String {
         if let meshd { return meshd }
         if let env = ProcessInfo.processInfo.environment["MESHD_BIN"] { return env }
@@ -241,10 +229,10 @@ struct Demo: AsyncParsableCommand {
             if mtls {
                 // What the callees saw: handshakes completed and refused, requests authorized.
                 for (name, admin) in [("callee's sidecar", bAdmin), ("node proxy", nAdmin)] {
-                    let text = try await AdminClient.request(admin: "127.0.0.1:\(admin)", path: "/metrics").body
-                    let ok = Self.counter(text, "meshd_tls_handshakes_total", "direction=\"inbound\"")
-                    let refused = Self.counter(text, "meshd_tls_handshake_errors_total", "direction=\"inbound\"")
-                    let allowed = Self.counter(text, "meshd_authorization_total", "decision=\"allow\"")
+                    let m = MetricSamples.parse(try await AdminClient.request(admin: "127.0.0.1:\(admin)", path: "/metrics").body)
+                    let ok = m.sum("meshd_tls_handshakes_total", ["direction": "inbound"])
+                    let refused = m.sum("meshd_tls_handshake_errors_total", ["direction": "inbound"])
+                    let allowed = m.sum("meshd_authorization_total", ["decision": "allow"])
                     say("mTLS at the \(name): \(Int(ok)) handshakes, \(Int(refused)) refused, \(Int(allowed)) requests authorized")
                 }
             }

@@ -43,7 +43,12 @@ final class ServiceMetrics: Sendable {
         retriesSkipped = Dictionary(uniqueKeysWithValues: Self.skipCauses.map { ($0, AtomicCounter()) })
     }
 
-    func grpcCounter(_ code: Int) -> AtomicCounter { grpc[code >= 0 && code < grpc.count ? code : 2] }  // 2: UNKNOWN
+    func grpcCounter(_ code: Int) -> AtomicCounter { Self.counter(grpc, code) }
+
+    /// The counter of gRPC status `code` (0...16; anything else counts as 2, UNKNOWN).
+    static func counter(_ byCode: [AtomicCounter], _ code: Int) -> AtomicCounter {
+        byCode[code >= 0 && code < byCode.count ? code : 2]
+    }
 
     /// Prometheus text for these services, one family at a time (each `# TYPE` once).
     static func render(_ all: [ServiceMetrics]) -> String {
@@ -111,7 +116,7 @@ final class RouteMetrics: Sendable {
         grpc = GRPC.codeNames.map { _ in AtomicCounter() }
     }
 
-    func grpcCounter(_ code: Int) -> AtomicCounter { grpc[code >= 0 && code < grpc.count ? code : 2] }
+    func grpcCounter(_ code: Int) -> AtomicCounter { ServiceMetrics.counter(grpc, code) }
 
     /// Prometheus text for the routes: requests by status class, gRPC statuses, and the latency
     /// histograms merged over the loops (`latency[name]`).
