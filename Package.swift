@@ -44,9 +44,12 @@ let package = Package(
             ],
             swiftSettings: releaseSettings
         ),
+        // The C library's heap statistics (glibc's mallinfo2), which Swift's Glibc module does not export.
+        .target(name: "CMeshSystem"),
         .target(
             name: "MeshProxy",
             dependencies: [
+                "CMeshSystem",
                 "MeshCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

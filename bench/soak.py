@@ -40,9 +40,12 @@ lived through the whole run, the median over the first window after warm-up is c
 over the last window.
 
 The run passes when nothing was lost, nothing hung, every traffic kind was served, every bad input got
-its answer, no meshd died or failed to stop cleanly, every proxy rejected the invalid configs, and RSS and
-descriptors grew less than 5 % (MAX_GROWTH; descriptors judged by each window's floor, the fewest open
-at any sample, and only when they also grew by more than FD_SLACK).
+its answer, no meshd died or failed to stop cleanly, every proxy rejected the invalid configs, RSS grew
+less than 5 % (MAX_GROWTH), and descriptors do not leak: once the traffic stops and every pooled
+connection has idled out (POOL_IDLE), each proxy that lived through the run holds no more descriptors
+than it did before the traffic started (how many are open during the run depends on the connections of
+the moment and the pool's history, so a growth between two windows proves nothing; a leak survives the
+quiet).
 
 Usage: python3 bench/soak.py [--duration S] [--out DIR] [--meshd PATH]   (bench/soak.sh wraps it)
 tests/e2e/test_soak.py imports `run()` for the 2-minute CI version.
@@ -109,8 +112,8 @@ STALL_ROUTE_TIMEOUT = 0.5
 GRPC_DEADLINE = 12.0   # sent as grpc-timeout; meshd ends the call at this deadline at the latest
 
 MAX_GROWTH = 0.05      # RSS and open descriptors, first window after warm-up → last window
-FD_SLACK = 3           # descriptors are small counts that move with the connections open at the moment:
-                       # their growth counts only when it is also more than this many
+POOL_IDLE_S = 6        # upstream.idleTimeout of every proxy: the quiet after the run closes pooled connections
+QUIESCE_WAIT_S = POOL_IDLE_S + 10  # idle timeout + the pool's sweep tick + connections closing on both ends
 GRACE = 1.0            # s after a fault ends during which it still explains a failure
 
 # Per placement: (kind, worker, seconds between two operations). About 110 operations per second per
@@ -324,6 +327,8 @@ class Soak:
         self.windows: list[tuple] = []      # (kind, start, end): a fault of that kind was active
         self.counts = Counter()             # faults injected
         self.problems: list[str] = []
+        self.fd_baseline: dict[str, int] = {}  # whole-run proxies: descriptors before the traffic
+        self.quiet: dict[str, dict] = {}       # and after it (see `quiesce`)
         self.driver_errors: list[str] = []
         self.lock = threading.Lock()
 
@@ -419,6 +424,7 @@ class Soak:
                         **({"app": "127.0.0.1:9"} if placement == "sidecar" else {})},
             "admin": {"listen": "127.0.0.1:0"},
             "drainTimeout": "5s",
+            "upstream": {"idleTimeout": f"{POOL_IDLE_S}s"},
             "services": services,
             "routes": routes(variant),
         }
@@ -433,7 +439,7 @@ class Soak:
             "outbound": {"listen": f"{NODE_B_IP}:0"}, "inbound": {"listen": f"{NODE_B_IP}:0"},
             "admin": {"listen": "127.0.0.1:0"},
             "node": {"podCIDRs": [POD_CIDR]},
-            "upstream": {"idleTimeout": "60s" if variant_index % 2 == 0 else "55s"},
+            "upstream": {"idleTimeout": f"{POOL_IDLE_S}s" if variant_index % 2 == 0 else f"{POOL_IDLE_S - 1}s"},
             "drainTimeout": "5s", "services": [], "routes": [],
         }
 
@@ -457,6 +463,9 @@ class Soak:
         for m in (self.client, self.node_a):
             meshlib.wait_for(lambda m=m: all(s.get("endpoints") for s in m.admin_json("/services")["services"]),
                              10, what=f"{m.name}: every service has endpoints")
+        time.sleep(0.5)
+        for m in (self.client, self.node_a, self.node_b):
+            self.fd_baseline[m.name] = fd_count(m.pid)
         self.entries = {
             "sidecar": {"http": self.client.outbound, "tcp": ("127.0.0.1", self.tcp_port_sidecar), "source": None},
             "node": {"http": self.node_a.outbound, "tcp": (NODE_A_IP, self.tcp_port_node), "source": CLIENT_POD_IP},
@@ -504,10 +513,32 @@ class Soak:
                 self.problems.append(f"chaos thread {t.name} did not finish")
         sampler.join(5)
         self.check_alive()
+        GrpcWorker.close_channels(self)
+        self.quiesce()
         metrics = self.collect_metrics()
         fault_stats = self.collect_fault_stats()
         exits = self.stop_all()
         return self.results(t_end, setup_s, metrics, fault_stats, exits)
+
+    def quiesce(self) -> None:
+        """Waits until every connection of the run is gone (the drivers closed theirs; pooled upstream
+        connections idle out after POOL_IDLE_S) and checks that each proxy that lived through the run is
+        back to the descriptors it held before the traffic: one that is not leaked them."""
+        procs = [m for m in (self.client, self.node_a, self.node_b) if m.alive()]
+        t0 = time.monotonic()
+        while True:
+            now = {m.name: fd_count(m.pid) for m in procs}
+            left = [m for m in procs if now[m.name] is not None and now[m.name] > self.fd_baseline[m.name]]
+            if not left or time.monotonic() - t0 > QUIESCE_WAIT_S:
+                break
+            time.sleep(0.5)
+        waited = round(time.monotonic() - t0, 1)
+        for m in procs:
+            self.quiet[m.name] = {"before": self.fd_baseline[m.name], "after": now[m.name], "waited_s": waited}
+        for m in left:
+            self.problems.append(
+                f"{m.name}: {now[m.name]} descriptors open {waited:.0f} s after the traffic stopped, "
+                f"{self.fd_baseline[m.name]} before it started; its sockets now:\n{describe_sockets(m.pid)}")
 
     def check_alive(self) -> None:
         with self.meshd_lock:
@@ -737,20 +768,10 @@ class Soak:
         for name, p in procs.items():
             if not p["whole_run"]:
                 continue
-            for key in ("rss", "fds"):
-                g = p[f"{key}_growth"]
-                if key == "fds" and g is not None:
-                    # Descriptors judge by each window's floor (the fewest open at any sample): pooled and
-                    # client connections come and go, so a median moves by a few; a leak lifts the floor.
-                    lo_a, lo_b = p["fds_floor_first"], p["fds_floor_last"]
-                    g = round(lo_b / lo_a - 1, 4) if lo_a and lo_b is not None else None
-                    if g is None or lo_b - lo_a <= FD_SLACK:
-                        continue
-                if g is not None and g > MAX_GROWTH:
-                    what = "median" if key == "rss" else "floor"
-                    self.problems.append(f"{name}: {key} grew {g * 100:.1f} % (first window {what} "
-                                         f"{p[f'{key}_first'] if key == 'rss' else p['fds_floor_first']}, last window "
-                                         f"{what} {p[f'{key}_last'] if key == 'rss' else p['fds_floor_last']})")
+            g = p["rss_growth"]  # (descriptors: see `quiesce`)
+            if g is not None and g > MAX_GROWTH:
+                self.problems.append(f"{name}: RSS grew {g * 100:.1f} % (first window median {p['rss_first']} kB, "
+                                     f"last window median {p['rss_last']} kB)")
         for name, rc in exits.items():
             if rc not in (0,):
                 self.problems.append(f"meshd {name} exit status after SIGTERM: {rc}")
@@ -799,6 +820,7 @@ class Soak:
             "expected_failures_by_cause": classified["expected_by_cause"],
             "faults": dict(sorted(self.counts.items())),
             "meshd": procs,
+            "descriptors_quiet": self.quiet,
             "meshd_cpu_s": cpu,
             "meshd_exits": exits,
             "metrics": metrics,
@@ -843,6 +865,23 @@ def proc_sample(pid: int):
         return rss, fds, int(fields[11]) + int(fields[12])
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
+
+
+def fd_count(pid: int):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def describe_sockets(pid: int) -> str:
+    """The process's TCP sockets as `ss` shows them (state, local and peer address), for a leak report."""
+    try:
+        out = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(ss failed: {e})"
+    mine = [" ".join(line.split()[:5]) for line in out.splitlines() if f"pid={pid}," in line]
+    return "\n".join(mine[:40]) + (f"\n… {len(mine) - 40} more" if len(mine) > 40 else "")
 
 
 def summarize_samples(ss: list, first: tuple, last: tuple, whole_run: bool) -> dict:
@@ -1640,6 +1679,10 @@ def report(res: dict) -> str:
         out.append(f"| {name} | {mib(p['rss_start'])} | {mib(p['rss_first'])} | {mib(p['rss_last'])} | {pc(p['rss_growth'])} | "
                    f"{mib(p['rss_max'])} | {p['fds_start']} | {fmt(p['fds_first'])} | {fmt(p['fds_last'])} | "
                    f"{pc(p['fds_growth'])} | {p['fds_max']} |")
+    q = res.get("descriptors_quiet") or {}
+    if q:
+        out += ["", "Descriptors before the traffic and once it stopped and pooled connections idled out: " + ", ".join(
+            f"{n} {v['before']} → {v['after']}" for n, v in q.items()) + f" (after {max(v['waited_s'] for v in q.values()):.0f} s)."]
     restarted = [n for n, p in res["meshd"].items() if not p["whole_run"]]
     if restarted:
         out += ["", f"Sidecars killed with their pod and restarted (not judged for growth): {len(restarted)} incarnations."]

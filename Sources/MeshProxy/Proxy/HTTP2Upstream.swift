@@ -13,7 +13,7 @@ import NIOPosix
 ///
 /// Bounds: at most `min(http2.maxConcurrentStreams, peer's SETTINGS_MAX_CONCURRENT_STREAMS)` streams
 /// are handed out per connection (the pool opens another connection past it); per stream, what is
-/// buffered is bounded by `http2.initialWindowSize`: the endpoint is granted half of it (see
+/// buffered is bounded by `http2.initialWindowSize`: the endpoint is granted a quarter of it (see
 /// `upstreamStreamWindow`).
 final class HTTP2UpstreamConnection: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
@@ -195,12 +195,14 @@ extension UpstreamPool {
         return (future, false)
     }
 
-    /// The window meshd grants an endpoint per stream: half of `http2.initialWindowSize` (at least the
-    /// protocol's 65 535). NIO credits a stream's window as soon as its data is handed to the proxy
+    /// The window meshd grants an endpoint per stream: a quarter of `http2.initialWindowSize` (at least
+    /// the protocol's 65 535). NIO credits a stream's window as soon as its data is handed to the proxy
     /// handler, so a stream whose client stops reading can hold one delivered burst (waiting for the
-    /// client) plus one more window (received, not yet delivered): two halves make the one window a
-    /// stalled stream may cost.
-    static func upstreamStreamWindow(_ configured: Int) -> Int { max(65_535, configured / 2) }
+    /// client, copied compact) plus one more window (received, not yet delivered), whose frames are
+    /// slices that keep the connection's read buffers alive whole (up to about twice their bytes): a
+    /// quarter keeps all of it within the one window a stalled stream may cost (half measured up to
+    /// 1.5 windows; docs/reliability.md).
+    static func upstreamStreamWindow(_ configured: Int) -> Int { max(65_535, configured / 4) }
 
     private func connectHTTP2(_ conn: HTTP2UpstreamConnection, settings: HTTP2Config, maxHeaderBytes: Int, timeout: MeshDuration) {
         let shared = self.shared

@@ -204,6 +204,8 @@ extension MeshRuntime {
         out += "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total \(p.cpuSeconds)\n"
         out += "# TYPE process_open_fds gauge\nprocess_open_fds \(p.openFDs)\n"
         out += "# TYPE process_max_fds gauge\nprocess_max_fds \(p.maxFDs)\n"
+        out += "# TYPE meshd_heap_in_use_bytes gauge\nmeshd_heap_in_use_bytes \(p.heapInUse)\n"
+        out += "# TYPE meshd_heap_free_bytes gauge\nmeshd_heap_free_bytes \(p.heapFree)\n"
         out += "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds \(ProcessStats.startTime)\n"
         out += "# TYPE meshd_uptime_seconds gauge\nmeshd_uptime_seconds \(Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9)\n"
         return MetricHelp.added(to: out)

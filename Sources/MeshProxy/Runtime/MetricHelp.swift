@@ -47,6 +47,8 @@ enum MetricHelp {
         "process_cpu_seconds_total": "User and system CPU time of the meshd process in seconds.",
         "process_open_fds": "Open file descriptors of the meshd process.",
         "process_max_fds": "The process's limit on open file descriptors.",
+        "meshd_heap_in_use_bytes": "Bytes the C allocator has handed out to meshd and not got back (glibc mallinfo2).",
+        "meshd_heap_free_bytes": "Free bytes the C allocator keeps for reuse instead of returning them to the system.",
         "process_start_time_seconds": "When the meshd process started, Unix time in seconds.",
     ]
 

@@ -1,3 +1,5 @@
+import CMeshSystem
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -6,13 +8,18 @@
     import Darwin
 #endif
 
-/// Resident memory and CPU time of this process, from /proc.
+/// Resident memory, CPU time and descriptors of this process (from /proc), and its heap (from the C
+/// allocator: mallinfo2 walks every arena under its lock, so it is read per scrape, never per request).
 enum ProcessStats {
     struct Sample {
         var rssBytes: Int = 0
         var cpuSeconds: Double = 0
         var openFDs: Int = 0
         var maxFDs: Int = 0
+        /// Bytes the C allocator has handed out and not got back (glibc; 0 elsewhere).
+        var heapInUse: Int = 0
+        /// Free bytes the C allocator keeps for reuse instead of returning them to the system.
+        var heapFree: Int = 0
     }
 
     /// When this process started (Unix seconds): taken when meshd's code first asks, at start.
@@ -40,6 +47,12 @@ enum ProcessStats {
             while readdir(dir) != nil { s.openFDs += 1 }
             closedir(dir)
             s.openFDs = max(0, s.openFDs - 3)  // ., .. and the directory itself
+        }
+        var inUse = 0
+        var free = 0
+        if cmesh_heap_stats(&inUse, &free) != 0 {
+            s.heapInUse = inUse
+            s.heapFree = free
         }
         return s
     }
