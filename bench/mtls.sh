@@ -11,7 +11,8 @@
 # of the server side (B), measured with `openssl s_time -new`.
 #
 # Usage: bench/mtls.sh    Env: DURATION (s, default 8), RUNS (default 3), CONNS (default 32),
-#                              MESHD_BIN, MESHCTL_BIN (default .build/release/...)
+#                              MESHD_BIN, MESHCTL_BIN (default .build/release/...),
+#                              INSTRUCTIONS=1 (also instructions per request under callgrind; CG_REQUESTS, default 4000)
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -167,3 +168,46 @@ for v in mtls haproxy; do
     printf '| %s | %s | %s |\n' "$v" "$(awk -v n="${n:-0}" -v s="${secs:-1}" 'BEGIN { printf "%.0f", n / s }')" \
         "$(awk -v n="${n:-0}" -v c=$((c1 - c0)) -v t="$TICK" 'BEGIN { if (c > 0) printf "%.0f", n / (c / t); else print "?" }')"
 done
+
+# Instructions per request (INSTRUCTIONS=1): valgrind's callgrind counts the instructions A and B
+# execute for a fixed number of requests, repeatably whatever else the machine does (timings on this
+# noisy 2-core box drift from round to round; counts do not). User space only: the kernel's share
+# (the same syscalls per request in both variants) is left out.
+if [[ ${INSTRUCTIONS:-0} == 1 ]]; then
+    command -v valgrind >/dev/null && command -v h2load >/dev/null || die "INSTRUCTIONS=1 needs valgrind and h2load"
+    strip --strip-debug "$MESHD_BIN" -o "$TMP/meshd-cg" # valgrind cannot read the toolchain's DWARF 5
+    N=${CG_REQUESTS:-4000}
+    declare -A INSTR
+    for v in plain mtls; do
+        kill "${PA[$v]}" "${PB[$v]}" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "${PA[$v]}" 2>/dev/null || kill -0 "${PB[$v]}" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "${PA[$v]}" "${PB[$v]}" 2>/dev/null || true
+        sleep 0.2
+        for side in b a; do
+            start_bg "$TMP/cg-$v-$side.log" valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$v-$side.out" \
+                "$TMP/meshd-cg" --config "$TMP/$side-$v.yaml"
+            eval "CG_$side=\$LAST_PID"
+        done
+        for _ in $(seq 120); do curl -sf -m 5 -H 'host: app' "http://127.0.0.1:${ENTRY[$v]}/" >/dev/null && break; sleep 0.5; done
+        h2load --h1 -n 400 -c 8 -H ':authority: app' "http://127.0.0.1:${ENTRY[$v]}/" >/dev/null # handshakes, pools
+        callgrind_control -z "$CG_a" >/dev/null 2>&1
+        callgrind_control -z "$CG_b" >/dev/null 2>&1
+        ok=$(h2load --h1 -n "$N" -c 8 -H ':authority: app' "http://127.0.0.1:${ENTRY[$v]}/" | awk '/^status codes/ { print $3 }')
+        [[ $ok == "$N" ]] || die "callgrind run $v: $ok of $N requests answered 2xx"
+        total=0
+        for side in a b; do
+            pid=$(eval echo "\$CG_$side")
+            callgrind_control -d "$pid" >/dev/null 2>&1
+            sleep 1
+            f=$(ls -t "$TMP/cg-$v-$side.out".* | head -1)
+            n=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
+            total=$((total + n))
+            kill "$pid" 2>/dev/null || true
+        done
+        INSTR[$v]=$((total / N))
+        log "instructions per request, $v (A+B): ${INSTR[$v]}"
+    done
+    printf '\n| A -> B | instructions per request (A+B, user space) |\n|---|---|\n| plain | %s |\n| mtls | %s |\n' \
+        "${INSTR[plain]}" "${INSTR[mtls]}"
+    awk -v m="${INSTR[mtls]}" -v p="${INSTR[plain]}" 'BEGIN { printf "\nmeshd mTLS / plaintext instructions per request: %.3f\n", m / p }'
+fi

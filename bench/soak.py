@@ -425,6 +425,8 @@ class Soak:
             "admin": {"listen": "127.0.0.1:0"},
             "drainTimeout": "5s",
             "upstream": {"idleTimeout": f"{POOL_IDLE_S}s"},
+            # every request's line, to follow a lost one through the proxies (see `trace_failures`)
+            "accessLog": {"path": str(self.dir / f"access-{'client-sidecar' if placement == 'sidecar' else 'node-a'}.log")},
             "services": services,
             "routes": routes(variant),
         }
@@ -441,6 +443,7 @@ class Soak:
             "node": {"podCIDRs": [POD_CIDR]},
             "upstream": {"idleTimeout": f"{POOL_IDLE_S}s" if variant_index % 2 == 0 else f"{POOL_IDLE_S - 1}s"},
             "drainTimeout": "5s", "services": [], "routes": [],
+            "accessLog": {"path": str(self.dir / "access-node-b.log")},
         }
 
     # -- start ----------------------------------------------------------------------------------------
@@ -539,6 +542,26 @@ class Soak:
             self.problems.append(
                 f"{m.name}: {now[m.name]} descriptors open {waited:.0f} s after the traffic stopped, "
                 f"{self.fd_baseline[m.name]} before it started; its sockets now:\n{describe_sockets(m.pid)}")
+
+    def trace_failures(self, failures: list) -> None:
+        """Adds to every lost or hung request that carried an x-request-id the access-log lines the three
+        shared proxies wrote for it: which hop answered what, after how long, from which endpoint."""
+        wanted = {}
+        for f in failures:
+            m = re.search(r"\[x-request-id (\S+)\]", f["error"])
+            if m and f["class"] != "expected":
+                wanted[m.group(1)] = f
+        if not wanted:
+            return
+        for name in ("client-sidecar", "node-a", "node-b"):
+            try:
+                lines = (self.dir / f"access-{name}.log").read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                m = re.search(r'"request_id":"([^"]+)"', line)
+                if m and m.group(1) in wanted:
+                    wanted[m.group(1)].setdefault("trace", []).append(f"{name}: {line[:600]}")
 
     def check_alive(self) -> None:
         with self.meshd_lock:
@@ -753,6 +776,7 @@ class Soak:
     # -- results -----------------------------------------------------------------------------------------
     def results(self, t_end: float, setup_s: float, metrics: dict, fault_stats: dict, exits: dict) -> dict:
         classified = self.rec.classify(self.windows)
+        self.trace_failures(classified["failures"])
         if fault_stats.get("stall") is not None:
             self.counts["stalls injected (stall pod, never answered)"] = fault_stats["stall"]
         # memory and descriptors
@@ -1023,6 +1047,12 @@ class Worker(threading.Thread):
         self.source = self.entry["source"]
         self.kind_now = ""
         self.op_start = 0.0
+        self.ops = 0
+        self.rid = ""  # the x-request-id of the operation under way (HTTP/1.1 and WebSocket), for the report
+
+    def new_rid(self) -> str:
+        self.rid = f"soak-{self.name}-{self.ops}"
+        return self.rid
 
     def src(self):
         return (self.source, 0) if self.source else None
@@ -1034,6 +1064,8 @@ class Worker(threading.Thread):
             if delay > 0 and self.soak.stop_traffic.wait(delay):
                 break
             self.op_start = self.soak.now()
+            self.ops += 1
+            self.rid = ""
             try:
                 self.once()
             except Exception as e:  # a bug of the driver, not of meshd: reported separately
@@ -1049,6 +1081,8 @@ class Worker(threading.Thread):
         self.soak.rec.success(kind, self.placement, t0, self.soak.now())
 
     def fail(self, kind, t0, error, *, retryable, hang=False, faultlike=True):
+        if self.rid:
+            error = f"{error} [x-request-id {self.rid}]"
         self.soak.rec.failure(kind, self.placement, t0, self.soak.now(), error, retryable=retryable, hang=hang,
                               faultlike=faultlike)
 
@@ -1098,9 +1132,10 @@ class Http1Worker(Worker):
                 self.conn = http.client.HTTPConnection(host, port, timeout=CLIENT_TIMEOUT, source_address=self.src())
             if post:
                 self.conn.request("POST", "/echo-hash", body=body,
-                                  headers={"Host": "web", "Content-Type": "application/octet-stream"})
+                                  headers={"Host": "web", "Content-Type": "application/octet-stream",
+                                           "x-request-id": self.new_rid()})
             else:
-                self.conn.request("GET", "/", headers={"Host": "web"})
+                self.conn.request("GET", "/", headers={"Host": "web", "x-request-id": self.new_rid()})
             r = self.conn.getresponse()
             data = r.read()
             hdrs = {k.lower(): v for k, v in r.getheaders()}
@@ -1423,7 +1458,8 @@ class WebSocketWorker(Worker):
         try:
             sock = socket.create_connection(self.entry["http"], timeout=CLIENT_TIMEOUT, source_address=self.src())
             with connect("ws://ws/", sock=sock, open_timeout=CLIENT_TIMEOUT, close_timeout=5, ping_interval=None,
-                         compression=None, max_size=1 << 20) as ws:
+                         compression=None, max_size=1 << 20,
+                         additional_headers={"x-request-id": self.new_rid()}) as ws:
                 opened = True
                 for i in range(10):
                     n = self.rng.randrange(1, 4096)
@@ -1695,8 +1731,9 @@ def report(res: dict) -> str:
     bad = sample_failures([f for f in res["failures"] if f["class"] != "expected"], 2)
     if bad:
         out += ["", "First lost / hung requests (at most two of each kind, placement and verdict):", ""]
-        out += [f"- t={f['t0']:.1f}–{f['t1']:.1f}s {f['kind']} via {f['placement']} ({f['class']}): {f['error']}"
-                for f in bad]
+        for f in bad:
+            out.append(f"- t={f['t0']:.1f}–{f['t1']:.1f}s {f['kind']} via {f['placement']} ({f['class']}): {f['error']}")
+            out += [f"  - {t}" for t in f.get("trace", [])]
     return "\n".join(out) + "\n"
 
 

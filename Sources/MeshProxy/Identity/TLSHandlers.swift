@@ -16,13 +16,20 @@ struct TLSConnectionInfo {
     /// Node mode: the workload whose identity was presented (its pods are the only destinations).
     let workload: Int?
 
-    /// `x-forwarded-client-cert` as Envoy writes it (`By`, `Hash`, `URI`).
-    var forwardedClientCert: String {
+    /// `x-forwarded-client-cert` as Envoy writes it (`By`, `Hash`, `URI`): built once per connection,
+    /// set on each of its requests.
+    let forwardedClientCert: String
+
+    init(peer: SpiffeID, peerCertHash: String, local: SpiffeID?, workload: Int?) {
+        self.peer = peer
+        self.peerCertHash = peerCertHash
+        self.local = local
+        self.workload = workload
         var parts: [String] = []
         if let local { parts.append("By=\(local)") }
         parts.append("Hash=\(peerCertHash)")
         parts.append("URI=\(peer)")
-        return parts.joined(separator: ";")
+        forwardedClientCert = parts.joined(separator: ";")
     }
 }
 
@@ -235,6 +242,7 @@ struct UpstreamTLS {
                 roots: roots, expectation: .outbound(expected), state: state, eventLoop: channel.eventLoop))
         let waiter = OutboundTLSHandler(state: state, shared: shared, timeout: handshakeTimeout, eventLoop: channel.eventLoop)
         try channel.pipeline.syncOperations.addHandler(ssl)
+        try channel.pipeline.syncOperations.addHandler(TLSWriteCoalescer())
         try channel.pipeline.syncOperations.addHandler(waiter)
         return waiter
     }

@@ -174,7 +174,8 @@ extension HTTPProxyHandler {
                 }
             }
             if let tls = connectionGuard.tls {
-                outHead.headers.replaceOrAdd(name: HeaderPolicy.clientCertHeader, value: tls.forwardedClientCert)
+                if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }
+                outHead.headers.add(name: HeaderPolicy.clientCertHeader, value: tls.forwardedClientCert)
             } else if scan.clientCert {
                 outHead.headers.remove(name: HeaderPolicy.clientCertHeader)
             }

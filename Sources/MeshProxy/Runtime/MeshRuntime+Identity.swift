@@ -153,7 +153,9 @@ extension MeshRuntime {
                     state.local = credential
                     state.workload = pod.flatMap { material.podWorkload[$0] }
                     return eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(sslHandler(credential), position: .before(finisher))
+                        let sync = channel.pipeline.syncOperations
+                        try sync.addHandler(sslHandler(credential), position: .before(finisher))
+                        try sync.addHandler(TLSWriteCoalescer(), position: .before(finisher))
                     }
                 })
             try sync.addHandler(sni)
@@ -163,6 +165,7 @@ extension MeshRuntime {
         guard let local = material.local else { return false }
         state.local = local
         try sync.addHandler(sslHandler(local))
+        try sync.addHandler(TLSWriteCoalescer())
         try sync.addHandler(finisher)
         return true
     }
