@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 import tcp_echo
-from meshlib import (HERE, NetNS, NetNSUnavailable, ThreadedListener, _readline_timeout, base_config, kill_group, meshd_bin,
+from meshlib import (HERE, NetNS, NetNSUnavailable, ThreadedListener, _readline_timeout, base_config, free_port,
+                     http_request, kill_group, meshd_bin,
                      metric_value, parse_addr, parse_response_head, popen, raw_exchange, run, wait_for)
 
 TCP_ECHO = HERE / "tcp_echo.py"
@@ -835,6 +836,106 @@ def test_refused_upgrade_is_forwarded_then_closed(start_meshd, backend):
     assert got.split(b"\r\n\r\n", 1)[1] == b"status 400\n", got
     assert closed and took < 3, f"connection not closed after the refused upgrade (closed={closed}, {took:.2f}s)"
     assert metric(mesh, "meshd_upgrades_total") == u0
+
+
+def test_meshd_own_reply_to_an_upgrade_closes_the_connection(start_meshd):
+    """NIO's request decoder stops parsing after an upgrade request; when meshd answers it itself
+    (here 503: the endpoint refuses connections) the connection must end with that answer — kept
+    alive, the client's next request on it would never be read (it waited for its own timeout)."""
+    mesh = start_meshd(base_config(
+        services=[{"name": "ws", "endpoints": [f"127.0.0.1:{free_port()}"]}],
+        routes=[{"match": {"authority": "ws"}, "service": "ws"}]))
+    req = (b"GET / HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    got, closed, took = raw_exchange(mesh.outbound, req, timeout=5)
+    status, h = parse_response_head(got)
+    assert status == 503 and h.get("x-meshd-error") == "connect-failed", got[:300]
+    assert h.get("connection") == "close", got[:300]
+    assert closed and took < 3, f"connection left open after meshd's reply to an upgrade (closed={closed}, {took:.2f}s)"
+
+
+class KeepAliveRefuser(ThreadedListener):
+    """An HTTP/1.1 server that refuses upgrades with a keep-alive 426 (RFC 9110 allows going on) and
+    answers anything else 200; records (connection number, request line) of every request."""
+
+    def __init__(self):
+        import threading
+
+        self.seen: list[tuple[int, str]] = []
+        self.lock = threading.Lock()
+        self.conns = 0
+        super().__init__()
+
+    def _conn(self, c):
+        with self.lock:
+            self.conns += 1
+            n = self.conns
+        c.settimeout(10)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                line = head.split(b"\r\n", 1)[0].decode()
+                with self.lock:
+                    self.seen.append((n, line))
+                if b"\r\nupgrade:" in head.lower():
+                    c.sendall(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_upstream_connection_is_not_reused_after_a_refused_upgrade(start_meshd):
+    """A peer may keep reading HTTP/1.1 after refusing an upgrade, or not (one on NIO's decoder does
+    not: another meshd did not): meshd never sends another request on that connection."""
+    up = KeepAliveRefuser()
+    try:
+        mesh = start_meshd(base_config(services=[{"name": "up", "endpoints": [up.addr]}],
+                                       routes=[{"match": {"authority": "up"}, "service": "up"}]))
+        req = b"GET /ws HTTP/1.1\r\nHost: up\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        got, closed, _ = raw_exchange(mesh.outbound, req, timeout=5)
+        assert parse_response_head(got)[0] == 426, got[:300]
+        for _ in range(3):
+            status, _, body = http_request(mesh.outbound, "GET", "/plain", headers={"Host": "up"}, timeout=5)
+            assert status == 200 and body == b"ok\n"
+        with up.lock:
+            seen = list(up.seen)
+        upgrade_conn = next(n for n, line in seen if line.startswith("GET /ws"))
+        assert all(n != upgrade_conn for n, line in seen if line.startswith("GET /plain")), seen
+    finally:
+        up.close()
+
+
+def test_refused_upgrade_between_two_meshd_leaves_no_stuck_connection(start_meshd):
+    """The soak's lost WebSocket: node A → node B, B answers an upgrade itself (503, its app is down),
+    and the next request A sends to B must be answered at once, not wait for A's route timeout on a
+    pooled connection B no longer reads."""
+    b = start_meshd(base_config(inbound={"listen": "127.0.0.1:0", "app": f"127.0.0.1:{free_port()}"}), name="b")
+    b_in = f"{b.inbound[0]}:{b.inbound[1]}"
+    a = start_meshd(base_config(
+        services=[{"name": "ws", "endpoints": [b_in]}],
+        routes=[{"match": {"authority": "ws"}, "service": "ws", "timeout": "4s"}]), name="a")
+    req = (b"GET / HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    got, _, _ = raw_exchange(a.outbound, req, timeout=8)
+    assert parse_response_head(got)[0] == 503, got[:300]
+    for _ in range(3):
+        t0 = time.monotonic()
+        status, h, _ = http_request(a.outbound, "GET", "/", headers={"Host": "ws"}, timeout=8)
+        took = time.monotonic() - t0
+        assert status == 503 and h.get("x-meshd-error") == "connect-failed", (status, h)
+        assert took < 1.5, f"the request after a refused upgrade took {took:.1f}s (a stuck pooled connection)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,13 @@ extension HTTPProxyHandler {
         req.keepAlive = multiplexed || head.isKeepAlive
         // One pass over the headers: framing, Expect, hop-by-hop, XFF, gRPC, the meshd marks.
         let scan = head.headers.meshScan()
+        if !multiplexed && (head.method == .CONNECT || (scan.hasHopByHop && Self.isUpgradeRequest(head.headers))) {
+            // NIO's request decoder stops parsing after an upgrade request (or CONNECT), whatever the
+            // answer: unless the protocol switches, this connection ends with this exchange — every
+            // answer, meshd's own included, says `connection: close`. (Kept alive, the next request
+            // on it would never be read: the client would wait until its own timeout.)
+            req.keepAlive = false
+        }
         req.grpc = scan.grpc
         // Request identity and trace context: the client's, else new ones (added to the head below).
         let trace = TraceDecision.decide(scan.trace, rng: &loop.rng)
@@ -247,6 +254,15 @@ extension HTTPProxyHandler {
         beginAttempt(context: context)
     }
 
+}
+
+extension HTTPProxyHandler {
+    /// An HTTP/1.1 upgrade request as llhttp (NIO's parser) sees one: an `Upgrade` field and `upgrade`
+    /// in `Connection`.
+    static func isUpgradeRequest(_ headers: HTTPHeaders) -> Bool {
+        headers.contains(name: "upgrade")
+            && headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
+    }
 }
 
 extension HTTPMethod {

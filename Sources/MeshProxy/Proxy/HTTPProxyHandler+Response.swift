@@ -19,6 +19,10 @@ extension HTTPProxyHandler {
         case .head(var head):
             guard case .waiting = req.exchange.phase else { return }
             req.responseHeadNanos = now
+            // After an upgrade request that it did not switch, a peer may keep reading HTTP/1.1 (RFC
+            // 9110 §7.8) or not (a server on NIO's decoder stops parsing at the upgrade): this
+            // connection carries nothing more either way (a 101 makes it a tunnel, never pooled).
+            if req.upgrade != nil { conn.reusable = false }
             let status = Int(head.status.code)
             let grpcStatus = head.headers.first(name: "grpc-status").flatMap { Int($0) }
             let isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") == true
@@ -54,11 +58,6 @@ extension HTTPProxyHandler {
                 // Switch once the decoder has delivered this response's end (it comes right after).
                 req.switchingHead = head
                 return
-            }
-            if req.upgrade != nil {
-                // Upgrade refused: the request decoder stopped at the upgrade, so this connection ends
-                // with this response.
-                req.keepAlive = false
             }
             req.status = status
             head = responseHeadForClient(head)
