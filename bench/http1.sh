@@ -9,7 +9,9 @@
 #   d. meshd ewma        same, its own meshd process with balancer ewma
 #   e. HAProxy           wrk -> haproxy (nbthread 1, balance roundrobin) -> 3 endpoints
 #   f. nginx proxy       wrk -> nginx (1 worker, upstream keepalive, round robin) -> 3 endpoints
-# interleaved a b c d e f a b ... for RUNS repetitions, each measurement after a 2 s warm-up.
+#   g. Caddy             wrk -> caddy (GOMAXPROCS=1, reverse_proxy round_robin) -> 3 endpoints
+#                        (when caddy is installed: apt-get install caddy; left out with a note otherwise)
+# interleaved a b c d e f g a b ... for RUNS repetitions, each measurement after a 2 s warm-up.
 #
 # Usage: bench/http1.sh [--update-docs]
 # Env:   DURATION (s, default 10), RUNS (default 1), MESHD_BIN (default .build/release/meshd),
@@ -310,6 +312,41 @@ NGXPROXY_RSS_IDLE_KB=$(proc_mem "$NGXPROXY_PID" VmRSS)
 wait_http "nginx proxy" "$NGXPROXY_PID" "$TMP/ngxproxy/stderr.log" "http://127.0.0.1:$NGXPROXY_PORT/" "ok"
 
 # ---------------------------------------------------------------------------------------------
+# Caddy as reverse proxy (a third peer): one Go thread running Go code (GOMAXPROCS=1, and pinned
+# like every proxy), keep-alive upstream connections, round robin over the same three endpoints.
+CADDY_BIN=$(command -v caddy || true)
+if [[ -n $CADDY_BIN ]]; then
+    free_port CADDY_PORT
+    mkdir -p "$TMP/caddy"
+    cat >"$TMP/caddy/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+}
+http://:$CADDY_PORT {
+    bind 127.0.0.1
+    reverse_proxy ${BACKEND_EPS[*]} {
+        lb_policy round_robin
+        transport http {
+            keepalive 75s
+            keepalive_idle_conns 128
+            keepalive_idle_conns_per_host 64
+        }
+    }
+}
+EOF
+    log "starting Caddy on 127.0.0.1:$CADDY_PORT"
+    start_bg "$TMP/caddy/stderr.log" env GOMAXPROCS=1 HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" \
+        "${PIN_PROXY[@]}" "$CADDY_BIN" run --config "$TMP/caddy/Caddyfile" --adapter caddyfile
+    CADDY_PID=$LAST_PID
+    sleep 0.5
+    CADDY_RSS_IDLE_KB=$(proc_mem "$CADDY_PID" VmRSS)
+    wait_http "caddy" "$CADDY_PID" "$TMP/caddy/stderr.log" "http://127.0.0.1:$CADDY_PORT/" "ok"
+else
+    log "caddy not installed: its row is left out (apt-get install caddy)"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Candidates: key, label, port, pid of the proxy (empty for direct).
 # SHORT is the name in the per-run table and in the method text.
 CANDS=(direct meshd meshd_lr meshd_ewma haproxy nginx)
@@ -328,6 +365,10 @@ PORT[nginx]=$NGXPROXY_PORT
 PPID_OF[direct]=""
 PPID_OF[haproxy]=$HAPROXY_PID
 PPID_OF[nginx]=$NGXPROXY_PID
+if [[ -n $CADDY_BIN ]]; then
+    CANDS+=(caddy)
+    LABEL[caddy]="Caddy (GOMAXPROCS=1)" SHORT[caddy]=Caddy PORT[caddy]=$CADDY_PORT PPID_OF[caddy]=$CADDY_PID
+fi
 for k in "${MESHD_KEYS[@]}"; do PORT[$k]=${MESHD_PORT_OF[$k]} PPID_OF[$k]=${MESHD_PID_OF[$k]}; done
 CAND_ORDER=$(for c in "${CANDS[@]}"; do printf '%s, ' "${SHORT[$c]}"; done)
 CAND_ORDER=${CAND_ORDER%, }
@@ -438,6 +479,11 @@ HAPROXY_RSS_AFTER_KB=$(proc_mem "$HAPROXY_PID" VmRSS)
 HAPROXY_HWM_KB=$(proc_mem "$HAPROXY_PID" VmHWM)
 NGXPROXY_RSS_AFTER_KB=$(proc_mem "$NGXPROXY_PID" VmRSS)
 NGXPROXY_HWM_KB=$(proc_mem "$NGXPROXY_PID" VmHWM)
+if [[ -n $CADDY_BIN ]]; then
+    CADDY_RSS_AFTER_KB=$(proc_mem "$CADDY_PID" VmRSS)
+    CADDY_HWM_KB=$(proc_mem "$CADDY_PID" VmHWM)
+    cp "$TMP/caddy/Caddyfile" "$RAW_DIR/" 2>/dev/null || true
+fi
 cp "$TMP/haproxy/haproxy.cfg" "$RAW_DIR/" 2>/dev/null || true
 cp "$TMP/ngxproxy/nginx.conf" "$RAW_DIR/nginx-proxy.conf" 2>/dev/null || true
 cp "$TMP/backend/nginx.conf" "$RAW_DIR/nginx-backend.conf" 2>/dev/null || true
@@ -470,9 +516,9 @@ done
 cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0 || t < 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
 mib() { awk -v k="$1" 'BEGIN { if (k <= 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
 
-NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //' | head -1)
-HAPROXY_VER=$("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{ print $1, $2, $3 }')
-WRK_VER=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $1, $2 }')
+NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed -n '1s/^nginx version: //p')
+HAPROXY_VER=$("$HAPROXY_BIN" -v 2>&1 | awk 'NR == 1 { print $1, $2, $3 }') # (awk reads it all: no SIGPIPE under pipefail)
+WRK_VER=$( (wrk -v 2>&1 || true) | awk 'NR == 1 { print $1, $2 }')
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
 ratio3() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 <= 0 || b + 0 <= 0) print "n/a"; else printf "%.3f", a / b }'; }
@@ -509,7 +555,7 @@ REPORT=$TMP/report.md
     echo
     echo "Method: closed-loop wrk for throughput — the same client (wrk, ${WRK_THREADS} thread, ${CONNS} keep-alive connections, \`Host: bench\`, GET / → \"ok\\n\" from one nginx worker), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http1.sh\` $(if ((RUNS > 1)); then echo "with targets interleaved (${CAND_ORDER}) in each of ${RUNS} runs"; else echo "one after the other (${CAND_ORDER}), once each"; fi)."
     echo "Each proxy runs one thread/worker and keeps connections to the backend alive. Placement: ${PLACEMENT}."
-    echo "Backend endpoints: ${ENDPOINTS_DESC} (\`${BACKEND_EPS[*]}\`), all served by the same single nginx worker. Every proxy balances over those three: each meshd variant's service \`bench\` lists them as its endpoints, HAProxy uses \`balance roundrobin\` over three servers and the nginx proxy an \`upstream\` with three servers (round robin); the direct baseline talks to the first one."
+    echo "Backend endpoints: ${ENDPOINTS_DESC} (\`${BACKEND_EPS[*]}\`), all served by the same single nginx worker. Every proxy balances over those three: each meshd variant's service \`bench\` lists them as its endpoints, HAProxy uses \`balance roundrobin\` over three servers, the nginx proxy an \`upstream\` with three servers (round robin) and Caddy \`reverse_proxy\` with \`lb_policy round_robin\` (GOMAXPROCS=1, keep-alive upstream connections); the direct baseline talks to the first one."
     echo "The three meshd rows are three separate meshd processes (\`--threads 1\`, \`threads: 1\`) whose configs differ only in the service's \`balancer:\` (\`round_robin\` — the default, used for the HAProxy/nginx comparison —, \`least_request\`, \`ewma\`); they are placed like any proxy under test, and the ones not under test sit idle."
     if ((RUNS > 1)); then
         echo "Figures are medians across the ${RUNS} runs; wrk cannot merge HDR histograms, so each latency percentile is the median of the per-run percentiles (not a percentile of merged samples). Errors are summed over all runs."
@@ -519,22 +565,23 @@ REPORT=$TMP/report.md
     echo "Background CPU (per-run table) is machine busy time not used by wrk, the backend or the proxy under test during the measured window; anything well above a few % means other work on the machine disturbed that measurement."
     echo "Closed-loop latency is latency at saturation (it includes queueing in the client), not latency at a fixed request rate. Errors = wrk socket errors (connect/read/write/timeout) + responses with status ≥ 400."
     echo
-    echo "| target | req/s | p50 (ms) | p90 (ms) | p99 (ms) | errors | req/s ÷ direct | meshd ÷ HAProxy (req/s) | meshd ÷ nginx (req/s) | added p50 vs direct (ms) | added p99 vs direct (ms) |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 (ms) | p90 (ms) | p99 (ms) | errors | req/s ÷ direct | meshd ÷ HAProxy (req/s) | meshd ÷ nginx (req/s) | meshd ÷ Caddy (req/s) | added p50 vs direct (ms) | added p99 vs direct (ms) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for c in "${CANDS[@]}"; do
         rvd=$(ratio "${M_RPS[$c]}" "${M_RPS[direct]}")
-        mh="—" mn="—" a50="—" a99="—"
+        mh="—" mn="—" mc="—" a50="—" a99="—"
         if [[ $c == meshd ]]; then
             mh=$(ratio "${M_RPS[meshd]}" "${M_RPS[haproxy]}")
             mn=$(ratio "${M_RPS[meshd]}" "${M_RPS[nginx]}")
+            if [[ -n $CADDY_BIN ]]; then mc=$(ratio "${M_RPS[meshd]}" "${M_RPS[caddy]}"); else mc="n/a"; fi
         fi
         if [[ $c != direct ]]; then
             a50=$(awk -v a="${M_P50[$c]}" -v b="${M_P50[direct]}" 'BEGIN { if (a < 0 || b < 0) print "n/a"; else printf "%+.3f", a - b }')
             a99=$(awk -v a="${M_P99[$c]}" -v b="${M_P99[direct]}" 'BEGIN { if (a < 0 || b < 0) print "n/a"; else printf "%+.3f", a - b }')
         fi
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$c]}" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$c]}" \
             "$(calc '%.0f' "${M_RPS[$c]}")" "$(fmt_ms "${M_P50[$c]}")" "$(fmt_ms "${M_P90[$c]}")" "$(fmt_ms "${M_P99[$c]}")" \
-            "${ERRS[$c]}" "$rvd" "$mh" "$mn" "$a50" "$a99"
+            "${ERRS[$c]}" "$rvd" "$mh" "$mn" "$mc" "$a50" "$a99"
     done
     echo
     echo "meshd balancers, same run (ratios are against the meshd round_robin row: req/s ratio of the medians, CPU ratio of CPU time per request over all measured windows; \"within noise\" = the ratio is within 1 ± round_robin's own run-to-run spread, below; requests per endpoint are the shares of the three endpoints, in the order above, as counted by meshd's admin \`/services\` over the whole run including warm-ups):"
@@ -580,6 +627,11 @@ REPORT=$TMP/report.md
     done
     echo "| HAProxy | $(cpu_per_1k "${TICKS[haproxy]}" "${REQS[haproxy]}") | $(mib "$HAPROXY_RSS_IDLE_KB") | $(mib "$HAPROXY_RSS_AFTER_KB") | $(mib "$HAPROXY_HWM_KB") |"
     echo "| nginx proxy | $(cpu_per_1k "${TICKS[nginx]}" "${REQS[nginx]}") | $(mib "$NGXPROXY_RSS_IDLE_KB") | $(mib "$NGXPROXY_RSS_AFTER_KB") | $(mib "$NGXPROXY_HWM_KB") |"
+    if [[ -n $CADDY_BIN ]]; then
+        echo "| Caddy | $(cpu_per_1k "${TICKS[caddy]}" "${REQS[caddy]}") | $(mib "$CADDY_RSS_IDLE_KB") | $(mib "$CADDY_RSS_AFTER_KB") | $(mib "$CADDY_HWM_KB") |"
+    else
+        echo "| Caddy | not installed | | | |"
+    fi
     echo
     echo "Per run:"
     echo
@@ -594,7 +646,7 @@ REPORT=$TMP/report.md
         done
     done
     echo
-    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME (sha256 $MESHD_SHA…); nginx $NGINX_VER; $HAPROXY_VER; $WRK_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME (sha256 $MESHD_SHA…); nginx $NGINX_VER; $HAPROXY_VER; ${CADDY_BIN:+Caddy $("$CADDY_BIN" version 2>/dev/null | awk 'NR == 1 { print $1 }'); }$WRK_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
     DISTURBED=()
     for r in $(seq 1 "$RUNS"); do
         for c in "${CANDS[@]}"; do

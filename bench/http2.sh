@@ -13,11 +13,13 @@
 #   HAProxy  h2load → haproxy (nbthread 1, bind ... proto h2) → `server ... proto h2` (h2c) x3
 #   nginx    h2load → nginx (1 worker, listen ... http2) → h2: proxy_pass HTTP/1.1 keep-alive (nginx
 #            cannot proxy plain HTTP/2 upstream); grpc: grpc_pass grpc:// (its real HTTP/2 upstream)
+#   Caddy    h2load → caddy (GOMAXPROCS=1, servers protocols h1 h2 h2c) → reverse_proxy, transport
+#            versions h2c (h2c to the 3 endpoints, gRPC included); when caddy is installed
 # interleaved (every scenario × target) for RUNS repetitions, each measurement after a warm-up.
 #
 # Usage: bench/http2.sh [--update-docs]
 # Env:   DURATION (s, default 10), RUNS (default 3), MESHD_BIN (default .build/release/meshd),
-#        TARGETS (default "direct meshd haproxy nginx"), KEEP_TMP=1 keeps the temp dir.
+#        TARGETS (default "direct meshd haproxy nginx caddy", caddy when installed), KEEP_TMP=1 keeps the temp dir.
 # See bench/README.md.
 set -euo pipefail
 
@@ -26,7 +28,7 @@ usage() {
 usage: bench/http2.sh [--update-docs]
 
   --update-docs   replace the section between <!-- http2:begin --> and <!-- http2:end -->
-                  in docs/performance.md with the results (only if every target, all four,
+                  in docs/performance.md with the results (only if every target, all of them,
                   served without errors)
 
 environment: DURATION (seconds per measurement, default 10), RUNS (repetitions, default 3),
@@ -49,7 +51,8 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 MESHD_BIN=${MESHD_BIN:-$REPO/.build/release/meshd}
-TARGETS=${TARGETS:-direct meshd haproxy nginx}
+CADDY_BIN=$(command -v caddy || true)
+TARGETS=${TARGETS:-direct meshd haproxy nginx${CADDY_BIN:+ caddy}}
 WARMUP=2
 CONNS=10
 STREAMS=10
@@ -62,17 +65,18 @@ die() { printf '[http2] ERROR: %s\n' "$*" >&2; exit 1; }
 [[ $DURATION =~ ^[0-9]+$ ]] && ((DURATION >= 1 && DURATION <= 3600)) || die "DURATION must be an integer in 1..3600 (got '$DURATION')"
 [[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1 && RUNS <= 100)) || die "RUNS must be an integer in 1..100 (got '$RUNS')"
 CANDS=()
-for t in direct meshd haproxy nginx; do [[ " $TARGETS " == *" $t "* ]] && CANDS+=("$t"); done
-for t in $TARGETS; do [[ $t =~ ^(direct|meshd|haproxy|nginx)$ ]] || die "unknown target in TARGETS: '$t'"; done
+for t in direct meshd haproxy nginx caddy; do [[ " $TARGETS " == *" $t "* ]] && CANDS+=("$t"); done
+for t in $TARGETS; do [[ $t =~ ^(direct|meshd|haproxy|nginx|caddy)$ ]] || die "unknown target in TARGETS: '$t'"; done
 [[ " ${CANDS[*]} " == *" direct "* ]] || die "TARGETS must include direct (the baseline every ratio is against)"
 ALL_TARGETS=0
-((${#CANDS[@]} == 4)) && ALL_TARGETS=1
+((${#CANDS[@]} == 4 + (${#CADDY_BIN} > 0 ? 1 : 0))) && ALL_TARGETS=1
 has() { [[ " ${CANDS[*]} " == *" $1 "* ]]; }
 
 for tool in nginx h2load nghttp curl awk sort; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not installed (scripts/install-test-deps.sh)"
 done
 has haproxy && { command -v haproxy >/dev/null 2>&1 || die "'haproxy' is required but not installed"; }
+has caddy && { [[ -n $CADDY_BIN ]] || die "'caddy' is required for TARGETS=...caddy but not installed (apt-get install caddy)"; }
 if has meshd; then [[ -x $MESHD_BIN ]] || die "meshd binary not found or not executable: $MESHD_BIN (build it or set MESHD_BIN)"; fi
 NGINX_BIN=$(command -v nginx)
 HAPROXY_BIN=$(command -v haproxy || true)
@@ -388,6 +392,41 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------------------------
+# Caddy as proxy (a third peer): one Go thread running Go code (GOMAXPROCS=1, pinned like every
+# proxy), h2c front, h2c to the backend's endpoints for both scenarios (gRPC included), round robin.
+if has caddy; then
+    free_port CADDY_PORT
+    mkdir -p "$TMP/caddy"
+    cat >"$TMP/caddy/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+    servers {
+        protocols h1 h2 h2c
+    }
+}
+http://:$CADDY_PORT {
+    bind 127.0.0.1
+    reverse_proxy ${BACKEND_EPS[*]} {
+        lb_policy round_robin
+        transport http {
+            versions h2c
+            keepalive 75s
+        }
+    }
+}
+EOF
+    log "starting Caddy on 127.0.0.1:$CADDY_PORT"
+    start_bg "$TMP/caddy/stderr.log" env GOMAXPROCS=1 HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" \
+        "${PIN_PROXY[@]}" "$CADDY_BIN" run --config "$TMP/caddy/Caddyfile" --adapter caddyfile
+    CADDY_PID=$LAST_PID
+    sleep 0.5
+    CADDY_RSS_IDLE_KB=$(proc_mem "$CADDY_PID" VmRSS)
+    wait_h2 "caddy" "$CADDY_PID" "$TMP/caddy/stderr.log" "$CADDY_PORT"
+    check_grpc "caddy" "$CADDY_PORT" "$TMP/caddy/grpc-check.txt" || die "Caddy lost the gRPC trailers (see above)"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Scenarios and targets.
 SCENS=(h2 grpc)
 declare -A SCEN_LABEL=([h2]="HTTP/2 GET (h2c)" [grpc]="gRPC-shaped unary POST (h2c)")
@@ -396,11 +435,13 @@ LABEL[direct]="direct (h2load → nginx backend)"
 LABEL[meshd]="meshd sidecar outbound (threads 1)"
 LABEL[haproxy]="HAProxy (nbthread 1, h2 both sides)"
 LABEL[nginx]="nginx proxy (1 worker)"
-SHORT[direct]=direct SHORT[meshd]=meshd SHORT[haproxy]=HAProxy SHORT[nginx]=nginx
+LABEL[caddy]="Caddy (GOMAXPROCS=1, h2c both sides)"
+SHORT[direct]=direct SHORT[meshd]=meshd SHORT[haproxy]=HAProxy SHORT[nginx]=nginx SHORT[caddy]=Caddy
 PORT[direct]=$BACKEND_PORT PPID_OF[direct]=""
 if has meshd; then PORT[meshd]=$MESHD_PORT PPID_OF[meshd]=$MESHD_PID; fi
 if has haproxy; then PORT[haproxy]=$HAPROXY_PORT PPID_OF[haproxy]=$HAPROXY_PID; fi
 if has nginx; then PORT[nginx]=$NGXPROXY_PORT PPID_OF[nginx]=$NGXPROXY_PID; fi
+if has caddy; then PORT[caddy]=$CADDY_PORT PPID_OF[caddy]=$CADDY_PID; fi
 CAND_ORDER=""
 for s in "${SCENS[@]}"; do for c in "${CANDS[@]}"; do CAND_ORDER+="$s ${SHORT[$c]}, "; done; done
 CAND_ORDER=${CAND_ORDER%, }
@@ -528,6 +569,11 @@ if has nginx; then
     cp "$TMP/ngxproxy/nginx.conf" "$RAW_DIR/nginx-proxy.conf" 2>/dev/null || true
     cp "$TMP/ngxproxy/error.log" "$RAW_DIR/nginx-proxy-error.log" 2>/dev/null || true
 fi
+if has caddy; then
+    CADDY_RSS_AFTER_KB=$(proc_mem "$CADDY_PID" VmRSS)
+    CADDY_HWM_KB=$(proc_mem "$CADDY_PID" VmHWM)
+    cp "$TMP/caddy/Caddyfile" "$RAW_DIR/" 2>/dev/null || true
+fi
 cp "$TMP/backend/nginx.conf" "$RAW_DIR/nginx-backend.conf" 2>/dev/null || true
 cp "$TMP/backend/error.log" "$RAW_DIR/nginx-backend-error.log" 2>/dev/null || true
 
@@ -569,9 +615,9 @@ for s in "${SCENS[@]}"; do
     done
 done
 
-NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //' | head -1)
-HAPROXY_VER=$([[ -n $HAPROXY_BIN ]] && "$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{ print $1, $2, $3 }' || echo "HAProxy n/a")
-H2LOAD_VER=$(h2load --version 2>&1 | head -1)
+NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed -n '1s/^nginx version: //p')
+HAPROXY_VER=$([[ -n $HAPROXY_BIN ]] && "$HAPROXY_BIN" -v 2>&1 | awk 'NR == 1 { print $1, $2, $3 }' || echo "HAProxy n/a") # (awk reads it all: no SIGPIPE under pipefail)
+H2LOAD_VER=$(h2load --version 2>&1 | awk 'NR == 1')
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
 REPORT=$TMP/report.md
@@ -581,7 +627,7 @@ REPORT=$TMP/report.md
     echo "Method: closed-loop h2load for throughput — the same client (h2load, ${H2LOAD_THREADS} thread, ${CONNS} h2c connections × ${STREAMS} concurrent streams each, prior knowledge), the same ${DURATION} s duration after a ${WARMUP} s warm-up, and the same CPU placement for every target, all measured in one run of \`bench/http2.sh\` $(if ((RUNS > 1)); then echo "with scenarios and targets interleaved (${CAND_ORDER}) in each of ${RUNS} runs"; else echo "one after the other (${CAND_ORDER}), once each"; fi)."
     echo "Two scenarios: **h2** = \`GET /\` (authority \`bench\`) → \"ok\\n\" from one nginx worker; **grpc** = a gRPC-shaped unary call: \`POST ${GRPC_PATH}\` (authority \`grpc\`) with \`content-type: application/grpc\`, \`te: trailers\` and a 12-byte gRPC-framed body, answered by the same nginx with a 9-byte gRPC-framed message and the trailers \`grpc-status: 0\`, \`grpc-message: OK\` (each target is checked once with \`nghttp -v\` before the runs: DATA, then the grpc-status trailer ending the stream)."
     echo "Placement: ${PLACEMENT}. Backend endpoints: ${ENDPOINTS_DESC} (\`${BACKEND_EPS[*]}\`, h2c prior knowledge, \`listen … http2\`; plus HTTP/1.1 listeners \`${BACKEND_H1_EPS[*]}\` for the nginx proxy), all served by the same single nginx worker; every proxy balances round robin over the three; the direct baseline talks to the first one."
-    echo "Proxies: **meshd** — one process, \`threads: 1\` / \`--threads 1\`, sidecar outbound listener, route \`authority: bench\` → service \`bench\` (\`protocol: auto\`: an HTTP/2 request goes upstream as h2c) and \`authority: grpc\` → service \`grpc\` (\`protocol: grpc\`), \`http2: {maxConcurrentStreams: 100, initialWindowSize: 262144, maxConnectionsPerEndpoint: 16}\`, no access log. **HAProxy** — \`nbthread 1\`, \`bind … proto h2\`, \`server … proto h2\` (h2c both sides), \`http-reuse always\`. **nginx** — one worker, \`listen … http2\`; for **h2** it uses \`proxy_pass\` to the backend's HTTP/1.1 endpoints with \`keepalive 64\` (nginx's proxy module cannot speak HTTP/2 upstream, so this row is HTTP/2 → HTTP/1.1 translation, not h2 → h2); for **grpc** it uses \`grpc_pass grpc://\` (its real HTTP/2 upstream, \`keepalive 64\`)."
+    echo "Proxies: **meshd** — one process, \`threads: 1\` / \`--threads 1\`, sidecar outbound listener, route \`authority: bench\` → service \`bench\` (\`protocol: auto\`: an HTTP/2 request goes upstream as h2c) and \`authority: grpc\` → service \`grpc\` (\`protocol: grpc\`), \`http2: {maxConcurrentStreams: 100, initialWindowSize: 262144, maxConnectionsPerEndpoint: 16}\`, no access log. **HAProxy** — \`nbthread 1\`, \`bind … proto h2\`, \`server … proto h2\` (h2c both sides), \`http-reuse always\`. **nginx** — one worker, \`listen … http2\`; for **h2** it uses \`proxy_pass\` to the backend's HTTP/1.1 endpoints with \`keepalive 64\` (nginx's proxy module cannot speak HTTP/2 upstream, so this row is HTTP/2 → HTTP/1.1 translation, not h2 → h2); for **grpc** it uses \`grpc_pass grpc://\` (its real HTTP/2 upstream, \`keepalive 64\`).$(has caddy && echo " **Caddy** — \`GOMAXPROCS=1\`, \`servers { protocols h1 h2 h2c }\`, \`reverse_proxy\` over the three endpoints with \`lb_policy round_robin\` and \`transport http { versions h2c }\` (h2c both sides, both scenarios).")"
     if ((RUNS > 1)); then
         echo "req/s is the median across the ${RUNS} runs. Latency percentiles (nearest rank) are computed from every request's time in h2load's \`--log-file\` (request start → end of response), with the samples of all ${RUNS} runs merged (not medians of per-run percentiles); the per-run table has each run's own. Errors are summed over all runs."
     else
@@ -633,6 +679,7 @@ REPORT=$TMP/report.md
     if has meshd; then echo "| meshd | $(cpu_per_1k "${TICKS[h2,meshd]}" "${REQS[h2,meshd]}") | $(cpu_per_1k "${TICKS[grpc,meshd]}" "${REQS[grpc,meshd]}") | $(mib "$MESHD_RSS_IDLE_KB") | $(mib "$MESHD_RSS_AFTER_KB") | $(mib "$MESHD_HWM_KB") |"; fi
     if has haproxy; then echo "| HAProxy | $(cpu_per_1k "${TICKS[h2,haproxy]}" "${REQS[h2,haproxy]}") | $(cpu_per_1k "${TICKS[grpc,haproxy]}" "${REQS[grpc,haproxy]}") | $(mib "$HAPROXY_RSS_IDLE_KB") | $(mib "$HAPROXY_RSS_AFTER_KB") | $(mib "$HAPROXY_HWM_KB") |"; fi
     if has nginx; then echo "| nginx proxy | $(cpu_per_1k "${TICKS[h2,nginx]}" "${REQS[h2,nginx]}") | $(cpu_per_1k "${TICKS[grpc,nginx]}" "${REQS[grpc,nginx]}") | $(mib "$NGXPROXY_RSS_IDLE_KB") | $(mib "$NGXPROXY_RSS_AFTER_KB") | $(mib "$NGXPROXY_HWM_KB") |"; fi
+    if has caddy; then echo "| Caddy | $(cpu_per_1k "${TICKS[h2,caddy]}" "${REQS[h2,caddy]}") | $(cpu_per_1k "${TICKS[grpc,caddy]}" "${REQS[grpc,caddy]}") | $(mib "$CADDY_RSS_IDLE_KB") | $(mib "$CADDY_RSS_AFTER_KB") | $(mib "$CADDY_HWM_KB") |"; fi
     echo
     echo "Per run:"
     echo
@@ -651,7 +698,7 @@ REPORT=$TMP/report.md
         done
     done
     echo
-    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME (sha256 $MESHD_SHA…); nginx $NGINX_VER; $HAPROXY_VER; $H2LOAD_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Machine: $NCPU CPUs (\`nproc\`)${CPU_MODEL:+, $CPU_MODEL}; kernel $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); meshd commit \`$GIT_COMMIT\`$GIT_DIRTY, binary built $MESHD_MTIME (sha256 $MESHD_SHA…); nginx $NGINX_VER; $HAPROXY_VER; ${CADDY_BIN:+Caddy $("$CADDY_BIN" version 2>/dev/null | awk 'NR == 1 { print $1 }'); }$H2LOAD_VER. Load average before/after: $LOADAVG_START / $(cut -d' ' -f1-3 /proc/loadavg)."
     if ((!ALL_TARGETS)); then
         echo
         echo "**Partial run:** TARGETS=\"${CANDS[*]}\"; the other targets were not measured."
