@@ -21,7 +21,7 @@ extension HTTPProxyHandler {
         req.keepAlive = multiplexed || head.isKeepAlive
         // One pass over the headers: framing, Expect, hop-by-hop, XFF, gRPC, the meshd marks.
         let scan = head.headers.meshScan()
-        if !multiplexed && (head.method == .CONNECT || (scan.hasHopByHop && Self.isUpgradeRequest(head.headers))) {
+        if !multiplexed && (head.method == .CONNECT || scan.isUpgradeRequest) {
             // NIO's request decoder stops parsing after an upgrade request (or CONNECT), whatever the
             // answer: unless the protocol switches, this connection ends with this exchange — every
             // answer, meshd's own included, says `connection: close`. (Kept alive, the next request
@@ -217,9 +217,7 @@ extension HTTPProxyHandler {
         }
         if let id = trace.addRequestID { outHead.headers.add(name: "x-request-id", value: id) }
         if let tp = trace.setTraceparent { outHead.headers.add(name: "traceparent", value: tp) }
-        if let upgrade = head.headers.first(name: "upgrade"),
-            head.headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
-        {
+        if scan.isUpgradeRequest, let upgrade = head.headers.first(name: "upgrade") {
             // An upgrade (WebSocket...) passes through: these two hop-by-hop headers go on.
             req.upgrade = upgrade
             outHead.headers.replaceOrAdd(name: "upgrade", value: upgrade)
@@ -254,15 +252,6 @@ extension HTTPProxyHandler {
         beginAttempt(context: context)
     }
 
-}
-
-extension HTTPProxyHandler {
-    /// An HTTP/1.1 upgrade request as llhttp (NIO's parser) sees one: an `Upgrade` field and `upgrade`
-    /// in `Connection`.
-    static func isUpgradeRequest(_ headers: HTTPHeaders) -> Bool {
-        headers.contains(name: "upgrade")
-            && headers["connection"].contains(where: { HeaderPolicy.listContains($0, token: "upgrade") })
-    }
 }
 
 extension HTTPMethod {

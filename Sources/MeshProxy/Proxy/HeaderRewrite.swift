@@ -24,6 +24,11 @@ struct HeaderScan {
     var clientCert = false
     /// Request identity and trace context (the first of each), for `TraceDecision`.
     var trace = TraceDecision.Incoming()
+    /// An `Upgrade` field, and `upgrade` among the `Connection` options: together, an upgrade request
+    /// as llhttp (NIO's parser) sees one.
+    var upgrade = false
+    var connectionUpgrade = false
+    var isUpgradeRequest: Bool { upgrade && connectionUpgrade }
 }
 
 extension HTTPHeaders {
@@ -64,6 +69,12 @@ extension HTTPHeaders {
             case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):
                 scan.forwardedFor = value
                 scan.forwardedForCount += 1
+            case 7 where HeaderPolicy.equalsIgnoringASCIICase(name, "upgrade"):
+                scan.upgrade = true
+                scan.hasHopByHop = true
+            case 10 where HeaderPolicy.equalsIgnoringASCIICase(name, "connection"):
+                scan.connectionUpgrade = scan.connectionUpgrade || HeaderPolicy.listContains(value, token: "upgrade")
+                scan.hasHopByHop = true
             case 17 where HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding"):
                 scan.chunked = scan.chunked || HeaderPolicy.listContains(value, token: "chunked")
                 scan.hasHopByHop = true
