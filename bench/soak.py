@@ -241,6 +241,8 @@ class Pod:
             "inbound": {"listen": self.sidecar_addr, "app": self.addr, "appProtocol": "http1" if http_app else "auto"},
             "admin": {"listen": "127.0.0.1:0"},
             "drainTimeout": "2s", "services": [], "routes": [],
+            # the pod's leg of a lost request (see `Soak.trace_failures`); every incarnation appends
+            "accessLog": {"path": str(self.soak.dir / f"access-sc-{self.name}.log")},
         }
 
     def start_sidecar(self) -> None:
@@ -286,7 +288,8 @@ def routes(variant: dict) -> list[dict]:
     web = {"name": "web", "match": {"authority": "web"}, "service": "web", "timeout": WEB_ROUTE_TIMEOUT,
            # everything the kills, the fault pod and the dead endpoint cause before a response head
            "retry": {"retryOn": ["connect-failure", "refused-stream", "reset", "gateway-error"], "attempts": 4,
-                     "perTryTimeout": "1s", "budget": budget}}
+                     # 2 s: a slow answer from a loaded 2-core machine is not a fault; a hung one is
+                     "perTryTimeout": "2s", "budget": budget}}
     grpc_route = {"name": "grpc", "match": {"authority": "grpc"}, "service": "grpc", "timeout": "10s",
                   # a pod's sidecar (or node-b) answers a dead app with a trailers-only UNAVAILABLE;
                   # the Echo methods are idempotent, so they are retried even after reaching a pod
@@ -544,8 +547,9 @@ class Soak:
                 f"{self.fd_baseline[m.name]} before it started; its sockets now:\n{describe_sockets(m.pid)}")
 
     def trace_failures(self, failures: list) -> None:
-        """Adds to every lost or hung request that carried an x-request-id the access-log lines the three
-        shared proxies wrote for it: which hop answered what, after how long, from which endpoint."""
+        """Adds to every lost or hung request that carried an x-request-id the access-log lines every
+        proxy wrote for it (the shared ones and the pods' sidecars): which hop answered what, after how
+        long, from which endpoint."""
         wanted = {}
         for f in failures:
             m = re.search(r"\[x-request-id (\S+)\]", f["error"])
@@ -553,9 +557,10 @@ class Soak:
                 wanted[m.group(1)] = f
         if not wanted:
             return
-        for name in ("client-sidecar", "node-a", "node-b"):
+        for path in sorted(self.dir.glob("access-*.log")):
+            name = path.stem.removeprefix("access-")
             try:
-                lines = (self.dir / f"access-{name}.log").read_text(errors="replace").splitlines()
+                lines = path.read_text(errors="replace").splitlines()
             except OSError:
                 continue
             for line in lines:
