@@ -416,12 +416,7 @@ http://:$CADDY_PORT {
     }
 }
 EOF
-    log "starting Caddy on 127.0.0.1:$CADDY_PORT"
-    start_bg "$TMP/caddy/stderr.log" env GOMAXPROCS=1 HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" \
-        "${PIN_PROXY[@]}" "$CADDY_BIN" run --config "$TMP/caddy/Caddyfile" --adapter caddyfile
-    CADDY_PID=$LAST_PID
-    sleep 0.5
-    CADDY_RSS_IDLE_KB=$(proc_mem "$CADDY_PID" VmRSS)
+    start_caddy "$TMP/caddy"
     wait_h2 "caddy" "$CADDY_PID" "$TMP/caddy/stderr.log" "$CADDY_PORT"
     check_grpc "caddy" "$CADDY_PORT" "$TMP/caddy/grpc-check.txt" || die "Caddy lost the gRPC trailers (see above)"
 fi

@@ -117,3 +117,16 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 pct() { awk -v x="$1" 'BEGIN { if (x == "n/a" || x == "") print "n/a"; else printf "%.1f %%", x * 100 }'; }
+
+# start_caddy <dir>: Caddy with <dir>/Caddyfile as a proxy under test: one thread running Go code
+# (GOMAXPROCS=1), pinned like every proxy (PIN_PROXY), its state kept under <dir>; sets CADDY_PID
+# and CADDY_RSS_IDLE_KB. CADDY_BIN and CADDY_PORT are the caller's.
+start_caddy() {
+    local dir=$1
+    log "starting Caddy on 127.0.0.1:$CADDY_PORT"
+    start_bg "$dir/stderr.log" env GOMAXPROCS=1 HOME="$dir" XDG_DATA_HOME="$dir" XDG_CONFIG_HOME="$dir" \
+        "${PIN_PROXY[@]}" "$CADDY_BIN" run --config "$dir/Caddyfile" --adapter caddyfile
+    CADDY_PID=$LAST_PID
+    sleep 0.5
+    CADDY_RSS_IDLE_KB=$(proc_mem "$CADDY_PID" VmRSS)
+}
