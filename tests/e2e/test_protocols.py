@@ -757,6 +757,17 @@ def test_websocket_server_speaks_first_through_two_hops(two_hops):
             assert ws.recv(timeout=5) == "x"
 
 
+def _read_head(c: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
+    """Reads from `c` until `buf` holds a whole request head → (head, what followed it); None at EOF."""
+    while b"\r\n\r\n" not in buf:
+        chunk = c.recv(4096)
+        if not chunk:
+            return None
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
 class RawUpgradeServer(ThreadedListener):
     """Answers the first request head on each connection with a 101 and, in the same send(), the
     first bytes of the new protocol; then echoes."""
@@ -766,12 +777,8 @@ class RawUpgradeServer(ThreadedListener):
     def _conn(self, c):
         c.settimeout(10)
         try:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                buf += chunk
+            if _read_head(c, b"") is None:
+                return
             c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n"
                       + self.FIRST)
             while chunk := c.recv(4096):
@@ -873,13 +880,8 @@ class KeepAliveRefuser(ThreadedListener):
         c.settimeout(10)
         buf = b""
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = c.recv(4096)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, buf = buf.split(b"\r\n\r\n", 1)
+            while (got := _read_head(c, buf)) is not None:
+                head, buf = got
                 line = head.split(b"\r\n", 1)[0].decode()
                 with self.lock:
                     self.seen.append((n, line))
