@@ -466,7 +466,7 @@ class Lab:
                 sh(cmd)
 
     def run_paths(self) -> None:
-        measured = []
+        measured = self.results["paths"] = []  # filled as it goes: an interrupted run reports what it measured
         for path in self.paths(None):
             measured.append(self.measure(path))
         if self.has_capture:
@@ -483,7 +483,6 @@ class Lab:
             base = direct.get(m["locality"]) or {}
             m["added"] = {k: (round(m["http"][k] - base[k], 3) if m["http"].get(k) is not None and
                               base.get(k) is not None else None) for k in ("p50", "p90", "p99", "p999", "max")}
-        self.results["paths"] = measured
 
     def resources(self) -> None:
         out = {}
@@ -581,24 +580,19 @@ class Lab:
             f"app down {res['http'].get('downtimeMs')} ms; gRPC stream {res['grpcStream'].get('stream', {}).get('code')}")
         return res
 
-    def takeover(self, node) -> dict:
-        """Hand the node proxy's listeners to a new meshd (same config, --takeover); the old one drains."""
+    def takeover(self, node) -> tuple[dict, Meshd]:
+        """Hand the node proxy's listeners to a new meshd (same config, --takeover); the old one drains
+        and exits by itself (collected later: it may drain a stream for seconds)."""
         old = self.meshds.pop(f"node-{node.name}")
-        t0 = time.monotonic()
+        old.handover_t0 = t0 = time.monotonic()
         new = self.start_node_proxy(node, args=["--takeover"], name=f"node-{node.name}-v2", wait=False)
         new.wait_ready()
         ready = time.monotonic()
-        try:
-            rc = old.p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            rc = None
-        done = time.monotonic()
         # the new process is now the node's proxy (the name the resource figures use)
         self.meshds.pop(new.name)
         new.name = f"node-{node.name}"
         self.meshds[new.name] = new
-        return {"node": node.name, "newReadySeconds": round(ready - t0, 3), "oldExitSeconds": round(done - t0, 3),
-                "oldExitCode": rc}
+        return {"node": node.name, "newReadySeconds": round(ready - t0, 3), "oldPid": old.pid, "newPid": new.pid}, old
 
     def upgrade_node(self) -> dict:
         p = self.topo.pods
@@ -607,12 +601,21 @@ class Lab:
         probe = self.probe(p["client"], f"http://{n1.ip}:4140/", "web", seconds)
         stream = self.stream(p["client"], f"{n1.ip}:4140", "grpc", seconds - 1)
         time.sleep(seconds / 4)
-        handovers = [self.takeover(n1)]
-        time.sleep(seconds / 4)
-        handovers.append(self.takeover(n2))
+        handovers, olds = [], []
+        for node in (n1, n2):
+            h, old = self.takeover(node)
+            handovers.append(h)
+            olds.append(old)
+            time.sleep(seconds / 4)
         res = {"path": "cross/node", "what": "both node proxies handed over to a new meshd (--takeover), one after the other",
                "handovers": handovers, "http": self.collect(probe, seconds + 40),
                "grpcStream": self.collect(stream, seconds + 40)}
+        for h, old in zip(handovers, olds):
+            try:
+                h["oldExitCode"] = old.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                h["oldExitCode"] = None
+            h["oldExitSeconds"] = round(time.monotonic() - old.handover_t0, 3)
         log(f"node upgrade: HTTP {res['http'].get('failed')} failed of {res['http'].get('requests')}, "
             f"refused {res['http'].get('byKind', {}).get('refused', 0)}, longest stall {res['http'].get('longestStallMs')} ms; "
             f"gRPC stream {res['grpcStream'].get('stream', {}).get('code')}")
@@ -677,6 +680,13 @@ def main(argv=None) -> int:
     if missing:
         print(f"deploy/lab/run: missing tools: {', '.join(missing)} (apt-get install iproute2 util-linux curl iptables)",
               file=sys.stderr)
+        return 2
+    try:
+        import grpc  # noqa: F401
+        import grpc_tools  # noqa: F401
+    except ImportError as e:
+        print(f"deploy/lab/run: the gRPC checks need grpcio and grpcio-tools ({e}): "
+              f"pip install -r tests/e2e/requirements.txt (scripts/install-test-deps.sh does)", file=sys.stderr)
         return 2
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     lock = open(LOCK, "a+")

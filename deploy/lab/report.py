@@ -45,7 +45,7 @@ def render(results: dict) -> str:
         rows = [["PATH", "PLACEMENT", "CALL", "OK", "ERR", "P50-MS", "P90-MS", "P99-MS", "P99.9-MS", "MAX-MS",
                  "+P50", "+P90", "+P99", "+P99.9", "+MAX", "gRPC"]]
         for m in paths:
-            h, a, g = m["http"], m.get("added", {}), m.get("grpc", {})
+            h, a, g = m["http"], m.get("added") or {}, m.get("grpc", {})
             gs = "ok" if g.get("ok") else "FAIL"
             if g.get("unary", {}).get("p50Ms") is not None:
                 gs += f" (unary p50 {g['unary']['p50Ms']:.2f})"
@@ -76,14 +76,15 @@ def render(results: dict) -> str:
                 table(rows)]
     up = results.get("upgrade")
     if up:
-        rows = [["UPGRADE", "REQUESTS", "FAILED", "REFUSED", "BY-KIND", "LONGEST-STALL-MS", "DOWNTIME-MS", "gRPC STREAM"]]
+        rows = [["UPGRADE", "REQUESTS", "FAILED", "REFUSED", "BY-KIND", "STALE-RETRIED", "LONGEST-STALL-MS", "DOWNTIME-MS",
+                 "gRPC STREAM"]]
         for k, u in up.items():
             if "skipped" in u:
-                rows.append([k, "-", "-", "-", "-", "-", "-", f"skipped: {u['skipped']}"])
+                rows.append([k, "-", "-", "-", "-", "-", "-", "-", f"skipped: {u['skipped']}"])
                 continue
             h, st = u.get("http", {}), u.get("grpcStream", {}).get("stream", {})
             rows.append([k, fmt(h.get("requests")), fmt(h.get("failed")), fmt(h.get("byKind", {}).get("refused", 0)),
-                         json.dumps(h.get("byKind", {})), fmt(h.get("longestStallMs"), 1), fmt(h.get("downtimeMs"), 1),
+                         json.dumps(h.get("byKind", {})), fmt(h.get("staleRetries")), fmt(h.get("longestStallMs"), 1), fmt(h.get("downtimeMs"), 1),
                          f"{st.get('messages')}/{st.get('expected')} {st.get('code')}" if st else
                          str(u.get("grpcStream", {}).get("error", "-"))[:60]])
         out += ["", "upgrades under load (sidecar: the pods restart; node: hand-over with --takeover)", table(rows)]

@@ -34,6 +34,9 @@ import meshlib
 LAB = meshlib.REPO / "deploy" / "lab" / "run"
 RUN_TIMEOUT = 300
 
+pytest.importorskip("grpc", reason="Python package 'grpcio' is not installed (pip install -r tests/e2e/requirements.txt)")
+pytest.importorskip("grpc_tools", reason="Python package 'grpcio-tools' is not installed (pip install -r tests/e2e/requirements.txt)")
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces, veths, iptables)")
 
 
