@@ -101,8 +101,14 @@ class Proc:
         self.stdout_path = lab.logdir / f"{name}.stdout"
         self.stderr_path = lab.logdir / f"{name}.stderr"
         out = subprocess.PIPE if stdout_pipe else open(self.stdout_path, "ab")
-        self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=open(self.stderr_path, "ab"), start_new_session=True, env=clean_env())
+        err = open(self.stderr_path, "ab")
+        try:
+            self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                      start_new_session=True, env=clean_env())
+        finally:
+            err.close()
+            if out is not subprocess.PIPE:
+                out.close()
         self.pid = self.p.pid
         lab.procs.append(self)
 
@@ -269,7 +275,8 @@ class Lab:
 
     # -- configs ----------------------------------------------------------------------------------
     def base(self) -> dict:
-        return {"threads": self.args.threads, "drainTimeout": "10s", "admin": {"listen": "127.0.0.1:4191"}}
+        # drainTimeout as deploy/daemonset/meshd.yaml sets it: a stream across an upgrade (< 30 s) finishes
+        return {"threads": self.args.threads, "drainTimeout": "30s", "admin": {"listen": "127.0.0.1:4191"}}
 
     def services_sidecar(self) -> list[dict]:
         p = self.topo.pods
@@ -560,7 +567,7 @@ class Lab:
         app = self.apps.pop(pod.name)
         app.stop(signal.SIGTERM, wait=5)
         app_stopped = time.monotonic()
-        m.stop(signal.SIGTERM, wait=12)
+        m.stop(signal.SIGTERM, wait=35)
         stopped = time.monotonic()
         self.start_sidecar(pod)
         self.start_app(pod)
@@ -599,7 +606,8 @@ class Lab:
         n1, n2 = self.topo.nodes["n1"], self.topo.nodes["n2"]
         seconds = 8 if self.quick else 24
         probe = self.probe(p["client"], f"http://{n1.ip}:4140/", "web", seconds)
-        stream = self.stream(p["client"], f"{n1.ip}:4140", "grpc", seconds - 1)
+        # the stream outlives both hand-overs and ends within the old proxies' drainTimeout (30 s)
+        stream = self.stream(p["client"], f"{n1.ip}:4140", "grpc", seconds - 1 if self.quick else 20)
         time.sleep(seconds / 4)
         handovers, olds = [], []
         for node in (n1, n2):
@@ -612,7 +620,7 @@ class Lab:
                "grpcStream": self.collect(stream, seconds + 40)}
         for h, old in zip(handovers, olds):
             try:
-                h["oldExitCode"] = old.p.wait(timeout=30)
+                h["oldExitCode"] = old.p.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 h["oldExitCode"] = None
             h["oldExitSeconds"] = round(time.monotonic() - old.handover_t0, 3)
