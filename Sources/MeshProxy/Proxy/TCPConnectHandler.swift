@@ -99,7 +99,7 @@ final class TCPConnectHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let boundUpGlue = NIOLoopBound(upGlue, eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.nanoseconds(target.connectTimeout.nanoseconds))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

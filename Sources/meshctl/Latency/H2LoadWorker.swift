@@ -116,7 +116,7 @@ final class H2LoadWorker: LoadWorking {
         let bound = NIOLoopBound(connection, eventLoop: loop)
         ClientBootstrap(group: loop)
             .connectTimeout(.nanoseconds(Int64(settings.connectTimeoutNanos)))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let connection = bound.value

@@ -72,7 +72,7 @@ final class LoadWorker: LoadWorking {
         let bound = NIOLoopBound(slot, eventLoop: loop)
         let future = ClientBootstrap(group: loop)
             .connectTimeout(.nanoseconds(Int64(settings.connectTimeoutNanos)))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
