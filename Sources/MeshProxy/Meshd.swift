@@ -24,7 +24,18 @@ public struct Meshd: AsyncParsableCommand {
             With no --config, meshd starts as a sidecar with the built-in default: outbound \
             127.0.0.1:4140, inbound 0.0.0.0:4143 → 127.0.0.1:8080, admin 127.0.0.1:4191. \
             MESHD_MODE, MESHD_NODE_IP and MESHD_APP_PORT override the per-pod values; flags override those.
+            `meshd capture install|remove` writes the iptables rules of transparent capture (see `meshd capture --help`).
             """)
+
+    /// The entry point: `meshd capture …` is a command of its own (its `--mode` is not meshd's).
+    public static func start() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.first == "capture" {
+            CaptureCommand.main(Array(arguments.dropFirst()))
+        } else {
+            await main(arguments)
+        }
+    }
 
     @Option(name: .long, help: "Configuration file (YAML or JSON). Reloaded on SIGHUP and when it changes.")
     var config: String?
@@ -43,6 +54,11 @@ public struct Meshd: AsyncParsableCommand {
 
     @Flag(name: .long, help: "Validate the configuration and exit (0 when valid).")
     var check = false
+
+    @Flag(
+        name: .long,
+        help: "Start on the listening sockets of the meshd at upgrade.socket (it then drains and exits); binds new ones when none runs.")
+    var takeover = false
 
     public func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
@@ -98,13 +114,17 @@ public struct Meshd: AsyncParsableCommand {
             return
         }
 
+        if takeover && meshConfig.upgrade.socket == nil {
+            printErr("meshd: --takeover needs upgrade.socket in the configuration\n")
+            throw ExitCode(2)
+        }
         let metrics = MeshMetrics(bootstrapGlobal: true)
         let groupBox = NIOLockedValueBox<ServiceGroup?>(nil)
         let runtime: MeshRuntime
         do {
             runtime = try MeshRuntime(
                 config: meshConfig, configText: configText, configPath: config, overrides: overrides, logger: logger,
-                metrics: metrics,
+                metrics: metrics, takeover: takeover,
                 shutdownRequested: {
                     Task { await groupBox.withLockedValue { $0 }?.triggerGracefulShutdown() }
                 })
@@ -124,6 +144,14 @@ public struct Meshd: AsyncParsableCommand {
         } catch {
             logger.error("meshd failed", metadata: ["error": "\(error)"])
             throw ExitCode(1)
+        }
+        if runtime.handoverServer.withLockedValue({ $0 })?.handedOver.load(ordering: .relaxed) == true
+            && meshConfig.upgrade.afterHandover == .wait
+        {
+            // `upgrade.afterHandover: wait`: the successor serves; this process holds no listener and
+            // waits to be told to stop (a container that exited would be restarted).
+            logger.notice("handed over and drained; waiting for SIGTERM (upgrade.afterHandover: wait)")
+            for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
         }
         // Everything is drained and the event loops are stopped. Exit here rather than tearing the
         // runtime down: NIO objects released after their loops stopped would try to schedule work.

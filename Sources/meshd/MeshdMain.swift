@@ -5,6 +5,6 @@ import MeshProxy
 @main
 enum MeshdMain {
     static func main() async {
-        await Meshd.main()
+        await Meshd.start()
     }
 }

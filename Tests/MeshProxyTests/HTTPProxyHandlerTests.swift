@@ -53,9 +53,22 @@ struct HTTPProxyHandlerTests {
         #expect(h.channel.isActive)
     }
 
-    @Test func quiescingClosesAnIdleConnection() throws {
+    @Test func quiescingClosesAnIdleConnectionAfterItsGrace() throws {
         let h = try ProxyHarness(yaml: Self.config)
         h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        // Not at once: a request may already be on the wire.
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(999))
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func quiescingAnswersTheNextRequestWithConnectionClose() throws {
+        let h = try ProxyHarness(yaml: Self.config)
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        try h.send("GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        let r = try h.response()
+        #expect(r.lowercased().contains("connection: close"), "\(r)")
         #expect(!h.channel.isActive)
     }
 

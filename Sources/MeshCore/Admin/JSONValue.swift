@@ -116,6 +116,7 @@ extension MeshConfig {
                 .object([("listen", .string(effectiveInboundListen.description)), ("app", .string(inbound.app.description))])
             ),
             ("admin", .object([("listen", .string(admin.listen.description))])),
+            ("upgrade", .object([("socket", .optional(upgrade.socket)), ("afterHandover", .string(upgrade.afterHandover.rawValue))])),
             (
                 "node",
                 .object([

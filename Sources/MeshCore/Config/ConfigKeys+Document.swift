@@ -24,6 +24,7 @@ extension ConfigKeys {
         .section("outbound", outbound, \.outbound),
         .section("inbound", inbound, \.inbound),
         .section("admin", admin, \.admin),
+        .section("upgrade", upgrade, \.upgrade),
         .section("node", node, \.node),
         .section("locality", locality, \.locality),
         .section("http", http, \.http),
@@ -88,6 +89,17 @@ extension ConfigKeys {
                 c.tls = m
             } else {
                 d.fail(path, node, .invalidValue(text, expected: "strict, permissive or disabled"))
+            }
+        },
+    ]
+
+    static let upgrade: [ConfigKey<UpgradeConfig>] = [
+        .optionalFile("socket", \.socket),
+        .text("afterHandover", bound: "`exit`, `wait`") { d, node, path, text, c in
+            if let v = UpgradeConfig.AfterHandover(rawValue: text) {
+                c.afterHandover = v
+            } else {
+                d.fail(path, node, .invalidValue(text, expected: "exit or wait"))
             }
         },
     ]

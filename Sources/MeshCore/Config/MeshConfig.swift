@@ -14,6 +14,8 @@ public struct MeshConfig: Sendable, Equatable {
     public var outbound = OutboundConfig()
     public var inbound = InboundConfig()
     public var admin = AdminConfig()
+    /// Hand-over of the listening sockets to a successor (`meshd --takeover`).
+    public var upgrade = UpgradeConfig()
     public var node = NodeConfig()
     public var http = HTTPConfig()
     public var upstream = UpstreamConfig()
@@ -159,6 +161,18 @@ public struct InboundConfig: Sendable, Equatable {
     public var appProtocol: UpstreamProtocol = .auto
     /// `strict`, `permissive` or `disabled`; nil: `permissive` with an identity, else `disabled`.
     public var tls: InboundTLSMode?
+    public init() {}
+}
+
+/// `upgrade.socket`: the Unix socket over which a running meshd hands its listening sockets to a
+/// successor started with `--takeover` (SCM_RIGHTS), so an upgrade never refuses a connection.
+public struct UpgradeConfig: Sendable, Equatable {
+    public var socket: String?
+    /// After handing its listeners over and draining: `exit` (0), or `wait` for SIGTERM without any
+    /// listener, then exit 0 — for a Kubernetes container, which would otherwise be restarted (and
+    /// take the sockets back) before its pod is deleted.
+    public var afterHandover: AfterHandover = .exit
+    public enum AfterHandover: String, Sendable, Equatable { case exit, wait }
     public init() {}
 }
 

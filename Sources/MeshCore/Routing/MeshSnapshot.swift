@@ -21,6 +21,8 @@ public final class MeshSnapshot: Sendable {
     public let routes: RouteTable
     public let services: [Service]
     public let serviceIndex: [String: Int]
+    /// Which service an address belongs to (an endpoint's address, for capture's original destination).
+    public let owners: DestinationOwners
 
     public init(config: MeshConfig, version: Int) {
         self.version = version
@@ -40,5 +42,32 @@ public final class MeshSnapshot: Sendable {
         self.services = services
         self.serviceIndex = index
         self.routes = RouteTable(routes: config.routes, serviceIndex: index, defaultTimeout: config.upstream.requestTimeout)
+        self.owners = DestinationOwners(services: config.services)
+    }
+}
+
+/// Endpoint addresses → the service they belong to (the first service listing one, in config order).
+public struct DestinationOwners: Sendable, Equatable {
+    private var byAddress: [IPPort: Int] = [:]
+
+    struct IPPort: Hashable, Sendable {
+        var ip: IPAddress
+        var port: Int
+    }
+
+    public init(services: [ServiceConfig]) {
+        for (i, service) in services.enumerated() {
+            for e in service.endpoints {
+                guard let ip = IPAddress(e.address.host) else { continue }
+                let key = IPPort(ip: ip, port: e.address.port)
+                if byAddress[key] == nil { byAddress[key] = i }
+            }
+        }
+    }
+
+    /// The index of the service with an endpoint at `ip`:`port`, if any.
+    public func owner(ip: String, port: Int) -> Int? {
+        guard let address = IPAddress(ip) else { return nil }
+        return byAddress[IPPort(ip: address, port: port)]
     }
 }

@@ -114,6 +114,11 @@ public struct RouteTable: Sendable {
         return nil
     }
 
+    /// The first route with `service` among its backends (by weight > 0).
+    public func firstRoute(toService service: Int) -> Route? {
+        routes.first { route in route.backends.contains { $0.service == service } }
+    }
+
     /// Picks one backend service of a route by weight.
     public static func pickBackend(_ route: Route, using rng: inout some RandomNumberGenerator) -> Int? {
         switch route.backends.count {

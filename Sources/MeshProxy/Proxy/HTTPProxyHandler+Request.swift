@@ -86,15 +86,22 @@ extension HTTPProxyHandler {
         case .outbound:
             let host = RouteTable.hostWithoutPort(authority)
             let method = head.method.rawValue
-            guard
-                let route = snapshot.mesh.routes.match(
-                    host: host, path: path, method: method, header: { head.headers.first(name: $0) })
-            else {
-                reply(.noRoute, context: context, detail: "no route for authority '\(host)'")
+            var matched = snapshot.mesh.routes.match(host: host, path: path, method: method, header: { head.headers.first(name: $0) })
+            // A connection iptables redirected here (transparent capture) whose request names no known
+            // authority goes to the service owning the address the application connected to, through
+            // the first route to that service (its timeouts, retries and limits apply).
+            var owner: Int?
+            if matched == nil, let dst = connectionGuard.originalDestination, let ip = dst.ipAddress, let port = dst.port {
+                owner = snapshot.mesh.owners.owner(ip: ip, port: port)
+                if let owner { matched = snapshot.mesh.routes.firstRoute(toService: owner) }
+            }
+            guard let route = matched else {
+                let dst = connectionGuard.originalDestination.map { " (original destination \(MeshRuntime.hostPort($0)))" } ?? ""
+                reply(.noRoute, context: context, detail: "no route for authority '\(host)'\(dst)")
                 return
             }
             deadline = startNanos + route.timeout.nanoseconds
-            guard let serviceIndex = RouteTable.pickBackend(route, using: &loop.rng) else {
+            guard let serviceIndex = owner ?? RouteTable.pickBackend(route, using: &loop.rng) else {
                 reply(.noEndpoints, context: context, detail: "route '\(route.name)' has no backend with weight")
                 return
             }

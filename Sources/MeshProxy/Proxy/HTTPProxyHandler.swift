@@ -256,6 +256,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         }
     }
 
+    /// How long a drain leaves an idle keep-alive connection open for its client's next request.
+    static let drainIdleGrace = TimeAmount.seconds(1)
+
     var isIdle: Bool {
         if case .idle = state { return true }
         return false
@@ -329,12 +332,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             return
         }
         if event is ChannelShouldQuiesceEvent {
-            // Graceful drain: an idle connection closes now; a busy one after its response (which
-            // carries `connection: close` if its head is not out yet).
+            // Graceful drain: a busy connection closes after its response (which carries
+            // `connection: close` if its head is not out yet); so does an idle one whose client sends
+            // its next request within `drainIdleGrace`. Closing an idle connection at once would race
+            // a request already on the wire (a keep-alive client would see it fail); one still idle
+            // after the grace closes then.
             quiescing = true
             if isIdle {
-                state = .closed
-                context.close(promise: nil)
+                context.eventLoop.assumeIsolated().scheduleTask(in: Self.drainIdleGrace) { [self] in
+                    guard isIdle, let context = self.context else { return }
+                    state = .closed
+                    context.close(promise: nil)
+                }
             }
             return
         }

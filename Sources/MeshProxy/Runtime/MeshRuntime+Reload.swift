@@ -90,6 +90,7 @@ extension MeshRuntime {
         if new.effectiveOutboundListen != old.effectiveOutboundListen { needsRestart.append("outbound.listen") }
         if new.effectiveInboundListen != old.effectiveInboundListen { needsRestart.append("inbound.listen") }
         if new.admin != old.admin { needsRestart.append("admin.listen") }
+        if new.upgrade != old.upgrade { needsRestart.append("upgrade.socket") }
         if new.threads != old.threads { needsRestart.append("threads") }
         if new.identity != old.identity { needsRestart.append("identity (its files reload by themselves)") }
         if new.node.allowedSources != old.node.allowedSources || new.node.podCIDRs != old.node.podCIDRs {
@@ -104,6 +105,7 @@ extension MeshRuntime {
             new.outbound = old.outbound
             new.inbound.listen = old.inbound.listen
             new.admin = old.admin
+            new.upgrade = old.upgrade
             new.threads = old.threads
             new.node = old.node
             new.identity = old.identity
@@ -190,6 +192,7 @@ extension MeshRuntime {
     func drainAndStop() async {
         discovery.stopAll()
         stopping.store(true, ordering: .relaxed)
+        handoverServer.withLockedValue { $0 }?.stop()
         shared.ready.store(false, ordering: .relaxed)
         shared.metrics.ready.record(0)
         let timeout = config.drainTimeout

@@ -47,11 +47,21 @@ final class MeshRuntime: Sendable {
     let sourceLabeler: NIOLockedValueBox<SourceLabeler>
     /// Set when draining starts: background watchers stop.
     let stopping = ManagedAtomic<Bool>(false)
+    /// `--takeover`: start on the listening sockets of the meshd at `upgrade.socket`.
+    let takeover: Bool
+    /// The descriptor of every listener, by name (`admin`, `outbound`, `inbound`, `tcp:SERVICE`), in
+    /// the order they were bound: what a successor gets.
+    let listenerFDs = NIOLockedValueBox<[(name: String, fd: CInt)]>([])
+    /// Sockets a predecessor handed over and not yet adopted.
+    let inherited = NIOLockedValueBox<[String: CInt]>([:])
+    /// Listens on `upgrade.socket` once meshd is ready.
+    let handoverServer = NIOLockedValueBox<HandoverServer?>(nil)
 
     init(
         config: MeshConfig, configText: String?, configPath: String?, overrides: ConfigLoader.Overrides,
-        logger: Logger, metrics: MeshMetrics, shutdownRequested: @escaping @Sendable () -> Void
+        logger: Logger, metrics: MeshMetrics, takeover: Bool = false, shutdownRequested: @escaping @Sendable () -> Void
     ) throws(ConfigError) {
+        self.takeover = takeover
         let snapshot = try ResolvedSnapshot.resolve(config, version: 1)
         let threads = config.threads > 0 ? config.threads : System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -87,6 +97,17 @@ final class MeshRuntime: Sendable {
         watchIdentity()
         if let path = config.accessLogOptions.path { try shared.accessLogWriter.use(path: path) }
         let config = self.config
+        var predecessor: HandoverConnection?
+        if takeover, let path = config.upgrade.socket {
+            let logger = shared.logger
+            if let (connection, offered) = try await Self.offLoop({ try HandoverClient.request(path: path, logger: logger) }) {
+                predecessor = connection
+                inherited.withLockedValue { $0 = offered }
+                logger.info(
+                    "--takeover: received the running meshd's listeners",
+                    metadata: ["listeners": "\(offered.keys.sorted().joined(separator: " "))"])
+            }
+        }
         let admin = try await bindAdmin(config.admin.listen)
         channels.withLockedValue { $0["admin"] = admin }
         let outbound = try await bindProxy(.outbound, config.effectiveOutboundListen)
@@ -94,6 +115,17 @@ final class MeshRuntime: Sendable {
         let inbound = try await bindProxy(.inbound, config.effectiveInboundListen)
         channels.withLockedValue { $0["inbound"] = inbound }
         try await bindTCPServices()
+        // Sockets handed over for listeners this configuration no longer has.
+        let unused: [String: CInt] = inherited.withLockedValue { state in
+            let left = state
+            state = [:]
+            return left
+        }
+        for (name, fd) in unused {
+            shared.logger.notice(
+                "--takeover: the running meshd's listener is not in this configuration; closing it", metadata: ["listener": "\(name)"])
+            _ = Glibc.close(fd)
+        }
         listenersBound()
         discovery.runtime = self
         discovery.sync(with: config)
@@ -103,6 +135,27 @@ final class MeshRuntime: Sendable {
         }
         shared.ready.store(true, ordering: .relaxed)
         shared.metrics.ready.record(1)
+        if let predecessor {
+            // Ready on the same sockets: now the running meshd stops accepting and drains.
+            do {
+                try await Self.offLoop { try HandoverClient.confirmReady(predecessor) }
+                handoverCounted("taken_over")
+                shared.logger.notice("--takeover: the previous meshd stopped accepting; this one serves alone")
+            } catch {
+                shared.logger.error(
+                    "--takeover: the previous meshd did not confirm; both serve until it stops", metadata: ["error": "\(error)"])
+            }
+        }
+        if let path = config.upgrade.socket {
+            do {
+                let server = try HandoverServer(path: path)
+                handoverServer.withLockedValue { $0 = server }
+                server.start(runtime: self)
+            } catch {
+                shared.logger.error(
+                    "upgrade.socket: cannot listen; this meshd cannot hand its listeners over", metadata: ["error": "\(error)"])
+            }
+        }
         shared.logger.info(
             "meshd ready",
             metadata: [
@@ -150,7 +203,7 @@ final class MeshRuntime: Sendable {
                     try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                 }
             }
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
     }
 
@@ -241,6 +294,14 @@ final class MeshRuntime: Sendable {
                                         return true
                                     }
                                 }
+                                if direction == .outbound, detected != .http09, let dst = guardHandler.originalDestination,
+                                    loop.snapshot.mesh.owners.owner(ip: dst.ipAddress ?? "", port: dst.port ?? 0) == nil
+                                {
+                                    // Redirected (transparent capture) to an address no service owns: the
+                                    // application's bytes go where it sent them, untouched.
+                                    try addTCP()
+                                    return true
+                                }
                                 switch detected {
                                 case .http1:
                                     try addHTTP()
@@ -274,8 +335,7 @@ final class MeshRuntime: Sendable {
                     }
                 }
             }
-            .bind(host: listen.host, port: listen.port)
-            .get()
+            .listen(self, name: direction.label, listen, backlog: 1024)
     }
 
     /// Where an opaque connection on a proxy listener goes: a sidecar's inbound → the application; an
@@ -299,17 +359,24 @@ final class MeshRuntime: Sendable {
     /// The destination an iptables REDIRECT rewrote (Linux SO_ORIGINAL_DST), or nil when the
     /// connection was not redirected (the original destination is the listener itself).
     static func originalDestination(_ channel: Channel) -> EventLoopFuture<SocketAddress?> {
-        guard let provider = channel as? SocketOptionProvider, case .v4? = channel.localAddress else {
+        guard let provider = channel as? SocketOptionProvider, let local = channel.localAddress else {
             return channel.eventLoop.makeSucceededFuture(nil)
         }
-        let local = channel.localAddress
-        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
-            level: SocketOptionLevel(IPPROTO_IP), name: SocketOptionName(80))  // SO_ORIGINAL_DST
-        return future.map { raw -> SocketAddress? in
-            let address = SocketAddress(raw, host: "")
-            if address.ipAddress == local?.ipAddress && address.port == local?.port { return nil }
-            return address
-        }.recover { _ in nil }
+        @Sendable func unlessLocal(_ address: SocketAddress) -> SocketAddress? {
+            address.ipAddress == local.ipAddress && address.port == local.port ? nil : address
+        }
+        switch local {
+        case .v4:
+            let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(IPPROTO_IP), name: SocketOptionName(80))  // SO_ORIGINAL_DST
+            return future.map { unlessLocal(SocketAddress($0, host: "")) }.recover { _ in nil }
+        case .v6:
+            let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(IPPROTO_IPV6), name: SocketOptionName(80))  // IP6T_SO_ORIGINAL_DST
+            return future.map { unlessLocal(SocketAddress($0, host: "")) }.recover { _ in nil }
+        default:
+            return channel.eventLoop.makeSucceededFuture(nil)
+        }
     }
 
     /// Listeners of `protocol: tcp` services: each connection goes, as opaque TCP, to an endpoint
@@ -341,8 +408,7 @@ final class MeshRuntime: Sendable {
                                 resolve: { ch in ch.eventLoop.makeSucceededFuture(loop.tcpTarget(service: name)) }))
                     }
                 }
-                .bind(host: listen.host, port: listen.port)
-                .get()
+                .listen(self, name: "tcp:" + name, listen, backlog: 1024)
             channels.withLockedValue { $0["tcp:" + name] = channel }
             shared.logger.info(
                 "tcp service listening", metadata: ["service": "\(name)", "listen": "\(channel.localAddress.map(Self.hostPort) ?? "?")"])
@@ -363,7 +429,53 @@ final class MeshRuntime: Sendable {
                     try sync.addHandler(AdminHandler(runtime: runtime))
                 }
             }
-            .bind(host: listen.host, port: listen.port)
-            .get()
+            .listen(self, name: "admin", listen, backlog: 64)
+    }
+
+    /// Runs blocking work (the hand-over's socket calls) on a thread of its own, not an event loop.
+    static func offLoop<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    /// The listeners a successor gets, in the order they were bound.
+    func handoverListeners() -> [(name: String, fd: CInt)] { listenerFDs.withLockedValue { $0 } }
+
+    func handoverCounted(_ result: String) {
+        shared.metrics.counter("meshd_upgrade_handovers_total", [("result", result)]).increment()
+    }
+
+    /// A successor is ready on the same sockets: stop answering admin requests (the successor does)
+    /// and drain as on SIGTERM, then exit 0.
+    func handedOver() {
+        if let admin = channels.withLockedValue({ $0["admin"] }) { admin.close(promise: nil) }
+        shutdownRequested()
+    }
+}
+
+extension ServerBootstrap {
+    /// Serves on the listener `name`: the socket a predecessor handed over when it listens at
+    /// `listen`, else a new one meshd binds itself (so it can hand it over in turn).
+    func listen(_ runtime: MeshRuntime, name: String, _ listen: HostPort, backlog: Int32) async throws -> Channel {
+        let address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
+        if let fd = runtime.inherited.withLockedValue({ $0.removeValue(forKey: name) }) {
+            let channel = try await withBoundSocket(fd).get()
+            if let local = channel.localAddress, local.ipAddress == address.ipAddress, listen.port == 0 || local.port == listen.port {
+                runtime.listenerFDs.withLockedValue { $0.append((name, fd)) }
+                runtime.shared.logger.info(
+                    "--takeover: serving on the running meshd's socket",
+                    metadata: ["listener": "\(name)", "listen": "\(MeshRuntime.hostPort(local))"])
+                return channel
+            }
+            runtime.shared.logger.notice(
+                "--takeover: the running meshd's listener is elsewhere; binding a new one",
+                metadata: ["listener": "\(name)", "was": "\(channel.localAddress.map(MeshRuntime.hostPort) ?? "?")", "listen": "\(listen)"])
+            try? await channel.close()
+        }
+        let fd = try ListenerSocket.make(address, backlog: backlog)
+        let channel = try await withBoundSocket(fd).get()
+        runtime.listenerFDs.withLockedValue { $0.append((name, fd)) }
+        return channel
     }
 }

@@ -49,6 +49,8 @@ enum MetricHelp {
         "process_max_fds": "The process's limit on open file descriptors.",
         "meshd_heap_in_use_bytes": "Bytes the C allocator has handed out to meshd and not got back (glibc mallinfo2).",
         "meshd_heap_free_bytes": "Free bytes the C allocator keeps for reuse instead of returning them to the system.",
+        "meshd_upgrade_handovers_total":
+            "Listener hand-overs over upgrade.socket, by result (handed_over, taken_over, refused, abandoned).",
         "process_start_time_seconds": "When the meshd process started, Unix time in seconds.",
     ]
 
