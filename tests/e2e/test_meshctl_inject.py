@@ -97,9 +97,13 @@ def test_sidecar_output_has_meshd_capture_volume_and_probes(name):
         assert names[:2] == ["meshd-init", "meshd"], names  # capture first, then meshd, then the app's own
         capture, meshd = init[0], init[1]
         assert "NET_ADMIN" in capture["securityContext"]["capabilities"]["add"]
-        script = capture["args"][0]
-        assert "REDIRECT --to-ports 4140" in script and "REDIRECT --to-ports 4143" in script
-        assert "--uid-owner 4140" in script and meshd["securityContext"]["runAsUser"] == 4140
+        assert capture["command"] == ["meshd"]
+        assert capture["args"][:3] == ["capture", "install", "--mode=sidecar"]
+        for flag in ("--proxy-uid=4140", "--outbound-port=4140", "--inbound-port=4143", "--admin-port=4191"):
+            assert flag in capture["args"], capture["args"]
+        assert capture["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert meshd["securityContext"]["runAsUser"] == 4140 and meshd["securityContext"]["readOnlyRootFilesystem"]
+        assert meshd["startupProbe"]["httpGet"] == {"path": "/ready", "port": 4191}
         assert meshd["restartPolicy"] == "Always"  # a native sidecar
         assert meshd["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 4191}
         assert meshd["livenessProbe"]["httpGet"] == {"path": "/live", "port": 4191}

@@ -18,7 +18,9 @@ struct Inject: AsyncParsableCommand {
     @Option(name: [.short, .customLong("filename")], help: "Manifest file ('-' or none: stdin).") var filename: String?
     @Option(help: "sidecar or node.") var mode: ManifestInjector.Mode = .sidecar
     @Option(help: "meshd image.") var image: String = "meshd:latest"
-    @Option(name: .customLong("init-image"), help: "Image of the iptables init container (needs /bin/sh and iptables; default: --image).")
+    @Option(
+        name: .customLong("init-image"),
+        help: "Image of the iptables init container (runs `meshd capture install`: needs meshd and iptables; default: --image).")
     var initImage: String?
     @Option(name: .customLong("config-map"), help: "ConfigMap holding meshd.yaml, mounted at /etc/meshd.") var configMap: String =
         "meshd-config"

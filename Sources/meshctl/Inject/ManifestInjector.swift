@@ -19,7 +19,7 @@ struct ManifestInjector {
     struct Options: Sendable {
         var mode: Mode = .sidecar
         var image = "meshd:latest"
-        /// Image of the traffic-capture init container (needs /bin/sh and iptables); the meshd image by default.
+        /// Image of the traffic-capture init container (needs meshd and iptables); the meshd image by default.
         var initImage: String?
         var configMap = "meshd-config"
         /// meshd runs as this user; the capture rules let its own traffic out unredirected.
@@ -182,31 +182,25 @@ struct ManifestInjector {
         }
     }
 
-    /// The traffic-capture init container: inbound TCP → 4143 (except the admin port), outbound TCP →
-    /// 4140 (except meshd's own traffic, by UID, and loopback). Safe to run again in the same pod.
+    /// The traffic-capture init container: `meshd capture install` (no shell) — inbound TCP → 4143
+    /// (except the admin port), outbound TCP → 4140 (except meshd's own traffic, by UID, and
+    /// loopback), IPv4 and IPv6. Safe to run again in the same pod.
     func initContainer() -> YAMLValue {
-        let script = """
-            set -e
-            nat() { iptables -t nat "$@"; }
-            nat -N MESHD_INBOUND 2>/dev/null || nat -F MESHD_INBOUND
-            nat -A MESHD_INBOUND -p tcp --dport \(Self.adminPort) -j RETURN
-            nat -A MESHD_INBOUND -p tcp -j REDIRECT --to-ports \(Self.inboundPort)
-            nat -C PREROUTING -p tcp -j MESHD_INBOUND 2>/dev/null || nat -A PREROUTING -p tcp -j MESHD_INBOUND
-            nat -N MESHD_OUTBOUND 2>/dev/null || nat -F MESHD_OUTBOUND
-            nat -A MESHD_OUTBOUND -m owner --uid-owner \(options.proxyUID) -j RETURN
-            nat -A MESHD_OUTBOUND -o lo -j RETURN
-            nat -A MESHD_OUTBOUND -p tcp -j REDIRECT --to-ports \(Self.outboundPort)
-            nat -C OUTPUT -p tcp -j MESHD_OUTBOUND 2>/dev/null || nat -A OUTPUT -p tcp -j MESHD_OUTBOUND
-            """
-        return .map([
+        .map([
             ("name", .string(Self.initName)),
             ("image", .string(options.initImage ?? options.image)),
-            ("command", .flowList(["/bin/sh", "-c"])),
-            ("args", .list([.literal(script)])),
+            ("command", .flowList(["meshd"])),
+            (
+                "args",
+                .flowList([
+                    "capture", "install", "--mode=sidecar", "--proxy-uid=\(options.proxyUID)", "--outbound-port=\(Self.outboundPort)",
+                    "--inbound-port=\(Self.inboundPort)", "--admin-port=\(Self.adminPort)",
+                ])
+            ),
             (
                 "securityContext",
                 .map([
-                    ("runAsUser", .plain("0")), ("runAsNonRoot", .plain("false")),
+                    ("runAsUser", .plain("0")), ("runAsNonRoot", .plain("false")), ("allowPrivilegeEscalation", .plain("false")),
                     ("capabilities", .map([("add", .flowList(["NET_ADMIN", "NET_RAW"])), ("drop", .flowList(["ALL"]))])),
                 ])
             ),
@@ -218,11 +212,13 @@ struct ManifestInjector {
     func sidecarContainer(appPort: Int?) -> YAMLValue {
         var env: [YAMLValue] = [.map([("name", .string("MESHD_MODE")), ("value", .string("sidecar"))])]
         if let appPort { env.append(.map([("name", .string("MESHD_APP_PORT")), ("value", .string(String(appPort)))])) }
-        func probe(_ path: String, period: Int) -> YAMLValue {
-            .map([
+        func probe(_ path: String, period: Int, failureThreshold: Int? = nil) -> YAMLValue {
+            var fields: [(String, YAMLValue)] = [
                 ("httpGet", .map([("path", .string(path)), ("port", .plain(String(Self.adminPort)))])),
                 ("periodSeconds", .plain(String(period))),
-            ])
+            ]
+            if let failureThreshold { fields.append(("failureThreshold", .plain(String(failureThreshold)))) }
+            return .map(fields)
         }
         return .map([
             ("name", .string(Self.sidecarName)),
@@ -238,6 +234,8 @@ struct ManifestInjector {
                     .map([("name", .string("mesh-admin")), ("containerPort", .plain(String(Self.adminPort)))]),
                 ])
             ),
+            // The kubelet starts the app once a native sidecar's startup probe passes.
+            ("startupProbe", probe("/ready", period: 1, failureThreshold: 30)),
             ("readinessProbe", probe("/ready", period: 2)),
             ("livenessProbe", probe("/live", period: 10)),
             (
@@ -250,8 +248,9 @@ struct ManifestInjector {
             (
                 "securityContext",
                 .map([
-                    ("runAsUser", .plain(String(options.proxyUID))), ("runAsNonRoot", .plain("true")),
-                    ("allowPrivilegeEscalation", .plain("false")),
+                    ("runAsUser", .plain(String(options.proxyUID))), ("runAsGroup", .plain(String(options.proxyUID))),
+                    ("runAsNonRoot", .plain("true")), ("allowPrivilegeEscalation", .plain("false")),
+                    ("readOnlyRootFilesystem", .plain("true")), ("capabilities", .map([("drop", .flowList(["ALL"]))])),
                 ])
             ),
             (

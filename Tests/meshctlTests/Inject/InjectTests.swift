@@ -177,7 +177,7 @@ struct InjectTests {
         #expect(out.contains("image: registry.local/meshd:1.2"))
         #expect(out.contains("image: registry.local/meshd-init:1.2"))
         #expect(out.contains("name: web-mesh"))
-        #expect(out.contains("--uid-owner 2102"))
+        #expect(out.contains("--proxy-uid=2102"))
         #expect(out.contains("runAsUser: 2102"))
     }
 
