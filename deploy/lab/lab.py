@@ -207,6 +207,58 @@ class Meshd(Proc):
 
 # --------------------------------------------------------------------------------------------
 
+PCT_KEYS = ("p50", "p90", "p99", "p999", "max")
+
+
+def aggregate(raw: dict) -> list[dict]:
+    """Per path, its rounds combined: percentiles are the median of the rounds' (max: the largest),
+    counts are summed, gRPC is ok when every round's was; `added` against the direct path of the same
+    locality, from those combined figures."""
+    out = []
+    for pid, runs in raw.items():
+        first = runs[0]
+        m = {k: first[k] for k in ("id", "placement", "mode", "locality", "client", "url", "authority")}
+        hs = [r["http"] for r in runs]
+        http = {"rounds": len(runs)}
+        for k in ("requests", "ok", "errors"):
+            vals = [h.get(k) for h in hs if h.get(k) is not None]
+            http[k] = sum(vals) if vals else None
+        kinds = {}
+        for h in hs:
+            for k, v in (h.get("errorKinds") or {}).items():
+                kinds[k] = kinds.get(k, 0) + v
+        http["errorKinds"] = kinds
+        rates = [h["achievedRate"] for h in hs if h.get("achievedRate") is not None]
+        http["achievedRate"] = round(sum(rates) / len(rates), 1) if rates else None
+        for k in PCT_KEYS:
+            vals = sorted(h[k] for h in hs if h.get(k) is not None)
+            if len(vals) < len(hs) or not vals:
+                http[k] = None
+            elif k == "max":
+                http[k] = vals[-1]
+            else:
+                http[k] = vals[len(vals) // 2] if len(vals) % 2 else round((vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2, 3)
+        http["failure"] = next((h.get("failure") for h in hs if h.get("failure")), None)
+        if len(runs) > 1:
+            http["perRound"] = [{k: h.get(k) for k in PCT_KEYS} for h in hs]
+        m["http"] = http
+        m["rounds"] = len(runs)
+        proxies = {}
+        for r in runs:
+            for name, v in r["proxies"].items():
+                proxies.setdefault(name, {"cpuSeconds": 0.0})["cpuSeconds"] += v["cpuSeconds"]
+        m["proxies"] = {k: {"cpuSeconds": round(v["cpuSeconds"], 4)} for k, v in proxies.items()}
+        m["grpc"] = dict(runs[-1]["grpc"], ok=all(r["grpc"].get("ok") for r in runs))
+        m["ok"] = all(r["ok"] for r in runs)
+        m["seconds"] = round(sum(r["seconds"] for r in runs), 2)
+        out.append(m)
+    direct = {m["locality"]: m["http"] for m in out if m["placement"] == "direct"}
+    for m in out:
+        base = direct.get(m["locality"]) or {}
+        m["added"] = {k: (round(m["http"][k] - base[k], 3) if m["http"].get(k) is not None and
+                          base.get(k) is not None else None) for k in PCT_KEYS}
+    return out
+
 
 class Lab:
     def __init__(self, args):
@@ -224,6 +276,7 @@ class Lab:
         self.duration = args.duration or (3 if self.quick else 15)
         self.warmup = 1 if self.quick else 2
         self.connections = 4 if self.quick else 8
+        self.rounds = args.rounds or (1 if self.quick else 3)
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -478,34 +531,41 @@ class Lab:
                     cmd += ["--pod-cidr", node.cidr, "--node-ip", node.ip]
                 sh(cmd)
 
-    def run_paths(self) -> None:
-        measured = self.results["paths"] = []  # filled as it goes: an interrupted run reports what it measured
+    def run_round(self, rnd: int, raw: dict) -> None:
+        """One round: every path once, the capture phases in turn."""
+        def run(path):
+            m = self.measure(path)
+            m["round"] = rnd
+            raw.setdefault(m["id"], []).append(m)
+            self.results["paths"] = aggregate(raw)  # as it goes: an interrupted run reports what it measured
+
         for path in self.paths(None):
-            measured.append(self.measure(path))
-        if self.has_capture:
-            for mode in ("sidecar", "node"):
+            run(path)
+        if not self.has_capture:
+            return
+        for mode in ("sidecar", "node"):
+            try:
+                self.capture(mode, "install")
+                for path in self.paths(mode):
+                    run(path)
+            except LabError as e:  # the placement's capture paths fail; the rest is still measured
+                self.problems.append(f"{mode} capture: {e}")
+                log(f"{mode} capture failed: {e}")
+            finally:
                 try:
-                    self.capture(mode, "install")
-                    for path in self.paths(mode):
-                        measured.append(self.measure(path))
-                except LabError as e:  # the placement's capture paths fail; the rest is still measured
-                    self.problems.append(f"{mode} capture: {e}")
-                    log(f"{mode} capture failed: {e}")
-                finally:
-                    try:
-                        self.capture(mode, "remove")
-                    except LabError as e:
-                        self.problems.append(f"{mode} capture remove: {e}")
-        # added latency against the direct path of the same locality
-        direct = {m["locality"]: m["http"] for m in measured if m["placement"] == "direct"}
-        for m in measured:
-            base = direct.get(m["locality"]) or {}
-            m["added"] = {k: (round(m["http"][k] - base[k], 3) if m["http"].get(k) is not None and
-                              base.get(k) is not None else None) for k in ("p50", "p90", "p99", "p999", "max")}
+                    self.capture(mode, "remove")
+                except LabError as e:
+                    self.problems.append(f"{mode} capture remove: {e}")
+
+    def run_paths(self) -> None:
+        raw: dict[str, list] = {}
+        for rnd in range(self.rounds):
+            if self.rounds > 1:
+                log(f"round {rnd + 1} of {self.rounds}")
+            self.run_round(rnd, raw)
 
     def resources(self) -> None:
         out = {}
-        load_s = self.warmup + self.duration
         for placement in ("sidecar", "node"):
             paths = [m for m in self.results["paths"] if m["placement"] == placement]
             proxies = {}
@@ -516,13 +576,15 @@ class Lab:
                 proxies[name] = {"serves": m.where, "pid": m.pid, "rssMiB": round(m.status_kib("VmRSS") / 1024, 1),
                                  "peakRssMiB": round(m.status_kib("VmHWM") / 1024, 1), "cpuSeconds": round(cpu, 3)}
             # requests sent while the CPU was measured: the measured ones and the warm-up's
-            reqs = sum((p["http"].get("requests") or 0) for p in paths) + int(self.rate * self.warmup) * len(paths) or 1
+            reqs = sum((p["http"].get("requests") or 0) for p in paths) + \
+                int(self.rate * self.warmup) * sum(p["rounds"] for p in paths) or 1
+            load_s = (self.warmup + self.duration) * sum(p["rounds"] for p in paths) or 1
             total_cpu = sum(v["cpuSeconds"] for v in proxies.values())
             out[placement] = {
                 "proxies": proxies, "count": len(proxies),
                 "rssMiBTotal": round(sum(v["rssMiB"] for v in proxies.values()), 1),
                 "cpuSecondsTotal": round(total_cpu, 3),
-                "cpuCoresDuringLoad": round(total_cpu / (load_s * max(1, len(paths))), 4),
+                "cpuCoresDuringLoad": round(total_cpu / load_s, 4),
                 "cpuMsPer1000Requests": round(total_cpu / reqs * 1e6, 1),
                 "requests": reqs, "paths": [p["id"] for p in paths],
             }
@@ -681,6 +743,8 @@ def parse_args(argv):
     ap.add_argument("--write-docs", action="store_true", help="write docs/modes.md from this run's numbers")
     ap.add_argument("--rate", type=float, help="latency runs: requests per second (default 200 quick, 1000 full)")
     ap.add_argument("--duration", type=float, help="latency runs: measured seconds per path (3 quick, 15 full)")
+    ap.add_argument("--rounds", type=int, help="measure every path this many times, interleaved; percentiles are "
+                    "the median of the rounds' (default 1 quick, 3 full)")
     ap.add_argument("--threads", type=int, default=1, help="event loops of every meshd (default 1)")
     ap.add_argument("--meshd", default=os.environ.get("MESHD_BIN") or str(REPO / ".build" / "release" / "meshd"))
     ap.add_argument("--meshctl", default=os.environ.get("MESHCTL_BIN"))
@@ -738,7 +802,7 @@ def main(argv=None) -> int:
         lab.prepare()
         lab.results.update(settings={
             "quick": args.quick, "mtls": lab.mtls, "delayMs": args.delay, "rate": lab.rate, "duration": lab.duration,
-            "warmup": lab.warmup, "connections": lab.connections, "threads": args.threads,
+            "warmup": lab.warmup, "connections": lab.connections, "threads": args.threads, "rounds": lab.rounds,
             "cpus": os.cpu_count(), "kernel": os.uname().release, "sweptAtStart": swept,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         lab.results["topology"] = report.topology_dict(lab.topo)

@@ -13,6 +13,12 @@ def _s(v):
     return "–" if v is None else f"{v:+.3f}"
 
 
+def _kinds(by_kind: dict) -> str:
+    words = {"status": "answered with an error status", "refused": "refused", "timeout": "timed out",
+             "io": "cut (reset or closed)"}
+    return ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(by_kind.items())) or "none"
+
+
 def _path(results, pid):
     return next((p for p in results.get("paths", []) if p["id"] == pid), None)
 
@@ -43,11 +49,11 @@ def render(r: dict) -> str:
     a("| | sidecar | node proxy |")
     a("|---|---|---|")
     if cs and cn:
-        a(f"| added latency, cross-node, p50 / p99 (ms) | {_s(cs['added']['p50'])} / {_s(cs['added']['p99'])} | "
-          f"{_s(cn['added']['p50'])} / {_s(cn['added']['p99'])} |")
+        a(f"| added latency, cross-node, p50 / p90 / p99 (ms) | {_s(cs['added']['p50'])} / {_s(cs['added']['p90'])} / "
+          f"{_s(cs['added']['p99'])} | {_s(cn['added']['p50'])} / {_s(cn['added']['p90'])} / {_s(cn['added']['p99'])} |")
     if ss and sn:
-        a(f"| added latency, same-node, p50 / p99 (ms) | {_s(ss['added']['p50'])} / {_s(ss['added']['p99'])} | "
-          f"{_s(sn['added']['p50'])} / {_s(sn['added']['p99'])} |")
+        a(f"| added latency, same-node, p50 / p90 / p99 (ms) | {_s(ss['added']['p50'])} / {_s(ss['added']['p90'])} / "
+          f"{_s(ss['added']['p99'])} | {_s(sn['added']['p50'])} / {_s(sn['added']['p90'])} / {_s(sn['added']['p99'])} |")
     a("| proxies a call crosses | 2 (the caller's and the callee's sidecar) | 2 cross-node (both nodes' proxies), "
       "1 process same-node (outbound and inbound listeners of the same node proxy) |")
     if rs and rn:
@@ -78,11 +84,15 @@ def render(r: dict) -> str:
       f"(pod CIDR in `node.podCIDRs`, `via:` endpoints). mTLS between every pair of proxies: "
       f"{'on' if s['mtls'] else 'off'}; meshd event loops: {s['threads']}; node link delay: {s['delayMs']:g} ms.")
     a("")
+    rounds = s.get("rounds") or 1
     a(f"Latency: `meshctl latency` from inside the calling pod, one path after another, open loop at "
       f"{s['rate']:g} requests/s on {s['connections']} keep-alive HTTP/1.1 connections, {s['duration']:g} s measured "
-      f"after {s['warmup']} s of warm-up, HDR histograms; the added latency is the path's percentile minus the "
-      "direct path's (no proxy) of the same locality. Every path also carries gRPC (20 unary calls and a "
-      "20-message server stream, every message checked).")
+      f"after {s['warmup']} s of warm-up, HDR histograms" +
+      (f"; every path measured in {rounds} rounds (all paths once per round), each percentile the median of "
+       "the rounds' (max: the largest)" if rounds > 1 else "") +
+      "; the added latency is the path's percentile minus the direct path's (no proxy) of the same "
+      "locality. Every path also carries gRPC (20 unary calls and a 20-message server stream, every "
+      "message checked).")
     a("")
     a("Paths: **direct** — the client calls the server pod's IP; **sidecar** — the client calls "
       "`127.0.0.1:4140` with `Host: web`; **node** — the client calls `NODE_IP:4140` with `Host: web`" +
@@ -106,7 +116,9 @@ def render(r: dict) -> str:
       "two extra loopback hops; a node-proxy call crosses the pod's veth to its node's stack, which it "
       "crosses anyway, and the node proxies. Same-node, the node placement is one meshd process (its "
       "outbound listener hands the call to its own inbound listener over a pooled connection). With this "
-      "few CPUs the tail (p99.9, max) is dominated by scheduling: compare the p50 and p90 columns first.")
+      f"few CPUs ({s['cpus']}: the load generator, the apps and every proxy share them) the tail — p99 and "
+      "beyond — is dominated by scheduling and varies between rounds by more than a proxy adds; a negative "
+      "added figure is that noise. Compare the p50 and p90 columns first.")
     a("")
     a("## Resources")
     a("")
@@ -146,10 +158,12 @@ def render(r: dict) -> str:
         h, st = usc["http"], usc.get("grpcStream", {}).get("stream", {})
         a(f"- **Sidecar**: replacing a sidecar restarts its pod. The server and gRPC pods were restarted the way "
           f"the kubelet restarts a pod with a native sidecar (the app stops, then meshd drains and stops; meshd "
-          f"starts, then the app): {h['failed']} of {h['requests']} requests failed ({h.get('byKind')}), the app "
+          f"starts, then the app): {h['failed']} of {h['requests']} requests failed ({_kinds(h.get('byKind', {}))}), the app "
           f"was unreachable for {h['downtimeMs']:.0f} ms (longest time without a success: {h['longestStallMs']:.0f} ms), "
           f"and the gRPC stream ended with {st.get('code')} after {st.get('messages')} of {st.get('expected')} messages. "
-          "Every pod of the cluster pays this once per meshd upgrade.")
+          "Every pod of the cluster pays this once per meshd upgrade. (The lab's service has one replica; "
+          "a Deployment with several, updated with a surge, hides a pod's restart from its callers once "
+          "the endpoints move — at the price of the rollout of every workload.)")
     if "http" in unode:
         h, st = unode["http"], unode.get("grpcStream", {}).get("stream", {})
         a(f"- **Node proxy**: a new meshd started with `--takeover` receives the listening sockets over the "
@@ -165,8 +179,14 @@ def render(r: dict) -> str:
     a("- Choose **sidecars** when isolation matters most: a proxy's failure, its memory and its identity "
       "belong to one pod, and a pod can run its own meshd version. It costs a meshd per pod (memory × pods, "
       "containers × pods) and an upgrade is a rolling restart of every workload.")
-    a("- Choose **node proxies** when pods are many and small: one meshd per node, upgraded in place without "
-      "touching the pods and without failed requests; same-node calls cross one process. It costs a "
+    if "http" in unode:
+        nf = unode["http"]["failed"]
+        upgrade_words = ("upgraded in place without touching the pods, and in this run without a failed request"
+                         if nf == 0 else f"upgraded in place without touching the pods ({nf} failed requests in this run)")
+    else:
+        upgrade_words = "upgraded without restarting the pods"
+    a("- Choose **node proxies** when pods are many and small: one meshd per node, " + upgrade_words + "; "
+      "same-node calls cross one process. It costs a "
       "shared failure domain (one proxy for every pod of the node), a node proxy that holds every local "
       "workload's key, and per-pod limits that must be configured (`http.maxConnectionsPerSource`, "
       "per-source rate limits) so one pod cannot starve the others.")
@@ -174,7 +194,7 @@ def render(r: dict) -> str:
     a("## Reproducing")
     a("")
     a("```sh")
-    a("sudo deploy/lab/run --out /tmp/lab            # a full run (about 10 minutes); --quick is the CI version")
+    a("sudo deploy/lab/run --out /tmp/lab            # a full run (about 10 minutes); --quick (about 1 minute) is the CI version")
     a("sudo deploy/lab/run --write-docs              # this page, from the run's numbers")
     a("```")
     a("")

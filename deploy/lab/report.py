@@ -39,7 +39,8 @@ def render(results: dict) -> str:
     out.append(f"meshd lab: 2 nodes, {len(results.get('topology', {}).get('pods', {}))} pods; mTLS "
                f"{'on' if s.get('mtls') else 'off'}; node link delay {s.get('delayMs', 0):g} ms; HTTP/1.1 open loop "
                f"{s.get('rate'):g} req/s, {s.get('connections')} connections, {s.get('duration'):g} s after "
-               f"{s.get('warmup')} s warm-up per path; meshd threads {s.get('threads')}; {s.get('cpus')} CPUs")
+               f"{s.get('warmup')} s warm-up per path" + (f", {s['rounds']} rounds (median)" if (s.get('rounds') or 1) > 1 else "") +
+               f"; meshd threads {s.get('threads')}; {s.get('cpus')} CPUs")
     paths = results.get("paths", [])
     if paths:
         rows = [["PATH", "PLACEMENT", "CALL", "OK", "ERR", "P50-MS", "P90-MS", "P99-MS", "P99.9-MS", "MAX-MS",
