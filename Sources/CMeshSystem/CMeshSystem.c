@@ -177,3 +177,35 @@ long cmesh_receive_with_fds(int socket, void *bytes, size_t capacity, int *fds, 
     }
     return (long)n;
 }
+
+// MARK: - Resident code pages
+
+#include <stdio.h>
+#include <sys/mman.h>
+
+long cmesh_release_code_pages(void) {
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return -errno;
+    exe[n] = 0;
+    FILE *maps = fopen("/proc/self/maps", "re");
+    if (maps == NULL) return -errno;
+    char line[4096 + 256];
+    long total = 0;
+    while (fgets(line, sizeof line, maps) != NULL) {
+        unsigned long start, end;
+        char perms[8];
+        int path_at = 0;
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &start, &end, perms, &path_at) < 3 || path_at == 0) continue;
+        // Only r-xp: executable code, never written. Not the data or RELRO mappings, whose pages
+        // may have been written (dropping those would lose the writes).
+        if (strcmp(perms, "r-xp") != 0) continue;
+        char *path = line + path_at;
+        size_t len = strlen(path);
+        if (len > 0 && path[len - 1] == '\n') path[len - 1] = 0;
+        if (strcmp(path, exe) != 0) continue;
+        if (madvise((void *)start, end - start, MADV_DONTNEED) == 0) total += (long)(end - start);
+    }
+    fclose(maps);
+    return total;
+}

@@ -1,4 +1,5 @@
 import Atomics
+import CMeshSystem
 import Dispatch
 import Logging
 import MeshCore
@@ -155,6 +156,14 @@ final class MeshRuntime: Sendable {
                 shared.logger.error(
                     "upgrade.socket: cannot listen; this meshd cannot hand its listeners over", metadata: ["error": "\(error)"])
             }
+        }
+        // Start-up code (config parsing, YAML, certificates, argument parsing) is not run again: a
+        // second after ready, the executable's code pages leave the resident set (they stay in the
+        // page cache, shared by every meshd on the machine) and only the code in use faults back.
+        let logger = shared.logger
+        DispatchQueue.global().asyncAfter(deadline: .now() + 1) {
+            let released = cmesh_release_code_pages()
+            logger.debug("start-up code pages released from the resident set", metadata: ["bytes": "\(released)"])
         }
         shared.logger.info(
             "meshd ready",
