@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""How meshd scales from one event loop to two on this machine, beside HAProxy with one and two
+threads, in one run (bench/README.md). The client (wrk, 2 threads, 64 keep-alive connections) and
+the backend (nginx, 1 worker) share the same cores as the proxy: on a 2-core machine a second proxy
+thread competes with them, which is what a node proxy's box looks like too.
+
+    bench/scaling.py [--update-docs]     (DURATION=8 RUNS=3; MESHD_BIN default .build/release/meshd)
+
+Reports req/s and the proxy's CPU seconds per 1000 requests (median over RUNS interleaved rounds),
+and each two-thread figure over its one-thread figure."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
+DURATION = int(os.environ.get("DURATION", "8"))
+RUNS = int(os.environ.get("RUNS", "3"))
+procs: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd) -> subprocess.Popen:
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_port(port, timeout=10):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port} not listening")
+
+
+def cpu_seconds(pids) -> float:
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / hz
+
+
+def family(p) -> list[int]:
+    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    return [p.pid] + [int(k) for k in kids]
+
+
+def wrk(port) -> tuple[float, int, str]:
+    r = subprocess.run(["wrk", "-t2", "-c64", f"-d{DURATION}s", "-H", "Host: bench", f"http://127.0.0.1:{port}/"],
+                       capture_output=True, text=True, timeout=DURATION + 60)
+    m = re.search(r"(\d+) requests in", r.stdout)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+    errors = "Socket errors" in r.stdout or "Non-2xx" in r.stdout
+    return float(rps.group(1)) if rps else 0.0, int(m.group(1)) if m else 0, r.stdout if errors else ""
+
+
+def main():
+    update = "--update-docs" in sys.argv[1:]
+    tmp = Path(tempfile.mkdtemp(prefix="meshd-bench-scaling."))
+    os.chmod(tmp, 0o755)
+    results: dict[str, list[tuple[float, float]]] = {}
+    try:
+        backend = free_port()
+        (tmp / "b").mkdir()
+        (tmp / "b/nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {tmp}/b/pid; error_log {tmp}/b/err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+        start(["nginx", "-p", str(tmp / "b"), "-e", str(tmp / "b/err"), "-c", str(tmp / "b/nginx.conf")])
+        wait_port(backend)
+        targets = {}
+        for threads in (1, 2):
+            port, admin = free_port(), free_port()
+            cfg = tmp / f"meshd{threads}.yaml"
+            cfg.write_text(f"""mode: sidecar
+threads: {threads}
+outbound: {{ listen: "127.0.0.1:{port}" }}
+inbound: {{ listen: "127.0.0.1:0", app: "127.0.0.1:9" }}
+admin: {{ listen: "127.0.0.1:{admin}" }}
+services: [ {{ name: bench, endpoints: ["127.0.0.1:{backend}"] }} ]
+routes: [ {{ match: {{ authority: bench }}, service: bench }} ]
+""")
+            targets[f"meshd --threads {threads}"] = (start([MESHD, "--config", str(cfg)]), port)
+            hp = free_port()
+            (tmp / f"haproxy{threads}.cfg").write_text(f"""global
+    nbthread {threads}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend f
+    bind 127.0.0.1:{hp}
+    default_backend b
+backend b
+    http-reuse always
+    server s1 127.0.0.1:{backend}
+""")
+            targets[f"HAProxy nbthread {threads}"] = (start(["haproxy", "-f", str(tmp / f"haproxy{threads}.cfg")]), hp)
+        for _, port in targets.values():
+            wait_port(port)
+        for name, (p, port) in targets.items():  # warm-up
+            subprocess.run(["wrk", "-t2", "-c64", "-d2s", "-H", "Host: bench", f"http://127.0.0.1:{port}/"],
+                           capture_output=True, timeout=60)
+        for _ in range(RUNS):
+            for name, (p, port) in targets.items():
+                pids = family(p)
+                c0 = cpu_seconds(pids)
+                rps, n, errors = wrk(port)
+                c1 = cpu_seconds(pids)
+                if errors:
+                    sys.exit(f"{name}: wrk saw errors:\n{errors}")
+                results.setdefault(name, []).append((rps, (c1 - c0) / n * 1000 if n else 0.0))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in results.items()}
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} by `bench/scaling.py` ({os.cpu_count()} cores shared by wrk -t2 -c64, "
+        f"the nginx backend and the proxy; {RUNS} interleaved rounds of {DURATION} s, medians).",
+        "",
+        "| proxy | req/s | CPU s per 1000 requests | 2 threads / 1 thread (req/s) |",
+        "|---|---|---|---|",
+    ]
+    for name, (rps, cpu) in med.items():
+        ratio = ""
+        if name.endswith("2"):
+            one = med[name[:-1] + "1"][0]
+            ratio = f"{rps / one:.2f}×" if one else "n/a"
+        lines.append(f"| {name} | {rps:,.0f} | {cpu:.3f} | {ratio} |")
+    table = "\n".join(lines)
+    print(table)
+    if update:
+        doc = ROOT / "docs/performance.md"
+        text = doc.read_text()
+        begin, end = "<!-- scaling:begin -->", "<!-- scaling:end -->"
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(head + begin + "\n" + table + "\n" + end + tail)
+        print("docs/performance.md updated")
+
+
+if __name__ == "__main__":
+    main()
