@@ -277,6 +277,7 @@ class Lab:
         self.warmup = 1 if self.quick else 2
         self.connections = 4 if self.quick else 8
         self.rounds = args.rounds or (1 if self.quick else 3)
+        self.round_label = ""
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -479,7 +480,7 @@ class Lab:
         try:
             target = json.loads(r.stdout)["targets"][0]
         except (ValueError, KeyError, IndexError):
-            self.problems.append(f"{path['id']}: meshctl latency gave no report (exit {r.returncode}): "
+            self.problems.append(f"{path['id']}{self.round_label}: meshctl latency gave no report (exit {r.returncode}): "
                                  f"{r.stderr.decode(errors='replace')[-500:]}")
             target = {"ok": 0, "errors": None, "requests": 0}
         res["http"] = {k: target.get(k) for k in ("achievedRate", "requests", "ok", "errors", "errorKinds",
@@ -493,10 +494,10 @@ class Lab:
         ok_http = (target.get("errors") == 0 and (target.get("ok") or 0) > 0)
         res["ok"] = bool(ok_http and g.get("ok"))
         if not ok_http:
-            self.problems.append(f"{path['id']}: HTTP/1.1 {target.get('ok')} ok, {target.get('errors')} errors "
+            self.problems.append(f"{path['id']}{self.round_label}: HTTP/1.1 {target.get('ok')} ok, {target.get('errors')} errors "
                                  f"{target.get('errorKinds')} {target.get('failure') or ''}")
         if not g.get("ok"):
-            self.problems.append(f"{path['id']}: gRPC check failed: {json.dumps(g)[:400]}")
+            self.problems.append(f"{path['id']}{self.round_label}: gRPC check failed: {json.dumps(g)[:400]}")
         log(f"{path['id']:22} HTTP/1.1 ok {target.get('ok')} err {target.get('errors')} p50 {target.get('p50')} "
             f"p99 {target.get('p99')} ms; gRPC {'ok' if g.get('ok') else 'FAILED'}")
         return res
@@ -533,6 +534,8 @@ class Lab:
 
     def run_round(self, rnd: int, raw: dict) -> None:
         """One round: every path once, the capture phases in turn."""
+        self.round_label = f" (round {rnd + 1})" if self.rounds > 1 else ""
+
         def run(path):
             m = self.measure(path)
             m["round"] = rnd
@@ -741,6 +744,7 @@ def parse_args(argv):
                     help="one-way netem delay on the node link, each direction (needs sch_netem)")
     ap.add_argument("--no-mtls", action="store_true", help="plaintext between the proxies")
     ap.add_argument("--write-docs", action="store_true", help="write docs/modes.md from this run's numbers")
+    ap.add_argument("--docs-from", metavar="RESULTS_JSON", help="only write docs/modes.md from a run's results.json")
     ap.add_argument("--rate", type=float, help="latency runs: requests per second (default 200 quick, 1000 full)")
     ap.add_argument("--duration", type=float, help="latency runs: measured seconds per path (3 quick, 15 full)")
     ap.add_argument("--rounds", type=int, help="measure every path this many times, interleaved; percentiles are "
@@ -756,6 +760,13 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.docs_from:  # re-render docs/modes.md from a run's results.json (no root needed)
+        results = json.loads(Path(args.docs_from).read_text())
+        import modes_doc
+
+        (REPO / "docs" / "modes.md").write_text(modes_doc.render(results))
+        print(f"docs/modes.md written from {args.docs_from}")
+        return 0
     if os.geteuid() != 0:
         print("deploy/lab/run needs root: it creates network namespaces, veth links, bridges and iptables rules "
               "(run it as root or with sudo; CI runs it as root).", file=sys.stderr)
@@ -843,9 +854,12 @@ def main(argv=None) -> int:
             lab.results["leftovers"] = netlab.leftovers()
             lab.results["seconds"] = round(time.monotonic() - t_start, 1)
             lab.results["ok"] = status == 0
-            report.write(lab.results, out, write_docs=args.write_docs and status == 0, repo=REPO)
-            if args.write_docs and status != 0:
-                log("docs/modes.md not written: the run had problems")
+            # the docs are written from a run that measured everything it set out to, problems and all
+            # (they list them); not from an interrupted or aborted one
+            complete = status in (0, 1) and "upgrade" in lab.results
+            report.write(lab.results, out, write_docs=args.write_docs and complete, repo=REPO)
+            if args.write_docs:
+                log("docs/modes.md written" if complete else "docs/modes.md not written: the run did not finish")
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(s, signal.SIG_DFL)
     return status

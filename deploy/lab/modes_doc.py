@@ -191,11 +191,21 @@ def render(r: dict) -> str:
       "workload's key, and per-pod limits that must be configured (`http.maxConnectionsPerSource`, "
       "per-source rate limits) so one pod cannot starve the others.")
     a("")
+    probs = r.get("problems") or []
+    if probs:
+        a("## What this run found wrong")
+        a("")
+        a("The lab counts every failed request and call; this run had these, and they are open:")
+        a("")
+        for pr in probs:
+            a(f"- `{pr[:400]}`")
+        a("")
     a("## Reproducing")
     a("")
     a("```sh")
     a("sudo deploy/lab/run --out /tmp/lab            # a full run (about 10 minutes); --quick (about 1 minute) is the CI version")
     a("sudo deploy/lab/run --write-docs              # this page, from the run's numbers")
+    a("deploy/lab/run --docs-from /tmp/lab/results.json   # this page again, from a finished run")
     a("```")
     a("")
     a("See deploy/lab/README.md for what the lab builds, its flags and its outputs.")
