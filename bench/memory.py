@@ -204,8 +204,9 @@ server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_
                 stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    size = Path(MESHD).stat().st_size
-    debug = Path(MESHD + ".debug")
+    shipped = ROOT / ".build/dist/meshd"  # scripts/build-release.sh: stripped, debug info beside it
+    size = (shipped if shipped.exists() else Path(MESHD)).stat().st_size
+    debug = Path(str(shipped) + ".debug")
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} by `bench/memory.py` (one run; MiB = 1024 kB of /proc/PID/status).",
         "",
@@ -220,7 +221,7 @@ server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_
         f"- meshd ready (`/ready` 200) after exec: {', '.join(f'{r:.0f}' for r in ready)} ms (5 starts; "
         f"the first after a build reads the binary from disk). Peak RSS (VmHWM, during start-up): {mib(rows[0][4])} MiB.",
         f"- Shipped binary (`scripts/build-release.sh`: static Swift runtime and Foundation, stripped): "
-        f"{size / 1048576:.0f} MiB; its debug information, kept beside it as `meshd.debug` (gdb and perf find it "
+        f"{size / 1048576:.0f} MiB; (`.build/dist/meshd`); its debug information, kept beside it as `meshd.debug` (gdb and perf find it "
         f"through `.gnu_debuglink`): {debug.stat().st_size / 1048576:.0f} MiB." if debug.exists() else
         f"- Shipped binary: {size / 1048576:.0f} MiB.",
     ]

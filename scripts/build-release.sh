@@ -4,17 +4,16 @@
 # fewer indirect calls into the runtime than the default dynamic build. Output: .build/release/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-flags=(-c release --static-swift-stdlib -Xswiftc -Xclang-linker -Xswiftc -no-pie)
+flags=(-c release --static-swift-stdlib -Xswiftc -Xclang-linker -Xswiftc -no-pie -Xswiftc -enforce-exclusivity=unchecked)
 swift build "${flags[@]}" --product meshd "$@"
 swift build "${flags[@]}" --product meshctl "$@"
-# Ship stripped binaries; the debug information (and symbol table) goes to meshd.debug /
-# meshctl.debug beside them, found by gdb and perf through a .gnu_debuglink. A binary the build
-# did not relink is stripped already and keeps its .debug file.
-for binary in .build/release/meshd .build/release/meshctl; do
-    if readelf -S "$binary" | grep '\.debug_info' >/dev/null; then  # (grep -q would end the pipe early)
-        objcopy --only-keep-debug "$binary" "$binary.debug"
-        strip --strip-all "$binary"
-        objcopy --add-gnu-debuglink="$binary.debug" "$binary"
-    fi
+# The shipped binaries, stripped, go to .build/dist/ with their debug information (and symbol table)
+# beside them in *.debug, found by gdb and perf through a .gnu_debuglink. .build/release/ keeps the
+# unstripped ones (for profiling: valgrind and perf read their symbols directly).
+mkdir -p .build/dist
+for name in meshd meshctl; do
+    objcopy --only-keep-debug ".build/release/$name" ".build/dist/$name.debug"
+    strip --strip-all ".build/release/$name" -o ".build/dist/$name"
+    (cd .build/dist && objcopy --add-gnu-debuglink="$name.debug" "$name")
 done
-echo "built: $PWD/.build/release/meshd ($(du -m .build/release/meshd | cut -f1) MB) $PWD/.build/release/meshctl (debug info: *.debug)"
+echo "built: $PWD/.build/release/meshd $PWD/.build/release/meshctl; stripped: $PWD/.build/dist/ (meshd $(du -m .build/dist/meshd | cut -f1) MB)"

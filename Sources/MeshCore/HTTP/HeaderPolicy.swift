@@ -65,14 +65,33 @@ extension HeaderPolicy {
 
     /// ASCII case-insensitive equality; `lowercase` must already be lowercase. Concrete (not
     /// generic) and inlinable: it runs for every header of every message.
+    /// Compares the strings' UTF-8 bytes in place (`withUTF8`: no copy for native strings, a stack
+    /// copy for small ones), not through `String.UTF8View`'s iterator — 5 % of the instructions of a
+    /// proxied HTTP/1.1 request went to that iterator (callgrind).
     @inlinable
     public static func equalsIgnoringASCIICase(_ s: String, _ lowercase: String) -> Bool {
-        equalsIgnoringASCIICase(s.utf8, lowercase.utf8)
+        guard s.utf8.count == lowercase.utf8.count else { return false }
+        var s = s
+        var lowercase = lowercase
+        return s.withUTF8 { a in lowercase.withUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
     }
 
     @inlinable
     public static func equalsIgnoringASCIICase(_ s: Substring, _ lowercase: String) -> Bool {
-        equalsIgnoringASCIICase(s.utf8, lowercase.utf8)
+        guard s.utf8.count == lowercase.utf8.count else { return false }
+        var s = s
+        var lowercase = lowercase
+        return s.withUTF8 { a in lowercase.withUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
+    }
+
+    @inlinable
+    public static func equalsIgnoringASCIICase(bytes a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard a.count == b.count else { return false }
+        for i in 0..<a.count {
+            let x = a[i]
+            if (x &- 65 < 26 ? x | 0x20 : x) != b[i] { return false }
+        }
+        return true
     }
 
     /// The comparison itself: inlinable, so it is specialised for the concrete views at each call site.
@@ -84,6 +103,30 @@ extension HeaderPolicy {
             guard let y = ib.next(), (x >= 65 && x <= 90 ? x | 0x20 : x) == y else { return false }
         }
         return true
+    }
+
+    /// ASCII case-insensitive equality of two names, folding both sides.
+    @inlinable
+    public static func equalsFoldingASCIICase(_ a: Substring, _ b: Substring) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        for (x, y) in zip(a.utf8, b.utf8) where (x &- 65 < 26 ? x | 0x20 : x) != (y &- 65 < 26 ? y | 0x20 : y) {
+            return false
+        }
+        return true
+    }
+
+    /// Each non-empty item of a comma-separated header value, without surrounding SP / HTAB.
+    @inlinable
+    public static func forEachListItem(_ value: String, _ body: (Substring) -> Void) {
+        var rest = value[...]
+        while !rest.isEmpty {
+            let comma = rest.utf8.firstIndex(of: UInt8(ascii: ",")) ?? rest.endIndex
+            var item = rest[..<comma]
+            while let f = item.utf8.first, f == 0x20 || f == 0x09 { item = item[item.utf8.index(after: item.startIndex)...] }
+            while let l = item.utf8.last, l == 0x20 || l == 0x09 { item = item[..<item.utf8.index(before: item.endIndex)] }
+            if !item.isEmpty { body(item) }
+            rest = comma == rest.endIndex ? rest[rest.endIndex...] : rest[rest.utf8.index(after: comma)...]
+        }
     }
 
     /// Whether a comma-separated header value lists `token` (lowercase), e.g. `chunked` in

@@ -42,7 +42,7 @@ public struct RouteTable: Sendable {
         func matches(_ host: Substring) -> Bool {
             switch self {
             case .any: return true
-            case .exact(let name): return HeaderPolicy.equalsIgnoringASCIICase(host.utf8, name.utf8)
+            case .exact(let name): return HeaderPolicy.equalsIgnoringASCIICase(host, name)
             case .suffix(let suffix):
                 guard host.utf8.count > suffix.utf8.count else { return false }
                 return HeaderPolicy.equalsIgnoringASCIICase(host.utf8.suffix(suffix.utf8.count), suffix.utf8)

@@ -99,26 +99,26 @@ extension HTTPHeaders {
     }
 
     /// Removes hop-by-hop headers (the fixed set, names listed in `Connection`, and `Expect` when
-    /// asked) in one rebuild, and re-applies chunked framing when the message had it.
+    /// asked) in place, and re-applies chunked framing when the message had it. No Foundation, no
+    /// rebuilt header list: it runs on most responses (an HTTP/1.1 server's `Connection: keep-alive`).
     mutating func meshStripHopByHop(_ scan: HeaderScan, removeExpect: Bool) {
         guard scan.hasHopByHop || removeExpect else { return }
-        var listed: [String] = []
-        for value in self["connection"] {
-            for token in value.split(separator: ",") {
-                let t = String(token).trimmingCharacters(in: " \t").lowercased()
-                if !t.isEmpty { listed.append(t) }
+        var names: [Substring] = []
+        func note(_ name: Substring) {
+            if !names.contains(where: { HeaderPolicy.equalsFoldingASCIICase($0, name) }) { names.append(name) }
+        }
+        for (name, value) in self {
+            if HeaderPolicy.isHopByHop(name) {
+                note(name[...])
+                if name.utf8.count == 10 && HeaderPolicy.equalsIgnoringASCIICase(name, "connection") {
+                    HeaderPolicy.forEachListItem(value) { note($0) }
+                }
+            } else if removeExpect && name.utf8.count == 6 && HeaderPolicy.equalsIgnoringASCIICase(name, "expect") {
+                note(name[...])
             }
         }
-        var kept: [(String, String)] = []
-        kept.reserveCapacity(self.count)
-        for (name, value) in self {
-            if HeaderPolicy.isHopByHop(name) { continue }
-            if removeExpect && HeaderPolicy.equalsIgnoringASCIICase(name, "expect") { continue }
-            if !listed.isEmpty && listed.contains(where: { HeaderPolicy.equalsIgnoringASCIICase(name, $0) }) { continue }
-            kept.append((name, value))
-        }
-        if scan.chunked { kept.append(("transfer-encoding", "chunked")) }
-        if scan.teTrailers { kept.append(("te", "trailers")) }
-        self = HTTPHeaders(kept)
+        for name in names { remove(name: String(name)) }
+        if scan.chunked { add(name: "transfer-encoding", value: "chunked") }
+        if scan.teTrailers { add(name: "te", value: "trailers") }
     }
 }

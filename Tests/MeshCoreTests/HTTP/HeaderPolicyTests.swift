@@ -31,4 +31,20 @@ struct HeaderPolicyTests {
         #expect(Set(MeshError.allCases.map(\.rawValue)).count == MeshError.allCases.count)
         #expect(HeaderPolicy.statusClass(204) == "2xx" && HeaderPolicy.statusClass(503) == "5xx")
     }
+
+    @Test func caseInsensitiveEqualityOnlyFoldsASCIILetters() {
+        #expect(HeaderPolicy.equalsIgnoringASCIICase("Content-Length", "content-length"))
+        #expect(
+            HeaderPolicy.equalsIgnoringASCIICase(
+                "X-A-VERY-LONG-HEADER-NAME-PAST-SMALL-STRINGS", "x-a-very-long-header-name-past-small-strings"))
+        #expect(HeaderPolicy.equalsIgnoringASCIICase(Substring("xTE"), "xte"))
+        #expect(HeaderPolicy.equalsIgnoringASCIICase("TE"[...], "te"))
+        #expect(!HeaderPolicy.equalsIgnoringASCIICase("te", "tex"))
+        #expect(!HeaderPolicy.equalsIgnoringASCIICase("tf", "te"))
+        // Only A-Z fold: '@' (0x40) and '[' (0x5B) are not letters; 'É' is not ASCII.
+        #expect(!HeaderPolicy.equalsIgnoringASCIICase("@", "`"))
+        #expect(!HeaderPolicy.equalsIgnoringASCIICase("[", "{"))
+        #expect(!HeaderPolicy.equalsIgnoringASCIICase("É", "é"))
+        #expect(HeaderPolicy.equalsIgnoringASCIICase("", ""))
+    }
 }
