@@ -26,6 +26,7 @@ from netlab import PREFIX, LabError, Pod, Topology, sh
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PROXY_UID = 4140
+POOL_IDLE_S = 2
 TRUST_DOMAIN = "lab.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/lab/sa/client"
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/lab/sa/server"
@@ -330,7 +331,10 @@ class Lab:
     # -- configs ----------------------------------------------------------------------------------
     def base(self) -> dict:
         # drainTimeout as deploy/daemonset/meshd.yaml sets it: a stream across an upgrade (< 30 s) finishes
-        return {"threads": self.args.threads, "drainTimeout": "30s", "admin": {"listen": "127.0.0.1:4191"}}
+        # upstream.idleTimeout 2 s: pooled connections made before a capture change expire before the
+        # next phase uses them (see settle_after_capture_change)
+        return {"threads": self.args.threads, "drainTimeout": "30s", "admin": {"listen": "127.0.0.1:4191"},
+                "upstream": {"idleTimeout": f"{POOL_IDLE_S}s"}}
 
     def services_sidecar(self) -> list[dict]:
         p = self.topo.pods
@@ -531,6 +535,16 @@ class Lab:
                 if action == "install":
                     cmd += ["--pod-cidr", node.cidr, "--node-ip", node.ip]
                 sh(cmd)
+        self.settle_after_capture_change()
+
+    def settle_after_capture_change(self) -> None:
+        """The lab turns capture on and off in running pods (a cluster installs it before any connection
+        exists). A pod namespace's conntrack picks up a connection made before the change mid-stream as a
+        new one, so the rules now apply to it: a node proxy's pooled connection into a pod is
+        redirected to that pod's sidecar, which resets it — and a gRPC call on it fails (a POST is not
+        replayed). So no pooled connection outlives a change: the proxies close idle ones after
+        upstream.idleTimeout (POOL_IDLE_S), and the lab waits that long, plus their 100 ms tick."""
+        time.sleep(POOL_IDLE_S + 0.5)
 
     def run_round(self, rnd: int, raw: dict) -> None:
         """One round: every path once, the capture phases in turn."""
