@@ -115,33 +115,44 @@ extension HeaderPolicy {
         return true
     }
 
-    /// Each non-empty item of a comma-separated header value, without surrounding SP / HTAB.
+    /// Each non-empty item of a comma-separated header value, without surrounding SP / HTAB. Scans
+    /// the bytes in place; each item is a slice of `value` (no allocation).
     @inlinable
     public static func forEachListItem(_ value: String, _ body: (Substring) -> Void) {
-        var rest = value[...]
-        while !rest.isEmpty {
-            let comma = rest.utf8.firstIndex(of: UInt8(ascii: ",")) ?? rest.endIndex
-            var item = rest[..<comma]
-            while let f = item.utf8.first, f == 0x20 || f == 0x09 { item = item[item.utf8.index(after: item.startIndex)...] }
-            while let l = item.utf8.last, l == 0x20 || l == 0x09 { item = item[..<item.utf8.index(before: item.endIndex)] }
-            if !item.isEmpty { body(item) }
-            rest = comma == rest.endIndex ? rest[rest.endIndex...] : rest[rest.utf8.index(after: comma)...]
+        var items: (count: Int, ranges: [(Int, Int)]) = (0, [])
+        var single: (Int, Int) = (0, 0)
+        var copy = value
+        copy.withUTF8 { bytes in
+            var i = 0
+            while i <= bytes.count {
+                var start = i
+                var end = i
+                while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
+                i = end + 1
+                while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start += 1 }
+                while end > start && (bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09) { end -= 1 }
+                if end > start {
+                    if items.count == 0 { single = (start, end) } else { items.ranges.append((start, end)) }
+                    items.count += 1
+                }
+            }
         }
+        guard items.count > 0 else { return }
+        let utf8 = value.utf8
+        func slice(_ r: (Int, Int)) -> Substring {
+            value[utf8.index(utf8.startIndex, offsetBy: r.0)..<utf8.index(utf8.startIndex, offsetBy: r.1)]
+        }
+        body(slice(single))
+        for r in items.ranges { body(slice(r)) }
     }
 
     /// Whether a comma-separated header value lists `token` (lowercase), e.g. `chunked` in
     /// `Transfer-Encoding: gzip, chunked`.
     public static func listContains(_ value: String, token: String) -> Bool {
-        for item in value.utf8.split(separator: UInt8(ascii: ",")) {
-            var slice = item[...]
-            while let f = slice.first, f == 32 || f == 9 { slice = slice.dropFirst() }
-            while let l = slice.last, l == 32 || l == 9 { slice = slice.dropLast() }
-            if slice.count == token.utf8.count
-                && zip(slice, token.utf8).allSatisfy({ ($0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0) == $1 })
-            {
-                return true
-            }
+        var found = false
+        forEachListItem(value) { item in
+            if !found && equalsIgnoringASCIICase(item, token) { found = true }
         }
-        return false
+        return found
     }
 }

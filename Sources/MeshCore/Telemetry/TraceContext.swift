@@ -81,7 +81,7 @@ public struct TraceDecision: Sendable, Equatable {
                     i += 1
                 }
                 let word = n < 16 ? hi : lo
-                out[i] = digits[Int((word >> UInt64(60 - 4 * (n % 16))) & 0xF)]
+                out[i] = hexDigit(word >> UInt64(60 - 4 * (n % 16)))
                 i += 1
             }
             return i
@@ -101,14 +101,20 @@ public struct TraceDecision: Sendable, Equatable {
             put(UInt8(ascii: "-"))
             for b in traceID.utf8 { put(b) }
             put(UInt8(ascii: "-"))
-            for n in 0..<16 { put(digits[Int((parentID >> UInt64(60 - 4 * n)) & 0xF)]) }
+            for n in 0..<16 { put(hexDigit(parentID >> UInt64(60 - 4 * n))) }
             put(UInt8(ascii: "-"))
             flags.withUTF8Buffer { for b in $0 { put(b) } }
             return i
         }
     }
 
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// The lower-case hex digit of `value`'s low four bits (arithmetic: no table, no array access per
+    /// digit on the request path).
+    @inline(__always)
+    static func hexDigit(_ value: UInt64) -> UInt8 {
+        let d = UInt8(truncatingIfNeeded: value & 0xF)
+        return d < 10 ? 0x30 + d : 0x57 + d
+    }
 
     /// Each word as 16 lower-case hex digits.
     static func hex(_ words: UInt64...) -> String {
@@ -116,7 +122,7 @@ public struct TraceDecision: Sendable, Equatable {
             var i = 0
             for w in words {
                 for n in 0..<16 {
-                    out[i] = digits[Int((w >> UInt64(60 - 4 * n)) & 0xF)]
+                    out[i] = hexDigit(w >> UInt64(60 - 4 * n))
                     i += 1
                 }
             }

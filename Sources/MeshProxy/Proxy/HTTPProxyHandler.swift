@@ -83,7 +83,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     /// What the connection knows about the request in flight; one per connection, reset per request.
     struct RequestState {
-        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        static let placeholderHead = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        /// (A shared placeholder until a head arrives: resetting the state per request allocates nothing.)
+        var head = RequestState.placeholderHead
         var method = HTTPMethod.GET
         var authority: Substring = ""
         var path: Substring = ""
@@ -92,7 +94,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var target: SocketAddress?
         /// The pool the target's connections come from (plaintext, or mTLS to another meshd).
         var pool: UpstreamPool?
-        var started = NIODeadline.now()
+        /// Set by `startRequest` (and by a local reply to a request that could not be parsed).
+        var started = NIODeadline.uptimeNanoseconds(0)
         /// The exchange's decisions (see `ExchangeStateMachine`); replaced once the request is routed.
         var exchange = ExchangeStateMachine(
             plan: .init(retry: nil, idempotent: true, deadline: .max, idleTimeout: .max), now: 0)

@@ -93,6 +93,7 @@ extension HTTPProxyHandler {
         switch state {
         case .idle:
             req = RequestState()
+            req.started = .now()
             req.keepAlive = false
             req.exchange.replied()
             let detail = error == .headersTooLarge ? "request head larger than http.maxHeaderBytes" : "malformed HTTP request"

@@ -47,4 +47,21 @@ struct HeaderPolicyTests {
         #expect(!HeaderPolicy.equalsIgnoringASCIICase("É", "é"))
         #expect(HeaderPolicy.equalsIgnoringASCIICase("", ""))
     }
+
+    @Test func listItemsAreTrimmedAndEmptyOnesSkipped() {
+        func items(_ v: String) -> [String] {
+            var out: [String] = []
+            HeaderPolicy.forEachListItem(v) { out.append(String($0)) }
+            return out
+        }
+        #expect(items("keep-alive") == ["keep-alive"])
+        #expect(items(" gzip ,\tchunked ") == ["gzip", "chunked"])
+        #expect(items(",, a,,b ,") == ["a", "b"])
+        #expect(items("") == [] && items(" , ") == [])
+        #expect(items("é, x") == ["é", "x"])
+        #expect(HeaderPolicy.listContains("gzip, Chunked", token: "chunked"))
+        #expect(HeaderPolicy.listContains("Upgrade", token: "upgrade"))
+        #expect(!HeaderPolicy.listContains("chunkedx, gzip", token: "chunked"))
+        #expect(!HeaderPolicy.listContains("", token: "chunked"))
+    }
 }
