@@ -75,36 +75,63 @@ public struct TraceDecision: Sendable, Equatable {
         let lo = (rng.next() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000
         return String(unsafeUninitializedCapacity: 36) { out in
             var i = 0
-            for n in 0..<32 {
-                if n == 8 || n == 12 || n == 16 || n == 20 {
-                    out[i] = UInt8(ascii: "-")
+            // `count` hex digits of `word`, from nibble `first` (0 = the most significant).
+            func digits(_ word: UInt64, _ first: Int, _ count: Int) {
+                var shift = UInt64(60 - 4 * first)
+                for _ in 0..<count {
+                    out[i] = hexDigit(word >> shift)
+                    shift &-= 4
                     i += 1
                 }
-                let word = n < 16 ? hi : lo
-                out[i] = hexDigit(word >> UInt64(60 - 4 * (n % 16)))
+            }
+            func dash() {
+                out[i] = UInt8(ascii: "-")
                 i += 1
             }
+            digits(hi, 0, 8)
+            dash()
+            digits(hi, 8, 4)
+            dash()
+            digits(hi, 12, 4)
+            dash()
+            digits(lo, 0, 4)
+            dash()
+            digits(lo, 4, 12)
             return i
         }
     }
 
-    /// `00-TRACEID-PARENTID-FLAGS` in one allocation.
+    /// `00-TRACEID-PARENTID-FLAGS` in one allocation; the trace id's bytes copied in place.
     static func traceparent(traceID: String, parentID: UInt64, flags: StaticString) -> String {
-        String(unsafeUninitializedCapacity: 55) { out in
-            var i = 0
-            func put(_ b: UInt8) {
-                out[i] = b
+        var id = traceID
+        return id.withUTF8 { idBytes in
+            String(unsafeUninitializedCapacity: 3 + idBytes.count + 18 + flags.utf8CodeUnitCount) { out in
+                out[0] = UInt8(ascii: "0")
+                out[1] = UInt8(ascii: "0")
+                out[2] = UInt8(ascii: "-")
+                var i = 3
+                for b in idBytes {
+                    out[i] = b
+                    i += 1
+                }
+                out[i] = UInt8(ascii: "-")
                 i += 1
+                var shift: UInt64 = 60
+                for _ in 0..<16 {
+                    out[i] = hexDigit(parentID >> shift)
+                    shift &-= 4
+                    i += 1
+                }
+                out[i] = UInt8(ascii: "-")
+                i += 1
+                flags.withUTF8Buffer { bytes in
+                    for b in bytes {
+                        out[i] = b
+                        i += 1
+                    }
+                }
+                return i
             }
-            put(UInt8(ascii: "0"))
-            put(UInt8(ascii: "0"))
-            put(UInt8(ascii: "-"))
-            for b in traceID.utf8 { put(b) }
-            put(UInt8(ascii: "-"))
-            for n in 0..<16 { put(hexDigit(parentID >> UInt64(60 - 4 * n))) }
-            put(UInt8(ascii: "-"))
-            flags.withUTF8Buffer { for b in $0 { put(b) } }
-            return i
         }
     }
 

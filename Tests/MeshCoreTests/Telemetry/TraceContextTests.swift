@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import MeshCore
@@ -23,6 +24,15 @@ struct TraceContextTests {
         let groups = id.split(separator: "-").map(\.count)
         #expect(groups == [8, 4, 4, 4, 12])
         #expect(Array(id)[14] == "4" && "89ab".contains(Array(id)[19]))
+        // Exactly the generator's two words, most significant nibble first.
+        var words = SplitMix64(seed: 2)
+        func hex(_ w: UInt64) -> String {
+            let s = String(w, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
+        let hi = hex((words.next() & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000)
+        let lo = hex((words.next() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000)
+        #expect(id.replacingOccurrences(of: "-", with: "") == hi + lo)
         let tp = try #require(d.setTraceparent)
         let parsed = try #require(Traceparent(Substring(tp)))
         #expect(parsed.traceID == Substring(d.traceID) && parsed.flags == "00" && parsed.version == "00")
