@@ -12,6 +12,12 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+# setpriv runs meshd as its own user in the capture tests and the lab (util-linux on Debian 12).
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# scripts/build-release.sh strips the shipped binaries (objcopy, strip, readelf).
+{ command -v objcopy >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1; } || need+=(binutils)
+# The allocation-budget test builds its malloc-counting interposer with a C compiler.
+command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 || need+=(gcc)
 # meshctl top and tap are driven in a real terminal (tests/e2e/test_meshctl_live.py).
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # A real Prometheus (server and promtool) scrapes meshd in tests/e2e/test_prometheus.py.
