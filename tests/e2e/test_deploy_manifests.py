@@ -341,7 +341,6 @@ def test_config_map_passes_meshd_check(path, doc, spec, tmp_path):
             env[e["name"]] = NODE_IP
     args = list(meshd["args"])
     i = args.index("--config")
-    knows_takeover = "--takeover" in meshd_help()
 
     def check(content: str, argv_: list[str]):
         f = tmp_path / key
@@ -350,26 +349,15 @@ def test_config_map_passes_meshd_check(path, doc, spec, tmp_path):
         a[i + 1] = str(f)
         return meshlib.run([meshlib.meshd_bin(), *a, "--check"], timeout=10, env=env)
 
-    if knows_takeover or "upgrade" not in yaml.safe_load(text):
-        r = check(text, args)
-        assert r.returncode == 0, f"{path.name}: {r.stderr.decode()}"
-        return
-    r = check(text, [a for a in args if a != "--takeover"])
-    problems = [ln for ln in r.stderr.decode().splitlines()[1:] if ln.strip()]
-    assert r.returncode == 2 and problems and all(ln.startswith("upgrade") for ln in problems), r.stderr.decode()
-    stripped = yaml.safe_load(text)
-    del stripped["upgrade"]
-    r = check(json.dumps(stripped), [a for a in args if a != "--takeover"])
-    assert r.returncode == 0, f"{path.name} without upgrade: {r.stderr.decode()}"
-    pytest.skip(f"{meshlib.meshd_bin()} has no --takeover: checked without `upgrade:`, refused only for it")
+    r = check(text, args)
+    assert r.returncode == 0, f"{path.name}: {r.stderr.decode()}"
 
 
 @pytest.mark.parametrize("path,doc,spec", WORKLOADS, ids=WIDS)
 def test_capture_flags_are_meshd_flags(path, doc, spec):
     need_binary()
     usage = meshd_help("capture", "install")
-    if "--proxy-uid" not in usage:
-        pytest.skip(f"{meshlib.meshd_bin()} has no `capture install` yet")
+    assert "--proxy-uid" in usage, f"{meshlib.meshd_bin()} capture install --help:\n{usage}"
     (cap,) = [c for c in spec["initContainers"] if is_capture(c)]
     for a in argv(cap)[2:]:
         if a.startswith("--"):

@@ -160,8 +160,7 @@ def test_sidecar_runs_without_capabilities(first):
 
 def test_capture_with_the_app_unaware(first):
     _, results, _, _ = first
-    if not results["features"]["capture"]:
-        pytest.skip("this meshd has no `meshd capture` yet")
+    assert results["features"]["capture"], "the lab found no `meshd capture` in this meshd"
     ids = {p["id"] for p in results["paths"] if p["mode"] == "capture"}
     assert ids == {"cross/sidecar+capture", "same/sidecar+capture", "cross/node+capture", "same/node+capture"}, ids
     for p in results["paths"]:
@@ -175,8 +174,7 @@ def test_upgrades(first):
     up = results["upgrade"]
     sc = up["sidecar"]["http"]
     assert sc["requests"] > 0 and "downtimeMs" in sc, up["sidecar"]
-    if not results["features"]["takeover"]:
-        pytest.skip("this meshd has no --takeover yet (the sidecar restart was measured)")
+    assert results["features"]["takeover"], "the lab found no --takeover in this meshd"
     node = up["node"]
     assert node["http"]["requests"] > 0 and node["http"]["failed"] == 0, node
     assert node["http"]["byKind"].get("refused", 0) == 0, node
