@@ -81,6 +81,21 @@ def slow_request(addr, ms):
     return t, result
 
 
+def backlog(addr) -> int:
+    """The accept backlog of the listening socket at addr (ss: Send-Q of a LISTEN socket)."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{addr[1]}"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].endswith(f":{addr[1]}"):
+            return int(fields[2])
+    raise AssertionError(f"no listening socket on {addr}: {out!r}")
+
+
+def assert_backlogs(m: Meshd):
+    """The documented bounds (docs/architecture.md): proxy listeners 1024, admin 64."""
+    assert (backlog(m.outbound), backlog(m.inbound), backlog(m.admin)) == (1024, 1024, 64)
+
+
 def takeover(tmp_path, old: Meshd, name: str) -> Meshd:
     new = Meshd(tmp_path, None, name=name, config_path=old.config_path, args=["--takeover"])
     assert new.outbound == old.outbound and new.inbound == old.inbound and new.admin == old.admin, (
@@ -91,6 +106,7 @@ def takeover(tmp_path, old: Meshd, name: str) -> Meshd:
 def test_takeover_under_load_loses_nothing(tmp_path, nginx, backend):
     old = Meshd(tmp_path, config(tmp_path, nginx, backend), name="old")
     try:
+        assert_backlogs(old)
         wrk = popen(["wrk", "-t1", "-c16", "-d6s", "--timeout", "5s", "-H", "Host: web", old.out_url + "/"],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         fresh = NewConnections(old.outbound)
@@ -113,6 +129,7 @@ def test_takeover_under_load_loses_nothing(tmp_path, nginx, backend):
             # The old one said what happened; the new one counted it and serves alone.
             assert any(r.get("msg", "").startswith("listener hand-over done") for r in old.log_lines()), old.stderr_text()[-2000:]
             assert new.metric("meshd_upgrade_handovers_total", result="taken_over") == 1
+            assert_backlogs(new)
             status, _, body = http_request(new.outbound, "GET", "/", headers={"Host": "web"})
             assert status == 200 and body == b"web\n"
             # And it can hand over in turn.

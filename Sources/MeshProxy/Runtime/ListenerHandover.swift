@@ -28,6 +28,13 @@ enum ListenerSocket {
         if fd < 0 { throw SystemCallError(operation: "cannot listen on \(MeshRuntime.hostPort(address))", code: -fd) }
         return fd
     }
+
+    /// NIO listens again with its default backlog (128) when it adopts a bound socket, before any
+    /// option applies: the listener's own bound is set once more after (listen(2) on a listening
+    /// socket only changes its backlog).
+    static func setBacklog(_ fd: NIOBSDSocket.Handle, _ backlog: Int32) {
+        _ = Glibc.listen(fd, backlog)
+    }
 }
 
 /// One hand-over connection: blocking, with timeouts, used off the event loops only, and by one

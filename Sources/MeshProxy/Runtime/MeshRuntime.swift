@@ -471,6 +471,7 @@ extension ServerBootstrap {
         if let fd = runtime.inherited.withLockedValue({ $0.removeValue(forKey: name) }) {
             let channel = try await withBoundSocket(fd).get()
             if let local = channel.localAddress, local.ipAddress == address.ipAddress, listen.port == 0 || local.port == listen.port {
+                ListenerSocket.setBacklog(fd, backlog)
                 runtime.listenerFDs.withLockedValue { $0.append((name, fd)) }
                 runtime.shared.logger.info(
                     "--takeover: serving on the running meshd's socket",
@@ -484,6 +485,7 @@ extension ServerBootstrap {
         }
         let fd = try ListenerSocket.make(address, backlog: backlog)
         let channel = try await withBoundSocket(fd).get()
+        ListenerSocket.setBacklog(fd, backlog)
         runtime.listenerFDs.withLockedValue { $0.append((name, fd)) }
         return channel
     }
