@@ -35,7 +35,8 @@ that fires counts as a hang. A failed request is
   expected  when it was not retryable (POST, a stream cut after messages flowed, an opaque TCP
             connection: meshd does not retry those) and an injected fault of its kind overlapped it
             (its pods down, the fault pod misbehaving, a dead endpoint in discovery).
-RSS (VmRSS) and open file descriptors of every meshd are sampled every second; for every meshd that
+RSS (anonymous: RssAnon — the executable's code pages, dropped after start and faulted back as code
+runs, are shared page cache, not held memory) and open file descriptors of every meshd are sampled every second; for every meshd that
 lived through the whole run, the median over the first window after warm-up is compared with the median
 over the last window.
 
@@ -880,12 +881,16 @@ def write_in_two_parts(path: Path, text: str) -> None:
 
 
 def proc_sample(pid: int):
-    """(VmRSS kB, open descriptors, utime+stime ticks) of a process, None if it is gone."""
+    """(anonymous RSS kB, open descriptors, utime+stime ticks) of a process, None if it is gone.
+
+    RssAnon, not VmRSS: meshd drops its executable's code pages from its resident set after start and
+    they fault back in as code runs (shared page cache, not memory meshd holds); a leak shows in the
+    anonymous part."""
     try:
         rss = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("RssAnon:"):
                     rss = int(line.split()[1])
                     break
         fds = len(os.listdir(f"/proc/{pid}/fd"))
