@@ -32,13 +32,16 @@ final class TLSWriteCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
         if var held = pending {
             if held.readableBytes + buffer.readableBytes <= Self.maxJoined {
                 pending = nil  // (one reference: the append below writes in place)
-                if !joined {
+                // The first buffer is usually one an encoder just allocated for this write (a
+                // response head) with room to spare: the next ones are appended to it in place. A
+                // slice of a larger read (no room past it) is copied into a buffer of its own.
+                if !joined && held.writableBytes < buffer.readableBytes {
                     let size = held.readableBytes + buffer.readableBytes
                     var own = context.channel.allocator.buffer(capacity: min(Self.maxJoined, max(512, 2 * size)))
                     own.writeImmutableBuffer(held)
                     held = own
-                    joined = true
                 }
+                joined = true
                 held.writeImmutableBuffer(buffer)
                 pending = held
                 chain(promise)

@@ -227,11 +227,22 @@ final class LoopContext: @unchecked Sendable {
     /// The pool for a request to `endpoint` of `service` from `source` (node mode: the pod whose
     /// identity is presented): the plaintext pool, or the mTLS pool of the service's expected identity.
     func upstreamPool(service: LoopService?, endpoint: LoopEndpoint?, source: IPAddress?) -> PoolChoice {
-        guard let tls = service?.tls, let endpoint else { return .pool(pool) }
+        guard let service, service.tls != nil, let endpoint else { return .pool(pool) }
         guard let material = identity else { return .noIdentity }
+        // The endpoint remembers the pool it used last: no key hashing (nor credential copies) per
+        // request. Valid while the identity generation is the same, the sidecar presents its own
+        // identity (node mode: same source workload) and the service is the same (see `CachedTLSPool`).
+        let node = snapshot.config.mode == .node
+        if let cached = endpoint.tlsPool, cached.generation == material.generation,
+            cached.credential == (node ? source.flatMap { material.podWorkload[$0] } ?? -2 : -1),
+            cached.service === service
+        {
+            return .pool(cached.pool)
+        }
+        guard let tls = service.tls else { return .pool(pool) }
         let credential: WorkloadCredential
         let index: Int
-        if snapshot.config.mode == .node {
+        if node {
             guard let ip = source, let i = material.podWorkload[ip] else { return .noIdentity }
             credential = material.workloads[i]
             index = i
@@ -243,7 +254,10 @@ final class LoopContext: @unchecked Sendable {
         // Behind a node proxy the server name names the pod, so the node answers as that pod's identity.
         let serverName = endpoint.config.via != nil ? IPAddress(endpoint.config.address.host).map(PodServerName.encode) : nil
         let key = TLSPoolKey(generation: material.generation, credential: index, expected: tls.identity, serverName: serverName)
-        if let p = tlsPools[key] { return .pool(p) }
+        if let p = tlsPools[key] {
+            endpoint.tlsPool = .init(generation: material.generation, credential: index, service: service, pool: p)
+            return .pool(p)
+        }
         let p = UpstreamPool(
             eventLoop: eventLoop, shared: shared,
             tls: UpstreamTLS(
@@ -251,6 +265,7 @@ final class LoopContext: @unchecked Sendable {
                 handshakeTimeout: .nanoseconds(snapshot.config.identity?.handshakeTimeout.nanoseconds ?? 10_000_000_000)))
         p.configure(snapshot.config.upstream)
         tlsPools[key] = p
+        endpoint.tlsPool = .init(generation: material.generation, credential: index, service: service, pool: p)
         return .pool(p)
     }
 

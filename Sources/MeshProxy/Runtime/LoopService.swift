@@ -21,6 +21,25 @@ final class LoopEndpoint {
     /// The outlier state every loop shares for this endpoint.
     let sharedState: SharedEndpointState
 
+    /// The mTLS pool this loop used for this endpoint last, and what chose it (identity generation,
+    /// credential, and the service — a new one on every update, which may expect another peer):
+    /// `LoopContext.upstreamPool` reuses it while all three still hold.
+    /// (A class: reading it per request is one retain, not a copy of its fields.)
+    final class CachedTLSPool {
+        let generation: Int
+        let credential: Int
+        weak var service: LoopService?
+        let pool: UpstreamPool
+
+        init(generation: Int, credential: Int, service: LoopService, pool: UpstreamPool) {
+            self.generation = generation
+            self.credential = credential
+            self.service = service
+            self.pool = pool
+        }
+    }
+    var tlsPool: CachedTLSPool?
+
     init(config: EndpointConfig, address: SocketAddress, sharedState: SharedEndpointState = SharedEndpointState()) {
         self.config = config
         self.address = address
