@@ -6,7 +6,8 @@ It prints one line ``PORT <n>`` on stdout once it is listening.
 
 Every request (any method, any path) is read to its end, hashing the body as it arrives, and answered
 200 with a JSON body {"bytes", "sha256", "method", "path", "authority", "protocol": "HTTP/2",
-"content_length"}. Flow control: every DATA frame is acknowledged as soon as it is hashed (the sink
+"content_length", "headers", "never_indexed" (names the client sent as never indexed), "dynamic_table"
+(the names in the connection's HPACK dynamic table, newest first)}. Flow control: every DATA frame is acknowledged as soon as it is hashed (the sink
 never holds a body), with a 1 MiB stream window and a 16 MiB connection window. Anything that is not
 HTTP/2 gets a GOAWAY (PROTOCOL_ERROR) and a close.
 """
@@ -24,16 +25,19 @@ from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hpack import NeverIndexedHeaderTuple
 
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 16 << 20
 
 
 class Stream:
-    __slots__ = ("headers", "hash", "bytes")
+    __slots__ = ("headers", "never_indexed", "hash", "bytes")
 
-    def __init__(self, headers: dict):
-        self.headers = headers
+    def __init__(self, headers: list):
+        self.headers = dict(headers)
+        # Headers the client sent as never indexed (RFC 7541 §6.2.3), in order.
+        self.never_indexed = [h[0] for h in headers if isinstance(h, NeverIndexedHeaderTuple)]
         self.hash = hashlib.sha256()
         self.bytes = 0
 
@@ -63,7 +67,7 @@ class SinkProtocol(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, RequestReceived):
-                self.streams[ev.stream_id] = Stream(dict(ev.headers))
+                self.streams[ev.stream_id] = Stream(ev.headers)
             elif isinstance(ev, DataReceived):
                 s = self.streams.get(ev.stream_id)
                 if s is not None:
@@ -92,6 +96,9 @@ class SinkProtocol(asyncio.Protocol):
         body = json.dumps({
             "bytes": s.bytes, "sha256": s.hash.hexdigest(), "method": h.get(":method"), "path": h.get(":path"),
             "authority": h.get(":authority"), "protocol": "HTTP/2", "content_length": h.get("content-length"),
+            "headers": s.headers, "never_indexed": s.never_indexed,
+            # What the client's HPACK encoder has added to this connection's dynamic table so far.
+            "dynamic_table": [n.decode() for n, _ in self.conn.decoder.header_table.dynamic_entries],
         }).encode() + b"\n"
         try:
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/json"),

@@ -765,3 +765,56 @@ def test_http1_app_header_whitespace_is_trimmed_for_http2_clients(mesh):
         assert headers[":status"] == "200" and headers["server"] == "e2e-backend", headers
     finally:
         s.close()
+
+
+def test_hpack_indexing_of_per_request_and_secret_headers(mesh):
+    """HPACK (RFC 7541 §6.2): meshd indexes headers whose values come back (authority, user agent,
+    content type) and does not index per-request values (`x-request-id`, `traceparent`, `:path`,
+    `content-length`); `authorization` is sent never-indexed. Checked in both directions with the `h2`
+    package's decoder: the sink's view of meshd's requests, and a client's view of meshd's responses."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, ResponseReceived, StreamEnded
+
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    s = socket.create_connection(mesh.outbound, timeout=10)
+    answers = []
+    try:
+        for i in range(4):  # one connection to meshd: meshd's streams share one connection to the sink
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "sinkh2"),
+                                    (":path", f"/hpack/{i}/{'x' * i}"), ("user-agent", "hpack-test"),
+                                    ("authorization", f"Bearer secret-{i}")], end_stream=True)
+            s.sendall(conn.data_to_send())
+            body, ended = b"", False
+            while not ended:
+                data = s.recv(65536)
+                assert data, "connection closed"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, ResponseReceived):
+                        assert dict(ev.headers)[":status"] == "200", ev.headers
+                    elif isinstance(ev, DataReceived):
+                        body += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, StreamEnded):
+                        ended = True
+                s.sendall(conn.data_to_send())
+            answers.append(json.loads(body))
+        # The client's decoder: what meshd's encoder indexed on the way back.
+        client_table = [n.decode() for n, _ in conn.decoder.header_table.dynamic_entries]
+    finally:
+        s.close()
+
+    last = answers[-1]
+    assert all(a["headers"].get("x-request-id") and a["headers"].get("authorization") for a in answers), answers
+    assert len({a["headers"]["x-request-id"] for a in answers}) == 4, "x-request-id is per request"
+    upstream_table = last["dynamic_table"]
+    print(f"sink table: {upstream_table}; client table: {client_table}")
+    for name in ("x-request-id", "traceparent", ":path", "authorization"):
+        assert name not in upstream_table, f"meshd indexed {name} towards the sink: {upstream_table}"
+    assert ":authority" in upstream_table and "user-agent" in upstream_table, upstream_table
+    assert all("authorization" in a["never_indexed"] for a in answers), [a["never_indexed"] for a in answers]
+    # Responses: the sink's content-length differs per answer; its content-type repeats.
+    assert "content-length" not in client_table, client_table
+    assert "content-type" in client_table, client_table

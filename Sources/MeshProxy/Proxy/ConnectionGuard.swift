@@ -26,6 +26,8 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     var tls: TLSConnectionInfo?
     /// HTTP/2: the rapid-reset defence (streams reset before meshd started work on them).
     var prematureResets: PrematureResetLimiter?
+    /// HTTP/2: the client's address as text, made once for all the connection's streams.
+    var clientIP: String?
     /// Streams whose first attempt waits for the end of the current read cycle.
     private var deferred: [HTTPProxyHandler] = []
     private var inReadCycle = false

@@ -46,6 +46,7 @@ enum HTTP2Downstream {
             streamChannel.eventLoop.makeCompletedFuture {
                 let (loop, guardHandler) = bound.value
                 let sync = streamChannel.pipeline.syncOperations
+                try sync.addHandler(HeaderIndexingHandler())
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                 try sync.addHandler(
                     HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler, multiplexed: true))

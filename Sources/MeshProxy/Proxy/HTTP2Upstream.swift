@@ -93,6 +93,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         multiplexer.createStreamChannel(promise: streamPromise) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
+                try sync.addHandler(HeaderIndexingHandler())
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
                 try sync.addHandler(UpstreamConnection(address: address, shared: shared, stream: true))
             }

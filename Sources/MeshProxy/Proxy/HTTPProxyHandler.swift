@@ -154,8 +154,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         self.context = context
         loop.register(self)
         if multiplexed { connectionGuard.streamOpened() }
-        let peer = multiplexed ? context.channel.parent?.remoteAddress : context.channel.remoteAddress
-        if let ip = peer?.ipAddress { clientIP = ip }
+        if multiplexed {
+            // Every stream of a connection has the same client: its address is formatted once.
+            if let ip = connectionGuard.clientIP {
+                clientIP = ip
+            } else if let ip = context.channel.parent?.remoteAddress?.ipAddress {
+                clientIP = ip
+                connectionGuard.clientIP = ip
+            }
+        } else if let ip = context.channel.remoteAddress?.ipAddress {
+            clientIP = ip
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
