@@ -6,7 +6,9 @@
 #
 # Variants: meshd plaintext, meshd mTLS (A: services[].tls.identity; B: inbound.tls strict), HAProxy
 # mTLS (A: server ... ssl crt verify required; B: bind ... ssl crt ca-file verify required). Proxies
-# run with one thread on CPU 0, nginx and the clients on CPU 1; RUNS interleaved rounds, medians.
+# run with one thread on CPU 0, nginx and the clients on CPU 1; RUNS interleaved rounds (plaintext
+# and mTLS first in turn), medians, and the median of the rounds' own mTLS / plaintext ratios (req/s,
+# and CPU per request).
 # Prints req/s, p50/p99, CPU seconds per 1000 requests (A + B), and full handshakes per CPU-second
 # of the server side (B), measured with `openssl s_time -new`.
 #
@@ -133,7 +135,10 @@ TICK=$CLK_TCK
 ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }; printf "%.3f", v }' <<<"$1"; }
 declare -A RPS P50 P99 CPUK
 for r in $(seq "$RUNS"); do
-    for v in "${VARIANTS[@]}"; do
+    # The order alternates between rounds (plain first, then mTLS first), so neither variant always
+    # runs right after the other on a machine whose speed drifts.
+    if ((r % 2)); then ORDER=(plain mtls haproxy); else ORDER=(mtls plain haproxy); fi
+    for v in "${ORDER[@]}"; do
         taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H 'Host: app' "http://127.0.0.1:${ENTRY[$v]}/" >/dev/null
         c0=$(( $(cpu "${PA[$v]}") + $(cpu "${PB[$v]}") ))
         out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: app' "http://127.0.0.1:${ENTRY[$v]}/")
@@ -154,6 +159,17 @@ for v in "${VARIANTS[@]}"; do
 done
 awk -v m="$(med "${RPS[mtls]}")" -v p="$(med "${RPS[plain]}")" -v h="$(med "${RPS[haproxy]}")" \
     'BEGIN { printf "\nmeshd mTLS / meshd plaintext: %.2f; meshd mTLS / HAProxy mTLS: %.2f\n", m / p, m / h }'
+# The same ratio round by round (each round's two measurements are adjacent in time), and the ratio of
+# CPU per request (plaintext's over mTLS's: the req/s ratio the same CPU would give).
+read -r -a rp <<<"${RPS[plain]}"; read -r -a rm <<<"${RPS[mtls]}"
+read -r -a cp <<<"${CPUK[plain]}"; read -r -a cm <<<"${CPUK[mtls]}"
+rr="" cr=""
+for i in "${!rp[@]}"; do
+    rr+="$(awk -v a="${rm[$i]}" -v b="${rp[$i]}" 'BEGIN { printf "%.3f", a / b }') "
+    cr+="$(awk -v a="${cp[$i]}" -v b="${cm[$i]}" 'BEGIN { printf "%.3f", a / b }') "
+done
+printf 'per round, mTLS / plaintext req/s: %s(median %s); plaintext / mTLS CPU per request: %s(median %s)\n' \
+    "$rr" "$(med "$rr")" "$cr" "$(med "$cr")"
 
 # Full handshakes (no resumption) per CPU-second of the terminating side.
 printf '\n| server (B) | handshakes/s (one client) | handshakes per CPU-second of B |\n|---|---|---|\n'
