@@ -20,7 +20,6 @@ percentile and of the latency added to direct at that percentile (same round).""
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proclib import free_port, start, stop_all
+
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
 MESHCTL = os.environ.get("MESHCTL_BIN", str(ROOT / ".build/release/meshctl"))
@@ -36,31 +37,9 @@ RATE = int(os.environ.get("RATE", "1000"))
 SECONDS = int(os.environ.get("SECONDS", "15"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PCTS = ("p50", "p90", "p99", "p999")
-procs: list[subprocess.Popen] = []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def start(cmd, cpu: int) -> subprocess.Popen:
-    p = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    procs.append(p)
-    return p
-
-
-def stop(p: subprocess.Popen):
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wait_ok(port: int, host: str = "bench", timeout: float = 10.0):
@@ -150,9 +129,7 @@ server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_
             print(f"round {r + 1}: " + ", ".join(
                 f"{n} p50 {t['p50']:.3f} p99 {t['p99']:.3f}" for n, t in rounds[-1].items()), file=sys.stderr)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                stop(p)
+        stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
     names = ["direct", "direct again", "meshd", "HAProxy", "nginx"]

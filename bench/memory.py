@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,34 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from proclib import family, free_port, start, stop, stop_all
+
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
 MESHCTL = os.environ.get("MESHCTL_BIN", str(ROOT / ".build/release/meshctl"))
 RATE, SECONDS = 1000, 20
-procs: list[subprocess.Popen] = []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def start(cmd, **kw) -> subprocess.Popen:
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
-    procs.append(p)
-    return p
-
-
-def stop(p: subprocess.Popen):
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def get(port: int, path: str, host: str = "x") -> int:
@@ -85,10 +65,6 @@ def memory(pids) -> dict:
                 out["file"] += int(v.split()[0])
     return out
 
-
-def family(p: subprocess.Popen) -> list[int]:
-    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-    return [p.pid] + [int(k) for k in kids]
 
 
 def load(port: int, host: str, pids) -> tuple[dict, str]:
@@ -199,9 +175,7 @@ server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_
         rows.append(("nginx 1 worker (+ master)", idle, idle, busy, 0, summary))
         stop(p)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                stop(p)
+        stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
     shipped = ROOT / ".build/dist/meshd"  # scripts/build-release.sh: stripped, debug info beside it

@@ -12,7 +12,6 @@ and each two-thread figure over its one-thread figure."""
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -21,34 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from proclib import family, free_port, start, stop_all
+
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
 DURATION = int(os.environ.get("DURATION", "8"))
 RUNS = int(os.environ.get("RUNS", "3"))
-procs: list[subprocess.Popen] = []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def start(cmd) -> subprocess.Popen:
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    procs.append(p)
-    return p
-
-
-def stop(p):
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wait_port(port, timeout=10):
@@ -70,10 +50,6 @@ def cpu_seconds(pids) -> float:
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / hz
 
-
-def family(p) -> list[int]:
-    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-    return [p.pid] + [int(k) for k in kids]
 
 
 def wrk(port) -> tuple[float, int, str]:
@@ -144,9 +120,7 @@ backend b
                     sys.exit(f"{name}: wrk saw errors:\n{errors}")
                 results.setdefault(name, []).append((rps, (c1 - c0) / n * 1000 if n else 0.0))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                stop(p)
+        stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in results.items()}

@@ -1,0 +1,49 @@
+"""Process helpers shared by the Python benchmarks (memory.py, scaling.py, latency.py): free ports,
+processes started in their own session (optionally pinned to a CPU) and stopped with their children."""
+
+import os
+import signal
+import socket
+import subprocess
+
+# Every process `start` made, for the benchmark's final cleanup (`stop_all`).
+procs: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd, cpu: int | None = None, **kw) -> subprocess.Popen:
+    """`cmd` in a session of its own, output discarded; pinned to `cpu` with taskset when given."""
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+    procs.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen):
+    """SIGTERM to the process group, SIGKILL after 10 s."""
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            stop(p)
+
+
+def family(p: subprocess.Popen) -> list[int]:
+    """The process and its children (nginx's master and workers, HAProxy's)."""
+    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    return [p.pid] + [int(k) for k in kids]
