@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proclib import free_port, start, stop_all
+from benchlib import free_port, start, stop_all, update_doc_section
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -158,15 +158,7 @@ server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_
     if update:
         if any(errors.values()):
             sys.exit("errors in the run: docs not updated")
-        doc = ROOT / "docs/performance.md"
-        text = doc.read_text()
-        begin, end = "<!-- latency:begin -->", "<!-- latency:end -->"
-        if begin not in text:
-            sys.exit("docs/performance.md has no latency markers")
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(head + begin + "\n" + table + "\n" + end + tail)
-        print("docs/performance.md updated")
+        update_doc_section("latency", table)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proclib import family, free_port, start, stop, stop_all
+from benchlib import family, free_port, start, stop, stop_all, update_doc_section
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -202,15 +202,7 @@ server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_
     table = "\n".join(lines)
     print(table)
     if update:
-        doc = ROOT / "docs/performance.md"
-        text = doc.read_text()
-        begin, end = "<!-- memory:begin -->", "<!-- memory:end -->"
-        if begin not in text:
-            sys.exit("docs/performance.md has no memory markers")
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(head + begin + "\n" + table + "\n" + end + tail)
-        print("docs/performance.md updated")
+        update_doc_section("memory", table)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proclib import family, free_port, start, stop_all
+from benchlib import family, free_port, start, stop_all, update_doc_section
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -140,13 +140,7 @@ backend b
     table = "\n".join(lines)
     print(table)
     if update:
-        doc = ROOT / "docs/performance.md"
-        text = doc.read_text()
-        begin, end = "<!-- scaling:begin -->", "<!-- scaling:end -->"
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(head + begin + "\n" + table + "\n" + end + tail)
-        print("docs/performance.md updated")
+        update_doc_section("scaling", table)
 
 
 if __name__ == "__main__":

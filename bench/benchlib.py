@@ -1,10 +1,13 @@
-"""Process helpers shared by the Python benchmarks (memory.py, scaling.py, latency.py): free ports,
-processes started in their own session (optionally pinned to a CPU) and stopped with their children."""
+"""Helpers shared by the Python benchmarks (memory.py, scaling.py, latency.py): free ports, processes
+started in their own session (optionally pinned to a CPU) and stopped with their children, and the
+rewrite of a marked section of docs/performance.md."""
 
 import os
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 # Every process `start` made, for the benchmark's final cleanup (`stop_all`).
 procs: list[subprocess.Popen] = []
@@ -47,3 +50,16 @@ def family(p: subprocess.Popen) -> list[int]:
     """The process and its children (nginx's master and workers, HAProxy's)."""
     kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
     return [p.pid] + [int(k) for k in kids]
+
+
+def update_doc_section(name: str, table: str):
+    """Replaces what stands between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in docs/performance.md."""
+    doc = Path(__file__).resolve().parent.parent / "docs/performance.md"
+    text = doc.read_text()
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        sys.exit(f"docs/performance.md has no {name} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(head + begin + "\n" + table + "\n" + end + tail)
+    print("docs/performance.md updated")
