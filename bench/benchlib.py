@@ -3,10 +3,12 @@ started in their own session (optionally pinned to a CPU) and stopped with their
 rewrite of a marked section of docs/performance.md."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Every process `start` made, for the benchmark's final cleanup (`stop_all`).
@@ -50,6 +52,39 @@ def family(p: subprocess.Popen) -> list[int]:
     """The process and its children (nginx's master and workers, HAProxy's)."""
     kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
     return [p.pid] + [int(k) for k in kids]
+
+
+def require(script: str, tools):
+    """Exits with a clear message when one of `tools` is not installed."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"bench/{script}: {tool} not found (scripts/install-test-deps.sh installs it)")
+
+
+def wait_port(port: int, timeout: float = 10.0):
+    """Until 127.0.0.1:`port` accepts connections."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port} not listening")
+
+
+def start_backend(directory: Path, cpu: int | None = None, worker_connections: int = 1024) -> int:
+    """The benchmarks' backend: one nginx worker answering every request 200 "ok\\n" on a free
+    loopback port (returned, listening), its files in `directory`."""
+    port = free_port()
+    directory.mkdir(exist_ok=True)
+    (directory / "nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {directory}/pid; error_log {directory}/err warn;
+events {{ worker_connections {worker_connections}; }}
+http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    start(["nginx", "-p", str(directory), "-e", str(directory / "err"), "-c", str(directory / "nginx.conf")], cpu)
+    wait_port(port)
+    return port
 
 
 def update_doc_section(name: str, table: str):

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, start, stop_all, update_doc_section
+from benchlib import free_port, require, start, start_backend, stop_all, update_doc_section
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -58,21 +58,12 @@ def wait_ok(port: int, host: str = "bench", timeout: float = 10.0):
 
 def main():
     update = "--update-docs" in sys.argv[1:]
-    for tool in ("nginx", "haproxy", "taskset"):
-        if not shutil.which(tool):
-            sys.exit(f"bench/latency.py: {tool} not found (scripts/install-test-deps.sh installs it)")
+    require("latency.py", ("nginx", "haproxy", "taskset"))
     tmp = Path(tempfile.mkdtemp(prefix="meshd-bench-latency."))
     os.chmod(tmp, 0o755)
     rounds = []
     try:
-        backend = free_port()
-        (tmp / "b").mkdir()
-        (tmp / "b/nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {tmp}/b/pid; error_log {tmp}/b/err warn;
-events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-        start(["nginx", "-p", str(tmp / "b"), "-e", str(tmp / "b/err"), "-c", str(tmp / "b/nginx.conf")], 1)
-        wait_ok(backend)
+        backend = start_backend(tmp / "b", cpu=1)
 
         out_p, in_p, admin = free_port(), free_port(), free_port()
         (tmp / "meshd.yaml").write_text(f"""mode: sidecar

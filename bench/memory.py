@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import family, free_port, start, stop, stop_all, update_doc_section
+from benchlib import family, free_port, require, start, start_backend, stop, stop_all, update_doc_section
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -89,21 +89,12 @@ def mib(kb: int) -> str:
 
 def main():
     update = "--update-docs" in sys.argv[1:]
-    for tool in ("nginx", "haproxy"):
-        if not shutil.which(tool):
-            sys.exit(f"bench/memory.py: {tool} not found (scripts/install-test-deps.sh installs it)")
+    require("memory.py", ("nginx", "haproxy"))
     tmp = Path(tempfile.mkdtemp(prefix="meshd-bench-memory."))
     os.chmod(tmp, 0o755)
     rows = []
     try:
-        backend = free_port()
-        (tmp / "b").mkdir()
-        (tmp / "b/nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {tmp}/b/pid; error_log {tmp}/b/err warn;
-events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-        start(["nginx", "-p", str(tmp / "b"), "-e", str(tmp / "b/err"), "-c", str(tmp / "b/nginx.conf")])
-        wait_status(backend, "/")
+        backend = start_backend(tmp / "b")
 
         # meshd: sidecar inbound → the backend (the app), one event loop.
         out_p, in_p, admin = free_port(), free_port(), free_port()

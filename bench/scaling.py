@@ -12,7 +12,6 @@ and each two-thread figure over its one-thread figure."""
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import family, free_port, start, stop_all, update_doc_section
+from benchlib import family, free_port, start, start_backend, stop_all, update_doc_section, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -30,16 +29,6 @@ RUNS = int(os.environ.get("RUNS", "3"))
 
 
 
-
-def wait_port(port, timeout=10):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"port {port} not listening")
 
 
 def cpu_seconds(pids) -> float:
@@ -67,14 +56,7 @@ def main():
     os.chmod(tmp, 0o755)
     results: dict[str, list[tuple[float, float]]] = {}
     try:
-        backend = free_port()
-        (tmp / "b").mkdir()
-        (tmp / "b/nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {tmp}/b/pid; error_log {tmp}/b/err warn;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-        start(["nginx", "-p", str(tmp / "b"), "-e", str(tmp / "b/err"), "-c", str(tmp / "b/nginx.conf")])
-        wait_port(backend)
+        backend = start_backend(tmp / "b", worker_connections=4096)
         targets = {}
         for threads in (1, 2):
             port, admin = free_port(), free_port()
