@@ -87,6 +87,42 @@ http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{
     return port
 
 
+def start_haproxy(config: Path, backend: int, threads: int = 1, cpu: int | None = None):
+    """HAProxy as the proxy under test: `threads` threads, keep-alive to the backend on port
+    `backend` (connections reused across clients); its config written to `config`. → (process, port),
+    not yet waited for."""
+    port = free_port()
+    config.write_text(f"""global
+    nbthread {threads}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend f
+    bind 127.0.0.1:{port}
+    default_backend b
+backend b
+    server s1 127.0.0.1:{backend}
+""")
+    return start(["haproxy", "-f", str(config)], cpu), port
+
+
+def start_nginx_proxy(directory: Path, backend: int, cpu: int | None = None):
+    """nginx as the proxy under test: one worker, up to 32 idle keep-alive connections to the backend
+    on port `backend`; its files in `directory`. → (process, port), not yet waited for."""
+    port = free_port()
+    directory.mkdir(exist_ok=True)
+    (directory / "nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {directory}/pid; error_log {directory}/err warn;
+events {{ worker_connections 1024; }}
+http {{ access_log off; upstream u {{ server 127.0.0.1:{backend}; keepalive 32; }}
+server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    return start(["nginx", "-p", str(directory), "-e", str(directory / "err"), "-c", str(directory / "nginx.conf")], cpu), port
+
+
 def update_doc_section(name: str, table: str):
     """Replaces what stands between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in docs/performance.md."""
     doc = Path(__file__).resolve().parent.parent / "docs/performance.md"

@@ -28,7 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, require, start, start_backend, stop_all, update_doc_section
+from benchlib import (
+    free_port,
+    require,
+    start,
+    start_backend,
+    start_haproxy,
+    start_nginx_proxy,
+    stop_all,
+    update_doc_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -76,32 +85,9 @@ routes: [ {{ match: {{ authority: bench }}, service: bench }} ]
 """)
         start([MESHD, "--config", str(tmp / "meshd.yaml"), "--threads", "1"], 0)
 
-        hp = free_port()
-        (tmp / "haproxy.cfg").write_text(f"""global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    option http-keep-alive
-    http-reuse always
-frontend f
-    bind 127.0.0.1:{hp}
-    default_backend b
-backend b
-    server s1 127.0.0.1:{backend}
-""")
-        start(["haproxy", "-f", str(tmp / "haproxy.cfg")], 0)
+        _, hp = start_haproxy(tmp / "haproxy.cfg", backend, cpu=0)
 
-        np_ = free_port()
-        (tmp / "n").mkdir()
-        (tmp / "n/nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {tmp}/n/pid; error_log {tmp}/n/err warn;
-events {{ worker_connections 1024; }}
-http {{ access_log off; upstream u {{ server 127.0.0.1:{backend}; keepalive 32; }}
-server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""")
-        start(["nginx", "-p", str(tmp / "n"), "-e", str(tmp / "n/err"), "-c", str(tmp / "n/nginx.conf")], 0)
+        _, np_ = start_nginx_proxy(tmp / "n", backend, cpu=0)
         for port in (out_p, hp, np_):
             wait_ok(port)
 

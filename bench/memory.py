@@ -20,7 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import family, free_port, require, start, start_backend, stop, stop_all, update_doc_section
+from benchlib import (
+    family,
+    free_port,
+    require,
+    start,
+    start_backend,
+    start_haproxy,
+    start_nginx_proxy,
+    stop,
+    stop_all,
+    update_doc_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -127,22 +138,7 @@ routes: []
         stop(p)
 
         # HAProxy, one thread.
-        hp = free_port()
-        (tmp / "haproxy.cfg").write_text(f"""global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    option http-keep-alive
-frontend f
-    bind 127.0.0.1:{hp}
-    default_backend b
-backend b
-    server s1 127.0.0.1:{backend}
-""")
-        p = start(["haproxy", "-f", str(tmp / "haproxy.cfg")])
+        p, hp = start_haproxy(tmp / "haproxy.cfg", backend)
         wait_status(hp, "/")
         time.sleep(3)
         idle = memory(family(p))
@@ -151,14 +147,7 @@ backend b
         stop(p)
 
         # nginx as a proxy: master + one worker.
-        np_ = free_port()
-        (tmp / "n").mkdir()
-        (tmp / "n/nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {tmp}/n/pid; error_log {tmp}/n/err warn;
-events {{ worker_connections 1024; }}
-http {{ access_log off; upstream u {{ server 127.0.0.1:{backend}; keepalive 32; }}
-server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""")
-        p = start(["nginx", "-p", str(tmp / "n"), "-e", str(tmp / "n/err"), "-c", str(tmp / "n/nginx.conf")])
+        p, np_ = start_nginx_proxy(tmp / "n", backend)
         wait_status(np_, "/")
         time.sleep(3)
         idle = memory(family(p))

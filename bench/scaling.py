@@ -19,7 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import family, free_port, start, start_backend, stop_all, update_doc_section, wait_port
+from benchlib import (
+    family,
+    free_port,
+    start,
+    start_backend,
+    start_haproxy,
+    stop_all,
+    update_doc_section,
+    wait_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -70,23 +79,7 @@ services: [ {{ name: bench, endpoints: ["127.0.0.1:{backend}"] }} ]
 routes: [ {{ match: {{ authority: bench }}, service: bench }} ]
 """)
             targets[f"meshd --threads {threads}"] = (start([MESHD, "--config", str(cfg)]), port)
-            hp = free_port()
-            (tmp / f"haproxy{threads}.cfg").write_text(f"""global
-    nbthread {threads}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    option http-keep-alive
-frontend f
-    bind 127.0.0.1:{hp}
-    default_backend b
-backend b
-    http-reuse always
-    server s1 127.0.0.1:{backend}
-""")
-            targets[f"HAProxy nbthread {threads}"] = (start(["haproxy", "-f", str(tmp / f"haproxy{threads}.cfg")]), hp)
+            targets[f"HAProxy nbthread {threads}"] = start_haproxy(tmp / f"haproxy{threads}.cfg", backend, threads)
         for _, port in targets.values():
             wait_port(port)
         for name, (p, port) in targets.items():  # warm-up
