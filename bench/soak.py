@@ -32,8 +32,9 @@ that fires counts as a hang. A failed request is
   lost      when it was retryable (GET, gRPC unary, a stream or WebSocket that failed before its first
             message) — the routes retry on every failure these faults cause — or when no injected fault
             explains it;
-  expected  when it was not retryable (POST, a stream cut after messages flowed, an opaque TCP
-            connection: meshd does not retry those) and an injected fault of its kind overlapped it
+  expected  when it was not retryable (POST, a GET whose response was cut after its head arrived, a
+            stream cut after messages flowed, an opaque TCP connection: meshd does not retry those, and
+            no proxy can once a response has started) and an injected fault of its kind overlapped it
             (its pods down, the fault pod misbehaving, a dead endpoint in discovery).
 RSS (anonymous: RssAnon — the executable's code pages, dropped after start and faulted back as code
 runs, are shared page cache, not held memory) and open file descriptors of every meshd are sampled every second; for every meshd that
@@ -141,6 +142,7 @@ EXPECTED_KINDS = [op for ops in OPERATIONS.values() for op in ops]
 
 # Which injected faults may explain a failure of a kind that is not retryable.
 EXPLAINED_BY = {
+    "http1-get": ("web", "fault", "dead"),  # only a response cut after its head (see Http1Worker)
     "http1-post": ("web", "fault", "dead"),
     "h2-post": ("web", "fault", "dead"),
     "grpc-server-stream": ("grpc",),
@@ -1138,6 +1140,7 @@ class Http1Worker(Worker):
         self.kind_now = kind
         body = self.rng.randbytes(2048) if post else None
         t0 = self.soak.now()
+        started = False  # the response head arrived
         try:
             if self.conn is None:
                 host, port = self.entry["http"]
@@ -1149,6 +1152,7 @@ class Http1Worker(Worker):
             else:
                 self.conn.request("GET", "/", headers={"Host": "web", "x-request-id": self.new_rid()})
             r = self.conn.getresponse()
+            started = True
             data = r.read()
             hdrs = {k.lower(): v for k, v in r.getheaders()}
             if r.will_close:
@@ -1159,7 +1163,10 @@ class Http1Worker(Worker):
             return
         except (OSError, http.client.HTTPException) as e:
             self.reset()
-            self.fail(kind, t0, f"{type(e).__name__}: {e}", retryable=not post)
+            # A response cut after its head arrived cannot be retried by any proxy (the head has been
+            # forwarded): like a stream cut after messages flowed, a pod killed with its sidecar
+            # mid-response explains it.
+            self.fail(kind, t0, f"{type(e).__name__}: {e}", retryable=not post and not started)
             return
         problem, faultlike = check_web_answer(r.status, hdrs, data, body)
         if problem:
@@ -1547,6 +1554,7 @@ class StallWorker(Worker):
     def once(self):
         kind = self.kind_now = "stall-504"
         t0 = self.soak.now()
+        started = False  # the response head arrived
         try:
             if self.conn is None:
                 host, port = self.entry["http"]
