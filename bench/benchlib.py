@@ -1,4 +1,4 @@
-"""Helpers shared by the Python benchmarks (memory.py, scaling.py, latency.py): free ports, processes
+"""Helpers shared by the Python benchmarks (memory.py, scaling.py, latency.py, h2design.py): free ports, processes
 started in their own session (optionally pinned to a CPU) and stopped with their children, and the
 rewrite of a marked section of docs/performance.md."""
 
@@ -54,6 +54,16 @@ def family(p: subprocess.Popen) -> list[int]:
     return [p.pid] + [int(k) for k in kids]
 
 
+def cpu_seconds(pids) -> float:
+    """User + system CPU seconds the processes `pids` have used so far."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / hz
+
+
 def require(script: str, tools):
     """Exits with a clear message when one of `tools` is not installed."""
     for tool in tools:
@@ -73,14 +83,16 @@ def wait_port(port: int, timeout: float = 10.0):
     raise RuntimeError(f"port {port} not listening")
 
 
-def start_backend(directory: Path, cpu: int | None = None, worker_connections: int = 1024) -> int:
+def start_backend(directory: Path, cpu: int | None = None, worker_connections: int = 1024, h2c: bool = False,
+                  locations: str = "") -> int:
     """The benchmarks' backend: one nginx worker answering every request 200 "ok\\n" on a free
-    loopback port (returned, listening), its files in `directory`."""
+    loopback port (returned, listening), its files in `directory`; HTTP/2 with prior knowledge
+    instead of HTTP/1.1 when `h2c`; `locations` (nginx directives) added to its server block."""
     port = free_port()
     directory.mkdir(exist_ok=True)
     (directory / "nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {directory}/pid; error_log {directory}/err warn;
 events {{ worker_connections {worker_connections}; }}
-http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}
+http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port}{" http2" if h2c else ""}; location / {{ return 200 "ok\\n"; }} {locations} }} }}
 """)
     start(["nginx", "-p", str(directory), "-e", str(directory / "err"), "-c", str(directory / "nginx.conf")], cpu)
     wait_port(port)

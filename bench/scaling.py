@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    cpu_seconds,
     family,
     free_port,
     start,
@@ -34,20 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
 DURATION = int(os.environ.get("DURATION", "8"))
 RUNS = int(os.environ.get("RUNS", "3"))
-
-
-
-
-
-
-def cpu_seconds(pids) -> float:
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / hz
-
 
 
 def wrk(port) -> tuple[float, int, str]:
