@@ -18,6 +18,7 @@ public enum RequestTarget {
         let slash = bytes[hostStart...].firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) ?? bytes.endIndex
         let host = uri[hostStart..<slash]
         let rest = uri[slash...]
-        return (host, rest.isEmpty ? "/" : (rest.first == "?" ? Substring("/" + rest) : rest))
+        // Bytes, not Characters: a combining mark after "/" or "?" makes one Character of the two.
+        return (host, rest.isEmpty ? "/" : (rest.utf8.first == UInt8(ascii: "?") ? Substring("/" + rest) : rest))
     }
 }
