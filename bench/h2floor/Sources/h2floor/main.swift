@@ -56,7 +56,7 @@ struct RequestIDs {
         let b = rng.next() as UInt64
         return String(unsafeUninitializedCapacity: 36) { out in
             var i = 0
-            for (n, word) in [(0, a), (1, b)] {
+            for word in [a, b] {
                 for k in 0..<16 {
                     if i == 8 || i == 13 || i == 18 || i == 23 {
                         out[i] = UInt8(ascii: "-")
@@ -65,7 +65,6 @@ struct RequestIDs {
                     out[i] = Self.hex[Int((word >> UInt64(60 - 4 * k)) & 0xF)]
                     i += 1
                 }
-                _ = n
             }
             return i
         }
