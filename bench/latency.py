@@ -48,9 +48,6 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PCTS = ("p50", "p90", "p99", "p999")
 
 
-
-
-
 def wait_ok(port: int, host: str = "bench", timeout: float = 10.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:

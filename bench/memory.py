@@ -39,9 +39,6 @@ MESHCTL = os.environ.get("MESHCTL_BIN", str(ROOT / ".build/release/meshctl"))
 RATE, SECONDS = 1000, 20
 
 
-
-
-
 def get(port: int, path: str, host: str = "x") -> int:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -75,7 +72,6 @@ def memory(pids) -> dict:
             elif k in ("RssFile", "RssShmem"):
                 out["file"] += int(v.split()[0])
     return out
-
 
 
 def load(port: int, host: str, pids) -> tuple[dict, str]:

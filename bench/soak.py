@@ -866,7 +866,6 @@ class Soak:
         }
 
 
-
 def nothing_served(kind: str, placement: str, k: dict | None) -> str:
     if not k:
         return f"{kind} via {placement}: no request made"
