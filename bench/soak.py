@@ -1361,8 +1361,13 @@ class GrpcWorker(Worker):
                 md[k] = v
         except Exception:
             pass
-        err = f"{code} {e.details() if hasattr(e, 'details') else e} x-meshd-error={md.get('x-meshd-error')}"
-        self.fail(kind, t0, err, retryable=not got_messages, hang=hang)
+        details = e.details() if hasattr(e, "details") else str(e)
+        err = f"{code} {details} x-meshd-error={md.get('x-meshd-error')}"
+        # Not retryable once the endpoint had started its response (meshd's reason says so): the request
+        # stream was already consumed there, so no proxy can replay it — like a GET cut after its head,
+        # it then needs an overlapping fault of its kind (a killed gRPC pod) to count as expected.
+        started = "closed mid-response" in details
+        self.fail(kind, t0, err, retryable=not got_messages and not started, hang=hang)
 
 
 class GrpcUnaryWorker(GrpcWorker):
