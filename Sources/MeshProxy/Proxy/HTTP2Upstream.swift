@@ -1,150 +1,423 @@
 import Logging
 import MeshCore
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 
-/// One multiplexed HTTP/2 (h2c, prior knowledge) connection to an endpoint, owned by one event loop's
-/// `UpstreamPool`. Each request is a stream: a child channel whose pipeline is NIO's HTTP/2 ↔ HTTP/1
-/// codec and an `UpstreamConnection`, so the proxy handler drives a stream exactly as it drives an
-/// HTTP/1.1 connection. This handler sits after `NIOHTTP2Handler` on the connection's pipeline and
-/// sees the root-stream frames: the endpoint's SETTINGS (its max concurrent streams) and GOAWAY.
+/// One multiplexed HTTP/2 (h2c, prior knowledge, or h2 over mTLS) connection to an endpoint, owned by
+/// one event loop's `UpstreamPool`, at frame level: NIO's HTTP/2 handler without a stream multiplexer,
+/// and this handler after it sees every frame of every stream. A request's stream is an
+/// `UpstreamConnection` (`isStream`) that the proxy handler drives as it drives an HTTP/1.1
+/// connection; its parts become frames here (`HTTP2Conversion`) and the endpoint's frames become
+/// response parts, with no child channel and no HTTP/1 codec per stream.
 ///
-/// Bounds: at most `min(http2.maxConcurrentStreams, peer's SETTINGS_MAX_CONCURRENT_STREAMS)` streams
-/// are handed out per connection (the pool opens another connection past it); per stream, what is
-/// buffered is bounded by `http2.initialWindowSize`: the endpoint is granted a quarter of it (see
-/// `upstreamStreamWindow`).
+/// Streams are created in order as their HEADERS are written (the stream id is taken then), and never
+/// more at once than the endpoint allows (SETTINGS_MAX_CONCURRENT_STREAMS, at most
+/// `http2.maxConcurrentStreams`): a stream asked for beyond that waits here for one to close, so NIO
+/// never holds HEADERS back (a RST_STREAM that overtook held HEADERS once cost meshd whole
+/// connections; docs/architecture.md).
+///
+/// Flow control is meshd's: the connection's window is credited as DATA arrives (one slow stream
+/// never stalls the others), a stream's only while its client takes what it was given, so what a
+/// stream whose client stopped reading can hold is one window (`upstreamStreamWindow`). A stream's
+/// request DATA that the endpoint's window holds back makes the stream unwritable past
+/// `streamHighWater` bytes: the client's reads stop.
+///
+/// Bounds: streams as above; `http2.maxConnectionsPerEndpoint` connections per endpoint and loop
+/// (then streams wait, bounded by the service's `maxPending`); per stream, one window received and
+/// `streamHighWater` bytes queued to send.
 final class HTTP2UpstreamConnection: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
 
     let address: SocketAddress
     let shared: SharedRuntime
     let counters: ServiceCounters?
-    private(set) var channel: Channel?
-    private var multiplexer: NIOHTTP2Handler.StreamMultiplexer?
-    /// Streams handed out (open or being opened).
+    /// The window meshd grants the endpoint per stream.
+    let streamWindow: Int
+    private var context: ChannelHandlerContext?
+    /// Streams handed out (open at the endpoint, or about to be).
     private(set) var streams = 0
+    /// Streams whose HEADERS went out, by id.
+    private var open: [HTTP2StreamID: UpstreamConnection] = [:]
+    private var nextStreamID: Int32 = 1
     /// What this side allows, lowered to the peer's SETTINGS_MAX_CONCURRENT_STREAMS when it says so.
     private(set) var maxStreams: Int
+    private let configuredMaxStreams: Int
     /// GOAWAY received or the connection failed: no new streams.
     private(set) var draining = false
     private(set) var ready = false
-    private var waiting: [EventLoopPromise<UpstreamConnection>] = []
+    private var connectDone = false
+    /// `channelActive` passed NIO's handler, which sent the preface then.
+    private var prefaceSent = false
+    /// Streams asked for before the connection was up, or while all of its streams were taken.
+    private var waiting = CircularBuffer<EventLoopPromise<UpstreamConnection>>(initialCapacity: 0)
+    /// Streams that received frames in the current read (told when it ends).
+    private var touched: [UpstreamConnection] = []
+    private var connectionUncredited = 0
+    private var needsFlush = false
     var idleSince = NIODeadline.now()
     weak var pool: UpstreamPool?
 
-    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters?, maxStreams: Int) {
+    /// Request bytes a stream may have queued (written, held back by the endpoint's window) before it
+    /// reports itself unwritable, and the level at which it is writable again.
+    static let streamHighWater = 64 * 1024
+    static let streamLowWater = 32 * 1024
+
+    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters?, maxStreams: Int, streamWindow: Int) {
         self.address = address
         self.shared = shared
         self.counters = counters
         self.maxStreams = maxStreams
+        self.configuredMaxStreams = maxStreams
+        self.streamWindow = streamWindow
     }
 
-    var hasCapacity: Bool { !draining && streams < maxStreams }
-    var isIdle: Bool { streams == 0 }
+    var hasCapacity: Bool { !draining && streams + waiting.count < maxStreams }
+    var isIdle: Bool { streams == 0 && waiting.isEmpty }
+    /// Streams handed out or waiting (the pool picks the least loaded connection).
+    var load: Int { streams + waiting.count }
+    private var connectionWindow: Int { streamWindow * configuredMaxStreams }
 
-    /// The TCP connection is up and the HTTP/2 handler in place: streams waiting for it open now.
-    func connected(_ channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
-        self.channel = channel
-        self.multiplexer = multiplexer
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // Added to an active channel, NIO's handler (before this one) sent the preface as it was added.
+        prefaceSent = context.channel.isActive
+    }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// The TCP connection is up (and mTLS verified): streams waiting for it start once NIO's handler
+    /// has sent the connection preface (NIO completes a connect before the channel's `channelActive`
+    /// reaches the handlers).
+    func connected() {
+        connectDone = true
+        guard let context, context.channel.isActive else {
+            failed(ChannelError.ioOnClosedChannel)
+            return
+        }
+        if prefaceSent { becomeReady(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        prefaceSent = true
+        if connectDone { becomeReady(context: context) }
+        context.fireChannelActive()
+    }
+
+    private func becomeReady(context: ChannelHandlerContext) {
+        guard !ready, !draining else { return }
         ready = true
         shared.metrics.upstreamConnectionsOpen.increment()
         counters?.connections.wrappingIncrement(ordering: .relaxed)
-        let queued = waiting
-        waiting.removeAll()
-        for promise in queued { createStream(promise) }
+        // The connection's window starts at the protocol's 65 535 bytes: raised to one window per stream.
+        let increment = connectionWindow - 65_535
+        if increment > 0 {
+            context.writeAndFlush(
+                wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
+        }
+        grantWaiting()
     }
 
     /// Connecting failed: every stream waiting for this connection fails with `error`.
     func failed(_ error: Error) {
         draining = true
+        failWaiting(error)
+        pool?.removeHTTP2(self)
+    }
+
+    private func failWaiting(_ error: Error) {
+        guard !waiting.isEmpty else { return }
         let queued = waiting
         waiting.removeAll()
-        streams -= queued.count
         shared.metrics.upstreamHTTP2StreamsOpen.decrement(by: Double(queued.count))
         for promise in queued { promise.fail(error) }
-        pool?.removeHTTP2(self)
     }
 
     /// A new stream, as an `UpstreamConnection` the proxy handler writes the request to.
     func openStream(on eventLoop: EventLoop) -> EventLoopFuture<UpstreamConnection> {
-        streams += 1
         shared.metrics.upstreamHTTP2StreamsOpen.increment()
-        let promise = eventLoop.makePromise(of: UpstreamConnection.self)
-        if ready {
-            createStream(promise)
-        } else {
-            waiting.append(promise)
+        if ready && !draining && streams < maxStreams && waiting.isEmpty {
+            streams += 1
+            return eventLoop.assumeIsolated().makeSucceededFuture(UpstreamConnection(stream: self))
         }
+        let promise = eventLoop.makePromise(of: UpstreamConnection.self)
+        waiting.append(promise)
         return promise.futureResult
     }
 
-    private func createStream(_ promise: EventLoopPromise<UpstreamConnection>) {
-        guard let multiplexer, let channel, !draining || channel.isActive else {
-            streams -= 1
-            shared.metrics.upstreamHTTP2StreamsOpen.decrement()
-            promise.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
-        let address = self.address
-        let shared = self.shared
-        let streamPromise = channel.eventLoop.makePromise(of: Channel.self)
-        multiplexer.createStreamChannel(promise: streamPromise) { stream in
-            stream.eventLoop.makeCompletedFuture {
-                let sync = stream.pipeline.syncOperations
-                try sync.addHandler(HeaderIndexingHandler())
-                try sync.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
-                try sync.addHandler(UpstreamConnection(address: address, shared: shared, stream: true))
-            }
-        }
-        streamPromise.futureResult.assumeIsolated().whenComplete { [self] result in
-            switch result {
-            case .success(let stream):
-                stream.closeFuture.assumeIsolated().whenComplete { [self] _ in self.streamClosed() }
-                do {
-                    promise.assumeIsolated().succeed(try stream.pipeline.syncOperations.handler(type: UpstreamConnection.self))
-                } catch {
-                    promise.fail(error)
-                }
-            case .failure(let error):
-                self.streamClosed()
-                promise.fail(error)
-            }
+    private func grantWaiting() {
+        while ready && !draining && streams < maxStreams, let promise = waiting.popFirst() {
+            streams += 1
+            promise.assumeIsolated().succeed(UpstreamConnection(stream: self))
         }
     }
 
-    private func streamClosed() {
+    func close() {
+        draining = true
+        failWaiting(ChannelError.ioOnClosedChannel)
+        context?.close(promise: nil)
+    }
+
+    // MARK: - A stream's request (called by its `UpstreamConnection`)
+
+    func isWritable(_ s: UpstreamConnection) -> Bool {
+        s.h2.queued < Self.streamHighWater && (context?.channel.isWritable ?? false)
+    }
+
+    func send(_ part: HTTPClientRequestPart, on s: UpstreamConnection) {
+        guard !s.h2.finished, !s.h2.sentEnd else { return }
+        guard ready, let context, context.channel.isActive else {
+            // The connection went away under a stream not yet sent: its owner hears of it after this
+            // write returns.
+            if !s.h2.finished {
+                context?.eventLoop.assumeIsolated().execute { [self] in self.finish(s, error: ChannelError.ioOnClosedChannel) }
+            }
+            return
+        }
+        switch part {
+        case .head(let head):
+            s.h2.method = head.method
+            s.h2.head = HTTP2Conversion.requestHeaders(head)
+        case .body(let body):
+            guard case .byteBuffer(let buffer) = body, buffer.readableBytes > 0 else { return }
+            sendHead(s, endStream: false, context: context)
+            guard let id = s.h2.id else { return }
+            let bytes = buffer.readableBytes
+            s.h2.queued += bytes
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(s, bytes: bytes) }
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer))))), promise: promise)
+            needsFlush = true
+        case .end(let trailers):
+            if let trailers, !trailers.isEmpty {
+                sendHead(s, endStream: false, context: context)
+                guard let id = s.h2.id else { return }
+                let block = HTTP2Conversion.trailers(trailers)
+                context.write(
+                    wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: true)))), promise: nil)
+            } else if s.h2.head != nil {
+                sendHead(s, endStream: true, context: context)
+            } else if let id = s.h2.id {
+                context.write(
+                    wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))),
+                    promise: nil)
+            }
+            s.h2.sentEnd = true
+            needsFlush = true
+        }
+    }
+
+    func flush(_ s: UpstreamConnection) {
+        if let context, s.h2.head != nil { sendHead(s, endStream: false, context: context) }
+        if needsFlush {
+            needsFlush = false
+            context?.flush()
+        }
+    }
+
+    /// The request's HEADERS (with END_STREAM when nothing follows): the stream gets its id now.
+    private func sendHead(_ s: UpstreamConnection, endStream: Bool, context: ChannelHandlerContext) {
+        guard let block = s.h2.head else { return }
+        s.h2.head = nil
+        let id = HTTP2StreamID(nextStreamID)
+        nextStreamID &+= 2
+        if nextStreamID > Int32.max - 2 || nextStreamID < 0 {
+            // Stream ids run out (2^30 streams): this is the connection's last stream.
+            draining = true
+            pool?.removeHTTP2(self)
+        }
+        s.h2.id = id
+        open[id] = s
+        // The block is refused (NIO's validation) or the stream cannot open: it fails (an error
+        // raised inside NIO's write is not reported otherwise).
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenFailure { [self] error in
+            if self.open[id] === s { self.open[id] = nil }
+            self.finish(s, error: error)
+        }
+        context.write(
+            wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: endStream)))), promise: promise)
+        needsFlush = true
+    }
+
+    private func dataLeft(_ s: UpstreamConnection, bytes: Int) {
+        let before = s.h2.queued
+        s.h2.queued -= bytes
+        // Crossing the low-water mark: a stream that reported itself unwritable (above the high-water
+        // mark) is writable again (a stream that never was ignores it).
+        if before >= Self.streamLowWater && s.h2.queued < Self.streamLowWater, let owner = s.owner,
+            context?.channel.isWritable == true
+        {
+            owner.upstreamWritabilityChanged(writable: true, from: s)
+        }
+    }
+
+    /// The stream's client took what it was given: the endpoint may send another window.
+    func resume(_ s: UpstreamConnection) {
+        guard s.h2.uncredited > 0, !s.h2.receivedEnd, !s.h2.finished, let id = s.h2.id, let context else { return }
+        context.writeAndFlush(
+            wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: s.h2.uncredited))), promise: nil)
+        s.h2.uncredited = 0
+    }
+
+    /// The proxy handler is done with a stream before its end: RST_STREAM(CANCEL) if it was opened.
+    func cancel(_ s: UpstreamConnection) {
+        s.owner = nil
+        guard !s.h2.finished else { return }
+        guard let id = s.h2.id else {
+            s.h2.head = nil
+            finish(s, error: nil)
+            return
+        }
+        if s.h2.sentEnd && s.h2.receivedEnd { return }  // closed at NIO: its event is on the way
+        context?.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
+    }
+
+    /// A stream is over (closed at NIO, refused, or never sent): its slot goes to a waiting one, and an
+    /// owner still waiting for the response hears why.
+    private func finish(_ s: UpstreamConnection, error: Error?) {
+        guard !s.h2.finished else { return }
+        s.h2.finished = true
         streams -= 1
         shared.metrics.upstreamHTTP2StreamsOpen.decrement()
+        if let owner = s.owner, !s.h2.receivedEnd {
+            s.owner = nil
+            owner.upstreamClosed(error: error, from: s)
+        }
+        grantWaiting()
         if streams == 0 {
             idleSince = .now()
             if draining { close() }
         }
     }
 
-    func close() {
-        draining = true
-        channel?.close(promise: nil)
-    }
-
-    // MARK: - Channel events (root stream)
+    // MARK: - Channel events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         switch frame.payload {
-        case .settings(.settings(let settings)):
-            for s in settings where s.parameter == .maxConcurrentStreams {
-                maxStreams = min(maxStreams, max(s.value, 1))
+        case .headers(let headers):
+            guard let s = open[frame.streamID], !s.h2.receivedEnd else { return }
+            received(headers, on: s, context: context)
+        case .data(let data):
+            let bytes = data.data.readableBytes + (data.paddingBytes ?? 0)
+            connectionUncredited += bytes
+            guard let s = open[frame.streamID], !s.h2.receivedEnd, case .byteBuffer(let buffer) = data.data else { return }
+            guard s.h2.gotHead else {
+                protocolError(on: s, "DATA before the response head", context: context)
+                return
             }
+            if data.endStream { s.h2.receivedEnd = true } else { s.h2.uncredited += bytes }
+            if let owner = s.owner {
+                touch(s)
+                if buffer.readableBytes > 0 { owner.upstreamRead(.body(buffer), from: s) }
+                if data.endStream {
+                    owner.upstreamRead(.end(nil), from: s)
+                } else if s.h2.uncredited >= streamWindow / 2 && owner.downstreamWritable {
+                    context.write(
+                        wrapOutboundOut(HTTP2Frame(streamID: frame.streamID, payload: .windowUpdate(windowSizeIncrement: s.h2.uncredited))),
+                        promise: nil)
+                    s.h2.uncredited = 0
+                    needsFlush = true
+                }
+            }
+        case .settings(.settings(let settings)):
+            for setting in settings where setting.parameter == .maxConcurrentStreams {
+                maxStreams = min(configuredMaxStreams, max(setting.value, 1))
+            }
+            grantWaiting()
         case .goAway:
-            // The endpoint stops taking streams: the ones open finish, new ones go elsewhere.
+            // The endpoint takes no new streams: the ones open finish (NIO closes those it did not take,
+            // as refused), new ones go elsewhere.
             draining = true
             pool?.removeHTTP2(self)
+            failWaiting(ChannelError.ioOnClosedChannel)
             if streams == 0 { context.close(promise: nil) }
         default:
             break
         }
+    }
+
+    private func received(_ block: HTTP2Frame.FramePayload.Headers, on s: UpstreamConnection, context: ChannelHandlerContext) {
+        if s.h2.gotHead {
+            // Trailers (NIO has checked they end the stream).
+            s.h2.receivedEnd = true
+            guard let owner = s.owner else { return }
+            touch(s)
+            owner.upstreamRead(.end(HTTP2Conversion.httpTrailers(block.headers)), from: s)
+            return
+        }
+        guard let head = HTTP2Conversion.responseHead(block.headers, requestMethod: s.h2.method, endStream: block.endStream) else {
+            protocolError(on: s, "response head without a valid :status", context: context)
+            return
+        }
+        // An interim response (103 Early Hints...) is not passed on: the proxy answers its client with
+        // one head.
+        if head.status.code < 200 { return }
+        s.h2.gotHead = true
+        if block.endStream { s.h2.receivedEnd = true }
+        guard let owner = s.owner else { return }
+        touch(s)
+        owner.upstreamRead(.head(head), from: s)
+        if block.endStream { s.owner?.upstreamRead(.end(nil), from: s) }
+    }
+
+    private func protocolError(on s: UpstreamConnection, _ what: String, context: ChannelHandlerContext) {
+        guard let id = s.h2.id else { return }
+        shared.logger.info("malformed HTTP/2 response", metadata: ["target": "\(address)", "error": "\(what)"])
+        context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
+        let owner = s.owner
+        s.owner = nil
+        owner?.upstreamClosed(error: UpstreamHTTP2Error.malformedResponse(what), from: s)
+    }
+
+    private func touch(_ s: UpstreamConnection) {
+        if !s.h2.touched {
+            s.h2.touched = true
+            touched.append(s)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if connectionUncredited >= connectionWindow / 4 {
+            context.write(
+                wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUncredited))),
+                promise: nil)
+            connectionUncredited = 0
+            needsFlush = true
+        }
+        if !touched.isEmpty {
+            for s in touched {
+                s.h2.touched = false
+                s.owner?.upstreamReadComplete(from: s)
+            }
+            touched.removeAll(keepingCapacity: true)
+        }
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let closed = event as? StreamClosedEvent {
+            guard let s = open.removeValue(forKey: closed.streamID) else { return }
+            finish(s, error: closed.reason.map { UpstreamHTTP2Error.reset($0) })
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            for s in open.values where s.h2.queued < Self.streamHighWater {
+                s.owner?.upstreamWritabilityChanged(writable: true, from: s)
+            }
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -155,14 +428,19 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         }
         draining = true
         pool?.removeHTTP2(self)
+        failWaiting(ChannelError.ioOnClosedChannel)
+        let all = open
+        open.removeAll()
+        for s in all.values { finish(s, error: ChannelError.eof) }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // A stream's error (reset, protocol error on one stream) ends that stream only; its owner
-        // hears of it through the stream channel. Anything else is a connection error: NIO has sent
-        // GOAWAY and the connection cannot carry streams any more, so it leaves the pool and closes
-        // (its streams' owners see them close and answer or retry).
+        // A stream's error (NIO has reset that stream; its StreamClosedEvent follows) ends that stream
+        // only. Anything else is a connection error: NIO has sent GOAWAY and the connection cannot
+        // carry streams any more, so it leaves the pool and closes (its streams' owners hear of it and
+        // answer or retry).
+        if HTTP2Errors.isStreamLevel(error) { return }
         shared.logger.info("upstream HTTP/2 connection error", metadata: ["target": "\(address)", "error": "\(error)"])
         draining = true
         pool?.removeHTTP2(self)
@@ -170,10 +448,43 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     }
 }
 
+/// Why an upstream HTTP/2 stream ended without its response.
+enum UpstreamHTTP2Error: Error, CustomStringConvertible {
+    /// RST_STREAM from the endpoint (or GOAWAY: `refusedStream`, the endpoint never saw it).
+    case reset(HTTP2ErrorCode)
+    case malformedResponse(String)
+
+    var description: String {
+        switch self {
+        case .reset(let code): return "stream reset (\(code))"
+        case .malformedResponse(let what): return "malformed response: \(what)"
+        }
+    }
+}
+
+/// The per-stream state of an upstream HTTP/2 stream (`UpstreamConnection.h2`).
+struct UpstreamStreamState {
+    /// The request head as a HEADERS block, until it is written (with END_STREAM if nothing follows).
+    var head: HPACKHeaders?
+    var method = HTTPMethod.GET
+    /// Set when the HEADERS are written.
+    var id: HTTP2StreamID?
+    var sentEnd = false
+    var gotHead = false
+    var receivedEnd = false
+    /// Closed at NIO, refused, or never sent: the slot is given back.
+    var finished = false
+    /// Request DATA bytes written and not yet sent (the endpoint's window holds them).
+    var queued = 0
+    /// Response DATA bytes received and not yet credited back to the endpoint.
+    var uncredited = 0
+    var touched = false
+}
+
 extension UpstreamPool {
     /// A stream to `address` on a multiplexed HTTP/2 connection of this loop: an existing connection
     /// with a free stream, else a new connection (up to `http2.maxConnectionsPerEndpoint`), else the
-    /// least busy one (its streams beyond the peer's limit wait inside NIO's HTTP/2 handler).
+    /// least busy one (its streams beyond the peer's limit wait in that connection for a free one).
     func openHTTP2Stream(
         _ address: SocketAddress, settings: HTTP2Config, maxHeaderBytes: Int, timeout: MeshDuration, counters: ServiceCounters?
     ) -> (future: EventLoopFuture<UpstreamConnection>, reused: Bool) {
@@ -183,12 +494,13 @@ extension UpstreamPool {
             return (conn.openStream(on: eventLoop), true)
         }
         if list.count >= settings.maxConnectionsPerEndpoint,
-            let conn = list.filter({ !$0.draining }).min(by: { $0.streams < $1.streams })
+            let conn = list.filter({ !$0.draining }).min(by: { $0.load < $1.load })
         {
             return (conn.openStream(on: eventLoop), true)
         }
         let conn = HTTP2UpstreamConnection(
-            address: address, shared: shared, counters: counters, maxStreams: settings.maxConcurrentStreams)
+            address: address, shared: shared, counters: counters, maxStreams: settings.maxConcurrentStreams,
+            streamWindow: Self.upstreamStreamWindow(settings.initialWindowSize))
         conn.pool = self
         http2[address, default: []].append(conn)
         let future = conn.openStream(on: eventLoop)
@@ -197,12 +509,11 @@ extension UpstreamPool {
     }
 
     /// The window meshd grants an endpoint per stream: a quarter of `http2.initialWindowSize` (at least
-    /// the protocol's 65 535). NIO credits a stream's window as soon as its data is handed to the proxy
-    /// handler, so a stream whose client stops reading can hold one delivered burst (waiting for the
-    /// client, copied compact) plus one more window (received, not yet delivered), whose frames are
-    /// slices that keep the connection's read buffers alive whole (up to about twice their bytes): a
-    /// quarter keeps all of it within the one window a stalled stream may cost (half measured up to
-    /// 1.5 windows; docs/reliability.md).
+    /// the protocol's 65 535). meshd credits a stream only while its client takes what it is given, so
+    /// a stream whose client stopped reading holds at most one window here, besides what waits in the
+    /// client's write buffer; DATA frames are slices of the connection's read buffers and keep them
+    /// alive whole (up to about twice their bytes), which the quarter keeps within the one window a
+    /// stalled stream may cost (docs/reliability.md).
     static func upstreamStreamWindow(_ configured: Int) -> Int { max(65_535, configured / 4) }
 
     private func connectHTTP2(_ conn: HTTP2UpstreamConnection, settings: HTTP2Config, maxHeaderBytes: Int, timeout: MeshDuration) {
@@ -214,7 +525,6 @@ extension UpstreamPool {
             HTTP2Setting(parameter: .initialWindowSize, value: window),
             HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderBytes),
         ]
-        connectionConfig.targetWindowSize = window * settings.maxConcurrentStreams
         connectionConfig.maximumRecentlyResetStreams = settings.recentlyResetStreams
         var streamConfig = NIOHTTP2Handler.StreamConfiguration()
         streamConfig.targetWindowSize = window
@@ -237,13 +547,9 @@ extension UpstreamPool {
                         verification.value = try tls.addHandlers(to: channel, http2: true, shared: shared).verified.futureResult
                     }
                     let sync = channel.pipeline.syncOperations
-                    let mux = try sync.configureHTTP2Pipeline(
-                        mode: .client, connectionConfiguration: connection, streamConfiguration: stream
-                    ) { pushed in
-                        // Push is disabled in our SETTINGS; a stream the endpoint opens anyway is refused.
-                        pushed.close()
-                    }
-                    _ = mux
+                    // Frame level: no stream multiplexer (see `HTTP2UpstreamConnection`).
+                    try sync.addHandler(
+                        NIOHTTP2Handler(mode: .client, connectionConfiguration: connection, streamConfiguration: stream))
                     try sync.addHandler(loopBound.value)
                 }
             }
@@ -256,15 +562,9 @@ extension UpstreamPool {
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
-                case .success(let channel):
+                case .success:
                     shared.metrics.upstreamConnectsOK.increment()
-                    do {
-                        let mux = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self).syncMultiplexer()
-                        conn.connected(channel, multiplexer: mux)
-                    } catch {
-                        conn.failed(error)
-                        channel.close(promise: nil)
-                    }
+                    conn.connected()
                 case .failure(let error):
                     shared.metrics.upstreamConnectsFailed.increment()
                     conn.failed(error)

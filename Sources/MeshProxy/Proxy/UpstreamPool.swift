@@ -184,23 +184,37 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private(set) var active = false
     /// Requests this connection carried (1 = fresh).
     var uses = 0
-    /// A request head was written (an HTTP/2 stream is then open, or about to be, at the endpoint).
-    private var wroteHead = false
 
-    /// An HTTP/2 stream (a child channel of an `HTTP2UpstreamConnection`) rather than a connection:
-    /// never pooled (one exchange per stream), not counted as a connection.
-    let isStream: Bool
+    /// The multiplexed connection of an HTTP/2 stream (then this is not a channel handler: the
+    /// connection turns its parts into frames): never pooled (one exchange per stream), not counted as
+    /// a connection.
+    let multiplexed: HTTP2UpstreamConnection?
+    /// The stream's state, kept by `multiplexed`.
+    var h2 = UpstreamStreamState()
+    var isStream: Bool { multiplexed != nil }
 
-    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters? = nil, stream: Bool = false) {
+    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters? = nil) {
         self.address = address
         self.shared = shared
         self.counters = counters
-        self.isStream = stream
-        if stream { reusable = false }
+        self.multiplexed = nil
+    }
+
+    /// A stream of `connection`.
+    init(stream connection: HTTP2UpstreamConnection) {
+        self.address = connection.address
+        self.shared = connection.shared
+        self.counters = nil
+        self.multiplexed = connection
+        self.reusable = false
+        self.active = true
     }
 
     var isUsable: Bool { active && reusable }
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var isWritable: Bool {
+        if let multiplexed { return multiplexed.isWritable(self) }
+        return context?.channel.isWritable ?? false
+    }
 
     /// Kept after the handler leaves the pipeline (an upgraded connection still needs reads).
     private var channel: Channel?
@@ -284,23 +298,32 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The downstream became writable again: resume reading the response.
     func resumeReading() {
-        if readPending, let context {
+        if let multiplexed {
+            multiplexed.resume(self)
+        } else if readPending, let context {
             readPending = false
             context.read()
         }
     }
 
     func write(_ part: HTTPClientRequestPart) {
-        if case .head = part { wroteHead = true }
+        if let multiplexed { return multiplexed.send(part, on: self) }
         context?.write(wrapOutboundOut(part), promise: nil)
     }
 
     func writeAndFlush(_ part: HTTPClientRequestPart) {
-        if case .head = part { wroteHead = true }
+        if let multiplexed {
+            multiplexed.send(part, on: self)
+            multiplexed.flush(self)
+            return
+        }
         context?.writeAndFlush(wrapOutboundOut(part), promise: nil)
     }
 
-    func flush() { context?.flush() }
+    func flush() {
+        if let multiplexed { return multiplexed.flush(self) }
+        context?.flush()
+    }
 
     /// Asks the channel to read (after the pipeline changed).
     func channelRead() { channel?.read() }
@@ -308,23 +331,12 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     func close() {
         reusable = false
-        owner = nil
-        if isStream && wroteHead, let context,
-            let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ClientCodec.self)
-        {
-            // A stream whose HEADERS may still wait in the connection's outbound buffer: closing its
-            // channel would drop the channel but not those HEADERS, leaving a stream open at the
-            // endpoint forever (each one taking a slot of its max concurrent streams). RST_STREAM
-            // written behind them cancels it in order. Once it is processed the channel is closed:
-            // NIO closes it itself when the stream was open at the endpoint, but a stream whose
-            // HEADERS were still queued (peer's concurrency limit, or the connection not writable)
-            // is just dropped from the queue, and its channel would otherwise stay open forever.
-            let channel = context.channel
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
-            codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.cancel)), promise: promise)
+        if let multiplexed {
+            // A stream is reset (RST_STREAM CANCEL) unless it is over at both ends.
+            multiplexed.cancel(self)
             return
         }
+        owner = nil
         context?.close(promise: nil)
     }
 

@@ -1,0 +1,119 @@
+import MeshCore
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+
+/// The HTTP/1 message types the proxy handler works with, as the header blocks of an upstream HTTP/2
+/// stream (RFC 9113 §8.3), for `HTTP2UpstreamConnection`'s frame-level streams. HPACK itself and
+/// the validation of every block sent or received stay with NIO's HTTP/2 handler; this only maps
+/// fields. Each header sent gets the HPACK indexing `MeshCore.HeaderIndexing` chooses, in the same
+/// pass.
+enum HTTP2Conversion {
+    /// A request head as a HEADERS block: the four pseudo-headers first (`:authority` from Host),
+    /// names lowercased, connection-specific fields (RFC 9113 §8.2.2) left out, `te` only as
+    /// `trailers`.
+    static func requestHeaders(_ head: HTTPRequestHead, scheme: String = "http") -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(head.headers.count + 3)
+        out.add(name: ":method", value: head.method.rawValue)
+        out.add(name: ":scheme", value: scheme)
+        var authority: String?
+        for (name, value) in head.headers where name.utf8.count == 4 && HeaderPolicy.equalsIgnoringASCIICase(name, "host") {
+            authority = value
+            break
+        }
+        if let authority { out.add(name: ":authority", value: authority) }
+        if head.method != .CONNECT { out.add(name: ":path", value: head.uri, indexing: .nonIndexable) }
+        for (name, value) in head.headers {
+            switch fieldKind(name, value: value) {
+            case .drop: continue
+            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
+            case .lowercase:
+                let lower = name.lowercased()
+                out.add(name: lower, value: value, indexing: indexing(lower, value))
+            }
+        }
+        return out
+    }
+
+    /// Trailers as the block that ends a stream.
+    static func trailers(_ trailers: HTTPHeaders) -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(trailers.count)
+        for (name, value) in trailers {
+            switch fieldKind(name, value: value) {
+            case .drop: continue
+            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
+            case .lowercase:
+                let lower = name.lowercased()
+                out.add(name: lower, value: value, indexing: indexing(lower, value))
+            }
+        }
+        return out
+    }
+
+    /// A response's HEADERS block as a response head, or nil when it has no valid `:status`. Like
+    /// NIO's HTTP/2 ↔ HTTP/1 codec, a final response that may have a body but gives no length says
+    /// how an HTTP/1.1 client will see it end: `content-length: 0` when the block ends the stream,
+    /// chunked otherwise.
+    static func responseHead(_ block: HPACKHeaders, requestMethod: HTTPMethod, endStream: Bool) -> HTTPResponseHead? {
+        var status: Int?
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(block.count)
+        var hasLength = false
+        for (name, value, _) in block {
+            if name.utf8.first == UInt8(ascii: ":") {
+                // NIO has checked the pseudo-headers are the response's (`:status` once, first).
+                guard name == ":status", value.utf8.count == 3, let code = Int(value) else { return nil }
+                status = code
+                continue
+            }
+            if name.utf8.count == 14 && name == "content-length" { hasLength = true }
+            headers.add(name: name, value: value)
+        }
+        guard let status, status >= 100 else { return nil }
+        if !hasLength && status >= 200 && status != 204 && status != 304 && requestMethod != .HEAD && requestMethod != .CONNECT {
+            headers.add(name: endStream ? "content-length" : "transfer-encoding", value: endStream ? "0" : "chunked")
+        }
+        return HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status), headers: headers)
+    }
+
+    /// A trailers block as HTTP/1 trailers (pseudo-headers have no place there).
+    static func httpTrailers(_ block: HPACKHeaders) -> HTTPHeaders {
+        var out = HTTPHeaders()
+        out.reserveCapacity(block.count)
+        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") { out.add(name: name, value: value) }
+        return out
+    }
+
+    enum FieldKind { case keep, lowercase, drop }
+
+    /// What becomes of an HTTP/1 field in an HTTP/2 block.
+    static func fieldKind(_ name: String, value: String) -> FieldKind {
+        var upper = false
+        for c in name.utf8 where c &- UInt8(ascii: "A") < 26 {
+            upper = true
+            break
+        }
+        switch name.utf8.count {
+        case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "te"):
+            return HeaderPolicy.equalsIgnoringASCIICase(value, "trailers") ? (upper ? .lowercase : .keep) : .drop
+        case 4 where HeaderPolicy.equalsIgnoringASCIICase(name, "host"):
+            return .drop
+        case 7 where HeaderPolicy.equalsIgnoringASCIICase(name, "upgrade"):
+            return .drop
+        case 10 where HeaderPolicy.equalsIgnoringASCIICase(name, "connection") || HeaderPolicy.equalsIgnoringASCIICase(name, "keep-alive"):
+            return .drop
+        case 16 where HeaderPolicy.equalsIgnoringASCIICase(name, "proxy-connection"):
+            return .drop
+        case 17 where HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding"):
+            return .drop
+        default:
+            return upper ? .lowercase : .keep
+        }
+    }
+
+    static func indexing(_ name: String, _ value: String) -> HPACKIndexing {
+        HeaderIndexingHandler.indexing(name: name, valueLength: value.utf8.count)
+    }
+}

@@ -1,0 +1,289 @@
+import Logging
+import MeshCore
+import NIOCore
+import NIOEmbedded
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+import Testing
+
+@testable import MeshProxy
+
+/// A proxy handler's side of an upstream stream: records what the stream delivers.
+private final class RecordingOwner: UpstreamOwner {
+    var parts: [HTTPClientResponsePart] = []
+    var closed: [Error?] = []
+    var writableEvents = 0
+    var readCompletes = 0
+    var downstreamWritable = true
+
+    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection) { parts.append(part) }
+    func upstreamReadComplete(from conn: UpstreamConnection) { readCompletes += 1 }
+    func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection) { if writable { writableEvents += 1 } }
+    func upstreamClosed(error: Error?, from conn: UpstreamConnection) { closed.append(error) }
+}
+
+private struct StreamNotGranted: Error {}
+
+/// `HTTP2UpstreamConnection` at frame level on an EmbeddedChannel (without NIO's HTTP/2 handler: the
+/// test plays it, reading the frames meshd writes and feeding the endpoint's frames and NIO's events).
+@Suite("Upstream HTTP/2 streams at frame level")
+struct HTTP2UpstreamTests {
+    let channel = EmbeddedChannel()
+    let connection: HTTP2UpstreamConnection
+
+    init() throws {
+        let snapshot = try ResolvedSnapshot.resolve(try ConfigLoader.load(yaml: "mode: sidecar\n"), version: 1)
+        let shared = SharedRuntime(metrics: MeshMetrics(), logger: Logger(label: "test"), snapshot: snapshot)
+        connection = HTTP2UpstreamConnection(
+            address: try SocketAddress(ipAddress: "127.0.0.1", port: 1), shared: shared, counters: nil, maxStreams: 2,
+            streamWindow: 65_536)
+        try channel.pipeline.syncOperations.addHandler(connection)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        connection.connected()
+    }
+
+    private func frames() throws -> [HTTP2Frame] {
+        var out: [HTTP2Frame] = []
+        while let f = try channel.readOutbound(as: HTTP2Frame.self) { out.append(f) }
+        return out
+    }
+
+    private func stream(_ owner: RecordingOwner) throws -> UpstreamConnection {
+        var granted: UpstreamConnection?
+        connection.openStream(on: channel.eventLoop).assumeIsolated().whenSuccess { granted = $0 }
+        guard let s = granted else { throw StreamNotGranted() }
+        s.owner = owner
+        return s
+    }
+
+    private static let get = HTTPRequestHead(
+        version: .http1_1, method: .GET, uri: "/a?b=1", headers: ["Host": "orders:8080", "X-Request-Id": "abc", "connection": "keep-alive"])
+
+    private static func response(_ fields: [(String, String)]) -> HPACKHeaders {
+        HPACKHeaders(fields.map { ($0.0, $0.1) })
+    }
+
+    private func deliver(_ stream: Int, _ payload: HTTP2Frame.FramePayload) throws {
+        try channel.writeInbound(HTTP2Frame(streamID: HTTP2StreamID(stream), payload: payload))
+        channel.pipeline.fireChannelReadComplete()
+    }
+
+    private func closeEvent(_ stream: Int, _ reason: HTTP2ErrorCode? = nil) {
+        channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(stream), reason: reason))
+    }
+
+    @Test func theConnectionWindowIsRaisedOncePrefaceAndConnectAreDone() throws {
+        let sent = try frames()
+        #expect(sent.count == 1)
+        guard case .windowUpdate(let increment) = sent.first?.payload else {
+            Issue.record("expected a WINDOW_UPDATE, got \(sent)")
+            return
+        }
+        #expect(sent.first?.streamID == .rootStream)
+        #expect(increment == 2 * 65_536 - 65_535, "one stream window per stream the connection may carry")
+    }
+
+    @Test func aGetIsOneHeadersFrameWithEndStreamAndStreamsTakeIdsInOrder() throws {
+        _ = try frames()
+        let a = RecordingOwner()
+        let b = RecordingOwner()
+        let first = try stream(a)
+        let second = try stream(b)
+        // The second stream's request goes out first: it takes the first id.
+        second.write(.head(Self.get))
+        second.write(.end(nil))
+        second.flush()
+        first.write(.head(Self.get))
+        first.flush()
+        let sent = try frames()
+        #expect(sent.map(\.streamID) == [1, 3])
+        guard case .headers(let h1) = sent[0].payload, case .headers(let h3) = sent[1].payload else {
+            Issue.record("expected HEADERS, got \(sent)")
+            return
+        }
+        #expect(h1.endStream, "a request without a body ends the stream in its HEADERS")
+        #expect(!h3.endStream, "a flushed head whose request goes on does not")
+        let names = h1.headers.map(\.name)
+        #expect(names == [":method", ":scheme", ":authority", ":path", "x-request-id"])
+        #expect(h1.headers.first(name: ":authority") == "orders:8080")
+        #expect(h1.headers.first(name: ":path") == "/a?b=1")
+    }
+
+    @Test func streamsBeyondThePeersLimitWaitForOneToClose() throws {
+        _ = try frames()
+        try deliver(0, .settings(.settings([HTTP2Setting(parameter: .maxConcurrentStreams, value: 1)])))
+        let a = RecordingOwner()
+        let first = try stream(a)
+        let waiting = connection.openStream(on: channel.eventLoop)
+        var granted: UpstreamConnection?
+        waiting.assumeIsolated().whenSuccess { granted = $0 }
+        #expect(granted == nil, "the endpoint allows one stream at a time")
+        first.write(.head(Self.get))
+        first.write(.end(nil))
+        first.flush()
+        try deliver(1, .headers(.init(headers: Self.response([(":status", "204")]), endStream: true)))
+        #expect(granted == nil, "a stream is open until NIO closes it")
+        closeEvent(1)
+        #expect(granted != nil)
+        #expect(a.closed.isEmpty, "a stream that got its whole response closes quietly")
+        #expect(connection.streams == 1)
+    }
+
+    @Test func responseFramesBecomeResponsePartsAndCreditFollowsTheClient() throws {
+        _ = try frames()
+        let owner = RecordingOwner()
+        let s = try stream(owner)
+        s.write(.head(Self.get))
+        s.write(.end(nil))
+        s.flush()
+        _ = try frames()
+        try deliver(1, .headers(.init(headers: Self.response([(":status", "200"), ("content-type", "text/plain")]))))
+        let half = ByteBuffer(repeating: 0x61, count: 32_768)
+        owner.downstreamWritable = false
+        try deliver(1, .data(.init(data: .byteBuffer(half))))
+        #expect(try frames().allSatisfy { $0.streamID == .rootStream }, "no stream credit while its client is not taking what it got")
+        owner.downstreamWritable = true
+        s.resumeReading()
+        let credit = try frames()
+        guard case .windowUpdate(let n) = credit.first?.payload else {
+            Issue.record("expected a WINDOW_UPDATE, got \(credit)")
+            return
+        }
+        #expect(credit.first?.streamID == 1 && n == 32_768)
+        try deliver(1, .headers(.init(headers: Self.response([("grpc-status", "0")]), endStream: true)))
+        guard owner.parts.count == 3, case .head(let head) = owner.parts[0], case .body(let body) = owner.parts[1],
+            case .end(let trailers) = owner.parts[2]
+        else {
+            Issue.record("expected head, body, end: \(owner.parts)")
+            return
+        }
+        #expect(head.status == .ok)
+        #expect(head.headers["transfer-encoding"] == ["chunked"], "an HTTP/1.1 client sees a body of unknown length as chunked")
+        #expect(body.readableBytes == 32_768)
+        #expect(trailers?["grpc-status"] == ["0"])
+        #expect(owner.readCompletes == 3)
+    }
+
+    @Test func aResetStreamTellsItsOwnerWhy() throws {
+        _ = try frames()
+        let owner = RecordingOwner()
+        let s = try stream(owner)
+        s.write(.head(Self.get))
+        s.flush()
+        try deliver(1, .rstStream(.refusedStream))
+        closeEvent(1, .refusedStream)
+        guard owner.closed.count == 1, case .reset(.refusedStream) = owner.closed[0] as? UpstreamHTTP2Error else {
+            Issue.record("expected the reset's code, got \(owner.closed)")
+            return
+        }
+        #expect(connection.streams == 0)
+    }
+
+    @Test func closingAnOpenStreamResetsItAndAnUnsentOneJustGivesItsSlotBack() throws {
+        _ = try frames()
+        let owner = RecordingOwner()
+        let sent = try stream(owner)
+        sent.write(.head(Self.get))
+        sent.flush()
+        _ = try frames()
+        sent.close()
+        let reset = try frames()
+        guard case .rstStream(.cancel) = reset.first?.payload else {
+            Issue.record("expected RST_STREAM(CANCEL), got \(reset)")
+            return
+        }
+        #expect(owner.closed.isEmpty, "the owner that closed it is not told")
+        let other = RecordingOwner()
+        let unsent = try stream(other)
+        #expect(connection.streams == 2)
+        unsent.close()
+        #expect(try frames().isEmpty)
+        #expect(connection.streams == 1, "the reset stream's slot comes back with NIO's close event")
+        closeEvent(1, .cancel)
+        #expect(connection.streams == 0)
+    }
+
+    @Test func requestDataHeldByTheEndpointsWindowMakesTheStreamUnwritable() throws {
+        _ = try frames()
+        let owner = RecordingOwner()
+        let s = try stream(owner)
+        s.write(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/up", headers: ["host": "orders"])))
+        #expect(s.isWritable)
+        s.write(.body(.byteBuffer(ByteBuffer(repeating: 1, count: HTTP2UpstreamConnection.streamHighWater))))
+        #expect(!s.isWritable, "written, not yet sent")
+        s.flush()  // EmbeddedChannel completes the writes' promises on flush: the bytes left
+        #expect(s.isWritable)
+        #expect(owner.writableEvents == 1)
+    }
+
+    @Test func goawayFailsTheStreamsWaitingAndTheConnectionTakesNoMore() throws {
+        _ = try frames()
+        let owners = [RecordingOwner(), RecordingOwner()]
+        let streams = try owners.map { try stream($0) }
+        let waiting = connection.openStream(on: channel.eventLoop)
+        var failed = false
+        waiting.assumeIsolated().whenFailure { _ in failed = true }
+        try deliver(0, .goAway(lastStreamID: .rootStream, errorCode: .noError, opaqueData: nil))
+        #expect(failed)
+        #expect(!connection.hasCapacity)
+        #expect(streams.allSatisfy { $0.owner != nil }, "the streams open finish")
+    }
+
+    @Test func aResponseWithoutAValidStatusIsAProtocolErrorOnThatStream() throws {
+        _ = try frames()
+        let owner = RecordingOwner()
+        let s = try stream(owner)
+        s.write(.head(Self.get))
+        s.write(.end(nil))
+        s.flush()
+        _ = try frames()
+        try deliver(1, .headers(.init(headers: Self.response([(":status", "2000")]))))
+        guard case .rstStream(.protocolError) = try frames().first?.payload else {
+            Issue.record("expected RST_STREAM(PROTOCOL_ERROR)")
+            return
+        }
+        #expect(owner.closed.count == 1)
+    }
+}
+
+@Suite("HTTP/1 messages as HTTP/2 header blocks")
+struct HTTP2ConversionTests {
+    @Test func requestHeadersDropConnectionFieldsAndLowercaseNames() {
+        let head = HTTPRequestHead(
+            version: .http1_1, method: .POST, uri: "/x",
+            headers: [
+                "Host": "a", "Connection": "keep-alive", "Keep-Alive": "5", "Transfer-Encoding": "chunked", "Upgrade": "h2c",
+                "Proxy-Connection": "x", "TE": "trailers", "X-Forwarded-For": "10.0.0.1", "Authorization": "secret",
+            ])
+        let block = HTTP2Conversion.requestHeaders(head)
+        #expect(block.map(\.name) == [":method", ":scheme", ":authority", ":path", "te", "x-forwarded-for", "authorization"])
+        #expect(block.map(\.indexable).last == .neverIndexed, "credentials never enter an HPACK table")
+        let gzip = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["host": "a", "te": "gzip"])
+        #expect(HTTP2Conversion.requestHeaders(gzip).first(name: "te") == nil, "TE is only `trailers` in HTTP/2")
+    }
+
+    @Test func responseHeadsSayHowAnHTTP1ClientSeesTheirEnd() {
+        let ok = HPACKHeaders([(":status", "200")])
+        #expect(HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: true)?.headers["content-length"] == ["0"])
+        #expect(HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: false)?.headers["transfer-encoding"] == ["chunked"])
+        #expect(HTTP2Conversion.responseHead(ok, requestMethod: .HEAD, endStream: false)?.headers.isEmpty == true)
+        let noContent = HPACKHeaders([(":status", "204")])
+        #expect(HTTP2Conversion.responseHead(noContent, requestMethod: .GET, endStream: true)?.headers.isEmpty == true)
+        let sized = HPACKHeaders([(":status", "200"), ("content-length", "3")])
+        #expect(HTTP2Conversion.responseHead(sized, requestMethod: .GET, endStream: false)?.headers["transfer-encoding"] == [])
+    }
+
+    @Test func aStatusMustBeThreeDigits() {
+        for bad in ["20", "2000", "abc", "099"] {
+            #expect(HTTP2Conversion.responseHead(HPACKHeaders([(":status", bad)]), requestMethod: .GET, endStream: true) == nil, "\(bad)")
+        }
+        #expect(HTTP2Conversion.responseHead(HPACKHeaders([("a", "b")]), requestMethod: .GET, endStream: true) == nil)
+    }
+
+    @Test func trailersLoseNoFieldAndKeepNoPseudoHeader() {
+        let trailers = HTTP2Conversion.httpTrailers(HPACKHeaders([("grpc-status", "0"), ("grpc-message", "ok")]))
+        #expect(trailers["grpc-status"] == ["0"] && trailers["grpc-message"] == ["ok"])
+        #expect(HTTP2Conversion.trailers(["Grpc-Status": "0"]).map(\.name) == ["grpc-status"])
+    }
+}
