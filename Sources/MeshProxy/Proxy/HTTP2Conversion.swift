@@ -113,7 +113,78 @@ enum HTTP2Conversion {
         }
     }
 
+    /// The HPACK indexing `MeshCore.HeaderIndexing` chooses for a header meshd sends: per-request
+    /// values (`x-request-id`, `traceparent`, `:path`) would fill both ends' dynamic tables with
+    /// entries nothing matches again, and make every lookup of the encoder scan them.
     static func indexing(_ name: String, _ value: String) -> HPACKIndexing {
-        HeaderIndexingHandler.indexing(name: name, valueLength: value.utf8.count)
+        switch HeaderIndexing.of(name: name, valueLength: value.utf8.count) {
+        case .index: return .indexable
+        case .noIndex: return .nonIndexable
+        case .neverIndex: return .neverIndexed
+        }
     }
+}
+
+extension HTTP2Conversion {
+    /// A request's HEADERS block as a request head (as NIO's HTTP/2 ↔ HTTP/1 codec makes it): Host from
+    /// `:authority` unless the block has one; a request whose method may carry a body and that gives
+    /// no length is chunked (or `content-length: 0` when the block ends the stream). Nil without
+    /// `:method`, or without `:path` outside CONNECT (NIO has checked the pseudo-headers otherwise).
+    static func requestHead(_ block: HPACKHeaders, endStream: Bool) -> HTTPRequestHead? {
+        var method: String?
+        var path: String?
+        var authority: String?
+        var hasHost = false
+        var hasLength = false
+        var count = 0
+        for (name, value, _) in block {
+            guard name.utf8.first == UInt8(ascii: ":") else {
+                count += 1
+                switch name.utf8.count {
+                case 4 where name == "host": hasHost = true
+                case 14 where name == "content-length": hasLength = true
+                default: break
+                }
+                continue
+            }
+            switch name {
+            case ":method": method = value
+            case ":path": path = value
+            case ":authority": authority = value
+            default: break
+            }
+        }
+        guard let method else { return nil }
+        let httpMethod = HTTPMethod(rawValue: method)
+        guard let uri = path ?? (httpMethod == .CONNECT ? authority : nil) else { return nil }
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(count + 2)
+        if !hasHost, let authority { headers.add(name: "host", value: authority) }
+        switch httpMethod {
+        case .GET, .HEAD, .DELETE, .CONNECT, .TRACE: break
+        default:
+            if !hasLength { headers.add(name: endStream ? "content-length" : "transfer-encoding", value: endStream ? "0" : "chunked") }
+        }
+        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") { headers.add(name: name, value: value) }
+        return HTTPRequestHead(version: .http2, method: httpMethod, uri: uri, headers: headers)
+    }
+
+    /// A response head as a HEADERS block: `:status` first, names lowercased, connection-specific
+    /// fields left out.
+    static func responseHeaders(_ head: HTTPResponseHead) -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(head.headers.count + 1)
+        out.add(name: ":status", value: String(head.status.code))
+        for (name, value) in head.headers {
+            switch fieldKind(name, value: value) {
+            case .drop: continue
+            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
+            case .lowercase:
+                let lower = name.lowercased()
+                out.add(name: lower, value: value, indexing: indexing(lower, value))
+            }
+        }
+        return out
+    }
+
 }

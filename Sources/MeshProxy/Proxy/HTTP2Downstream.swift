@@ -1,17 +1,21 @@
 import Logging
 import MeshCore
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
 
-/// The downstream side of an HTTP/2 connection (prior knowledge, h2c), on either listener: NIO's
-/// HTTP/2 handler with one child channel per stream, each running NIO's HTTP/2 ↔ HTTP/1 codec and an
-/// `HTTPProxyHandler` — the same route → balance → endpoint path as HTTP/1.1, one request per stream.
+/// The downstream side of an HTTP/2 connection (prior knowledge, h2c, or h2 over mTLS), on either
+/// listener, at frame level: NIO's HTTP/2 handler without a stream multiplexer, its connection
+/// manager (idle timeout, graceful GOAWAY), and `HTTP2DownstreamConnection`, which gives each stream
+/// an `HTTPProxyHandler` — the same route → balance → endpoint path as HTTP/1.1, one request per
+/// stream — without a child channel or an HTTP/1 codec.
 ///
 /// Bounds: `http2.maxConcurrentStreams` streams per connection (SETTINGS; the client must wait),
-/// `http2.initialWindowSize` bytes of flow-control window per stream (a stream whose reader is slow
-/// stops being credited, so the client stops sending), `http.maxHeaderBytes` per header list;
-/// `http.idleTimeout` closes a connection without streams (GOAWAY first); a graceful drain sends
+/// `http2.initialWindowSize` bytes of flow-control window per stream (credited only while the stream's
+/// upstream takes what it got, so the client of a slow upstream stops sending), the connection's
+/// window one stream window per stream (credited as DATA arrives), `http.maxHeaderBytes` per header
+/// list; `http.idleTimeout` closes a connection without streams (GOAWAY first); a graceful drain sends
 /// GOAWAY and gives open streams `drainTimeout` to finish.
 enum HTTP2Downstream {
     static func configure(
@@ -25,10 +29,8 @@ enum HTTP2Downstream {
             HTTP2Setting(parameter: .initialWindowSize, value: config.http2.initialWindowSize),
             HTTP2Setting(parameter: .maxHeaderListSize, value: config.http.maxHeaderBytes),
         ]
-        connection.targetWindowSize = config.http2.initialWindowSize * config.http2.maxConcurrentStreams
         connection.maximumRecentlyResetStreams = config.http2.recentlyResetStreams
         var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.targetWindowSize = config.http2.initialWindowSize
         stream.streamResetFrameRateLimit.maximumCount = config.http2.maxResetStreams
         let manager = NIOHTTP2ServerConnectionManagementHandler(
             eventLoop: channel.eventLoop,
@@ -38,23 +40,305 @@ enum HTTP2Downstream {
         connectionGuard.prematureResets = PrematureResetLimiter(limit: config.http2.maxPrematureResets)
         connectionGuard.watchHTTP2(
             loop: loop, idleTimeout: config.http.idleTimeout, firstRequestTimeout: config.http.headerReadTimeout)
-        let bound = NIOLoopBound((loop, connectionGuard), eventLoop: channel.eventLoop)
-        _ = try sync.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
-            streamDelegate: manager.http2StreamDelegate
-        ) { streamChannel in
-            streamChannel.eventLoop.makeCompletedFuture {
-                let (loop, guardHandler) = bound.value
-                let sync = streamChannel.pipeline.syncOperations
-                try sync.addHandler(HeaderIndexingHandler())
-                try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try sync.addHandler(
-                    HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler, multiplexed: true))
-            }
-        }
+        try sync.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: connection, streamConfiguration: stream))
         try sync.addHandler(manager)
+        try sync.addHandler(
+            HTTP2DownstreamConnection(
+                direction: direction, loop: loop, connectionGuard: connectionGuard, streamWindow: config.http2.initialWindowSize,
+                maxStreams: config.http2.maxConcurrentStreams))
         try sync.addHandler(HTTP2ConnectionErrorHandler(direction: direction, shared: loop.shared))
     }
+}
+
+/// The streams of one downstream HTTP/2 connection, at frame level: a new stream's HEADERS become a
+/// request head for a new `HTTPProxyHandler`, its DATA and trailers the rest of the request; what the
+/// handler answers becomes HEADERS (the head, coalesced with END_STREAM when nothing follows — a
+/// trailers-only gRPC response is one frame), DATA and trailers. NIO's handler has validated every
+/// header block and the frame sequence of every stream before this sees them.
+///
+/// Flow control is meshd's: the connection's window is raised to one stream window per stream and
+/// credited as DATA arrives (one stream never stalls the others); a stream's as its handler takes the
+/// bytes on (`HTTPProxyHandler.wantsRequestBytes`). A stream whose response DATA waits (the client's
+/// window or socket) past `streamHighWater` bytes reports itself unwritable to its handler.
+final class HTTP2DownstreamConnection: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    let direction: Direction
+    let loop: LoopContext
+    let connectionGuard: ConnectionGuard
+    let streamWindow: Int
+    private let connectionWindow: Int
+    private var context: ChannelHandlerContext?
+    private var streams: [HTTP2StreamID: HTTPProxyHandler] = [:]
+    /// Streams that received frames in the current read (told when it ends).
+    private var touched: [HTTPProxyHandler] = []
+    private var connectionUncredited = 0
+    private var raisedWindow = false
+    private var needsFlush = false
+
+    static let streamHighWater = 64 * 1024
+    static let streamLowWater = 32 * 1024
+
+    init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard, streamWindow: Int, maxStreams: Int) {
+        self.direction = direction
+        self.loop = loop
+        self.connectionGuard = connectionGuard
+        self.streamWindow = streamWindow
+        self.connectionWindow = streamWindow * maxStreams
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    // MARK: - Frames from the client
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.payload {
+        case .headers(let block):
+            if let handler = streams[frame.streamID] {
+                // Trailers (NIO has checked they end the stream).
+                handler.h2.receivedEnd = true
+                touch(handler)
+                handler.handle(.end(HTTP2Conversion.httpTrailers(block.headers)), context: context)
+                return
+            }
+            openStream(frame.streamID, block, context: context)
+        case .data(let data):
+            let bytes = data.data.readableBytes + (data.paddingBytes ?? 0)
+            connectionUncredited += bytes
+            guard let handler = streams[frame.streamID], case .byteBuffer(let buffer) = data.data else { return }
+            touch(handler)
+            if data.endStream {
+                handler.h2.receivedEnd = true
+            } else {
+                handler.h2.uncredited += bytes
+            }
+            if buffer.readableBytes > 0 { handler.handle(.body(buffer), context: context) }
+            if data.endStream {
+                handler.handle(.end(nil), context: context)
+            } else if handler.h2.uncredited >= streamWindow / 2 && streams[frame.streamID] === handler {
+                if handler.wantsRequestBytes {
+                    sendCredit(handler, context: context)
+                } else {
+                    handler.readPending = true
+                }
+            }
+        case .settings(.settings):
+            if !raisedWindow {
+                // The client's preface: the connection's window (65 535 bytes so far) grows to one
+                // stream window per stream.
+                raisedWindow = true
+                let increment = connectionWindow - 65_535
+                if increment > 0 {
+                    context.write(
+                        wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))),
+                        promise: nil)
+                    needsFlush = true
+                }
+            }
+        default:
+            // RST_STREAM: its StreamClosedEvent follows. PING, SETTINGS ACK, GOAWAY...: NIO's and the
+            // connection manager's.
+            break
+        }
+    }
+
+    private func openStream(_ id: HTTP2StreamID, _ block: HTTP2Frame.FramePayload.Headers, context: ChannelHandlerContext) {
+        guard let head = HTTP2Conversion.requestHead(block.headers, endStream: block.endStream) else {
+            loop.shared.metrics.error(.badRequest, direction).increment()
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
+            needsFlush = true
+            return
+        }
+        let handler = HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: connectionGuard, frames: self)
+        handler.h2.id = id
+        streams[id] = handler
+        handler.streamOpened(context: context)
+        touch(handler)
+        handler.handle(.head(head), context: context)
+        if block.endStream {
+            handler.h2.receivedEnd = true
+            if streams[id] === handler { handler.handle(.end(nil), context: context) }
+        }
+    }
+
+    private func touch(_ handler: HTTPProxyHandler) {
+        if !handler.h2.touched {
+            handler.h2.touched = true
+            touched.append(handler)
+        }
+    }
+
+    private func sendCredit(_ handler: HTTPProxyHandler, context: ChannelHandlerContext) {
+        guard let id = handler.h2.id else { return }
+        context.write(
+            wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: handler.h2.uncredited))), promise: nil)
+        handler.h2.uncredited = 0
+        needsFlush = true
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if connectionUncredited >= connectionWindow / 4 || (connectionUncredited > 0 && connectionWindow < 4 * 65_535) {
+            context.write(
+                wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUncredited))),
+                promise: nil)
+            connectionUncredited = 0
+            needsFlush = true
+        }
+        if !touched.isEmpty {
+            for handler in touched {
+                handler.h2.touched = false
+                handler.streamReadComplete()
+            }
+            touched.removeAll(keepingCapacity: true)
+        }
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let closed = event as? StreamClosedEvent {
+            if let handler = streams.removeValue(forKey: closed.streamID) {
+                handler.h2.closed = true
+                handler.streamClosed()
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            for handler in streams.values where handler.h2.queued < Self.streamHighWater { handler.streamWritable() }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let all = streams
+        streams.removeAll()
+        for handler in all.values where !handler.h2.closed {
+            handler.h2.closed = true
+            handler.streamClosed()
+        }
+        context.fireChannelInactive()
+    }
+
+    // MARK: - A stream's response (called by its handler)
+
+    func respond(_ part: HTTPServerResponsePart, on handler: HTTPProxyHandler) {
+        guard let context, let id = handler.h2.id, !handler.h2.closed, !handler.h2.sentEnd else { return }
+        switch part {
+        case .head(let head):
+            let block = HTTP2Conversion.responseHeaders(head)
+            if head.status.code < 200 {
+                // An interim response (100 Continue) goes at once, and a final one follows.
+                context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block)))), promise: nil)
+            } else {
+                handler.h2.head = block
+            }
+        case .body(let body):
+            guard case .byteBuffer(let buffer) = body, buffer.readableBytes > 0 else { return }
+            sendHead(handler, id: id, endStream: false, context: context)
+            let bytes = buffer.readableBytes
+            handler.h2.queued += bytes
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(handler, bytes: bytes) }
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer))))), promise: promise)
+        case .end(let trailers):
+            handler.h2.sentEnd = true
+            if let trailers, !trailers.isEmpty {
+                sendHead(handler, id: id, endStream: false, context: context)
+                context.write(
+                    wrapOutboundOut(
+                        HTTP2Frame(streamID: id, payload: .headers(.init(headers: HTTP2Conversion.trailers(trailers), endStream: true)))),
+                    promise: nil)
+            } else if handler.h2.head != nil {
+                sendHead(handler, id: id, endStream: true, context: context)
+            } else {
+                context.write(
+                    wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))),
+                    promise: nil)
+            }
+        }
+        needsFlush = true
+    }
+
+    private func sendHead(_ handler: HTTPProxyHandler, id: HTTP2StreamID, endStream: Bool, context: ChannelHandlerContext) {
+        guard let block = handler.h2.head else { return }
+        handler.h2.head = nil
+        context.write(
+            wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: endStream)))), promise: nil)
+    }
+
+    /// Sends what `handler` wrote (a response head waiting for its END_STREAM goes now, without).
+    func flush(_ handler: HTTPProxyHandler) {
+        guard let context else { return }
+        if handler.h2.head != nil, let id = handler.h2.id, !handler.h2.closed {
+            sendHead(handler, id: id, endStream: false, context: context)
+            needsFlush = true
+        }
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+    }
+
+    private func dataLeft(_ handler: HTTPProxyHandler, bytes: Int) {
+        let before = handler.h2.queued
+        handler.h2.queued -= bytes
+        if before >= Self.streamLowWater && handler.h2.queued < Self.streamLowWater, !handler.h2.closed,
+            context?.channel.isWritable == true
+        {
+            handler.streamWritable()
+        }
+    }
+
+    func isWritable(_ handler: HTTPProxyHandler) -> Bool {
+        handler.h2.queued < Self.streamHighWater && (context?.channel.isWritable ?? false)
+    }
+
+    /// The handler takes more of the request: the client may send another window.
+    func credit(_ handler: HTTPProxyHandler) {
+        guard let context, handler.h2.uncredited > 0, !handler.h2.receivedEnd, !handler.h2.closed else { return }
+        sendCredit(handler, context: context)
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+    }
+
+    /// The handler is done with the stream before both of its ends are: RST_STREAM(CANCEL). Either
+    /// way the handler hears the stream closed, now.
+    func close(_ handler: HTTPProxyHandler) {
+        guard !handler.h2.closed, let id = handler.h2.id else { return }
+        handler.h2.closed = true
+        if streams[id] === handler { streams[id] = nil }
+        if !(handler.h2.sentEnd && handler.h2.receivedEnd), let context {
+            context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
+        }
+        handler.streamClosed()
+    }
+}
+
+/// The per-stream state of a downstream HTTP/2 stream (`HTTPProxyHandler.h2`).
+struct DownstreamStreamState {
+    var id: HTTP2StreamID?
+    /// The response head as a HEADERS block, until it is written (with END_STREAM if nothing follows).
+    var head: HPACKHeaders?
+    var receivedEnd = false
+    var sentEnd = false
+    /// Closed at NIO, reset, or its connection gone: the handler has heard.
+    var closed = false
+    /// Response DATA bytes written and not yet sent.
+    var queued = 0
+    /// Request DATA bytes received and not yet credited back to the client.
+    var uncredited = 0
+    var touched = false
 }
 
 /// Last handler of a downstream HTTP/2 connection: root-stream frames end here; the client's EOF

@@ -266,7 +266,7 @@ extension HTTPProxyHandler {
                 if case .proxying(let upstream) = state { upstream.close() }
                 finishRequest(status: req.status, error: .upstreamTimeout)
                 state = .closed
-                context.close(promise: nil)
+                closeDownstream(context)
             }
         case .hedge:
             startHedge(now: now)
@@ -282,7 +282,7 @@ extension HTTPProxyHandler {
                 loop.shared.metrics.error(.idleTimeout, direction).increment()
                 finishRequest(status: req.status, error: .idleTimeout)
                 state = .closed
-                context.close(promise: nil)
+                closeDownstream(context)
             } else {
                 reply(.idleTimeout, context: context, detail: "no byte from \(target) for \(timeout)")
             }

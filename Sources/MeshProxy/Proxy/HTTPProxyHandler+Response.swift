@@ -5,7 +5,6 @@ import NIOHTTP1
 // The response side: upstream parts reach the client as the exchange state machine decides (forward,
 // hold a gRPC response until its trailers, retry, hand over to the hedge).
 extension HTTPProxyHandler {
-    var downstreamWritable: Bool { context?.channel.isWritable ?? false }
 
     func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection) {
         guard let context else { return }
@@ -67,12 +66,12 @@ extension HTTPProxyHandler {
                 trailersOnlyHead = head
                 return
             }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            emit(.head(head), context: context)
         case .body(let buffer):
             req.bytesOut &+= buffer.readableBytes
             if let head = trailersOnlyHead {
                 trailersOnlyHead = nil
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
+                emit(.head(head), context: context)
             }
             if req.heldHead != nil {
                 req.heldBody.append(buffer)
@@ -83,7 +82,7 @@ extension HTTPProxyHandler {
                 return
             }
             req.exchange.responseBody(now: now)
-            context.write(wrapOutboundOut(.body(.byteBuffer(Self.compacted(buffer, writable: context.channel.isWritable)))), promise: nil)
+            emit(.body(.byteBuffer(Self.compacted(buffer, writable: downstreamWritable))), context: context)
         case .end(let trailers):
             if req.heldHead != nil {
                 let grpcStatus = trailers?.first(name: "grpc-status").flatMap { Int($0) }
@@ -131,14 +130,14 @@ extension HTTPProxyHandler {
     }
 
     func upstreamReadComplete(from conn: UpstreamConnection) {
-        if conn !== hedge { context?.flush() }
+        if conn !== hedge, let context { flushDownstream(context) }
     }
 
     func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection) {
         if conn === hedge { return }
         if writable && readPending, let context {
             readPending = false
-            context.read()
+            readDownstream(context)
         }
     }
 
@@ -169,7 +168,7 @@ extension HTTPProxyHandler {
             }
             finishRequest(status: req.status, error: .upstreamReset)
             state = .closed
-            context.close(promise: nil)
+            closeDownstream(context)
         case .reopen:
             // A kept-alive connection the peer closed just as it was reused: once more, on a new one.
             loop.shared.metrics.upstreamStaleRetries.increment()
@@ -200,8 +199,8 @@ extension HTTPProxyHandler {
         guard let head = req.heldHead else { return }
         req.heldHead = nil
         req.status = Int(head.status.code)
-        context.write(wrapOutboundOut(.head(responseHeadForClient(head))), promise: nil)
-        for b in req.heldBody { context.write(wrapOutboundOut(.body(.byteBuffer(b))), promise: nil) }
+        emit(.head(responseHeadForClient(head)), context: context)
+        for b in req.heldBody { emit(.body(.byteBuffer(b)), context: context) }
         req.heldBody.removeAll()
     }
 

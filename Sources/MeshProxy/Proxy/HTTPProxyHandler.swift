@@ -40,8 +40,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     let direction: Direction
     let loop: LoopContext
     let connectionGuard: ConnectionGuard
-    /// One stream of an HTTP/2 connection (one request, then the stream closes).
+    /// One stream of an HTTP/2 connection (one request, then the stream closes): not a channel
+    /// handler then; `frames` delivers the stream's request parts and turns its response into frames.
     let multiplexed: Bool
+    let frames: HTTP2DownstreamConnection?
+    /// The stream's state, kept by `frames`.
+    var h2 = DownstreamStreamState()
     var context: ChannelHandlerContext?
     var state: State = .idle(since: .now())
     var req = RequestState()
@@ -74,11 +78,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// Past this, the rest of an answered request's body is not read: the connection is closed.
     static let maxDiscardBytes = 1 << 20
 
-    init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard, multiplexed: Bool = false) {
+    init(direction: Direction, loop: LoopContext, connectionGuard: ConnectionGuard, frames: HTTP2DownstreamConnection? = nil) {
         self.direction = direction
         self.loop = loop
         self.connectionGuard = connectionGuard
-        self.multiplexed = multiplexed
+        self.frames = frames
+        self.multiplexed = frames != nil
     }
 
     /// What the connection knows about the request in flight; one per connection, reset per request.
@@ -153,30 +158,25 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         loop.register(self)
-        if multiplexed { connectionGuard.streamOpened() }
-        if multiplexed {
-            // Every stream of a connection has the same client: its address is formatted once.
-            if let ip = connectionGuard.clientIP {
-                clientIP = ip
-            } else if let ip = context.channel.parent?.remoteAddress?.ipAddress {
-                clientIP = ip
-                connectionGuard.clientIP = ip
-            }
-        } else if let ip = context.channel.remoteAddress?.ipAddress {
-            clientIP = ip
-        }
+        if let ip = context.channel.remoteAddress?.ipAddress { clientIP = ip }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         loop.unregister(self)
-        if multiplexed { connectionGuard.streamClosed() }
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        downstreamClosed()
+        context.fireChannelInactive()
+    }
+
+    /// The client's side is gone: a connection closed, or an HTTP/2 stream closed (both ends done,
+    /// reset by either side, or its connection closed).
+    func downstreamClosed() {
         if multiplexed && (attemptDeferred || firstRequest) {
-            // Reset in the same read as its HEADERS (before NIO handed them over, or before the
-            // first attempt started at the end of the read): no upstream work was started for it.
+            // Reset in the same read as its HEADERS (before the first attempt started at the end of
+            // the read): no upstream work was started for it.
             attemptDeferred = false
             connectionGuard.streamResetPrematurely()
         }
@@ -197,7 +197,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         state = .closed
         pending.removeAll()
         loop.unregister(self)
-        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -213,7 +212,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     /// One request part, in order. A head that arrives while a request is still in progress (a
     /// pipelining client) is queued with what follows it, and reads stop until the current exchange
     /// completes; clients that do not pipeline never pay for this.
-    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+    func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
             guard case .idle = state else {
@@ -245,7 +244,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 if discarded > Self.maxDiscardBytes {
                     // Not worth reading a large body we will not use: close instead.
                     state = .closed
-                    context.close(promise: nil)
+                    closeDownstream(context)
                     return
                 }
             }
@@ -264,7 +263,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         }
         if readPending && isIdle {
             readPending = false
-            context.read()
+            readDownstream(context)
         }
     }
 
@@ -295,12 +294,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         case .proxying(let upstream) where !upstream.isWritable:
             readPending = true
         default:
-            context.read()
+            readDownstream(context)
         }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, case .proxying(let upstream) = state {
+        if downstreamWritable, case .proxying(let upstream) = state {
             upstream.resumeReading()
         }
         context.fireChannelWritabilityChanged()
@@ -324,7 +323,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             return
         }
         // I/O errors (connection reset by the client...): just close.
-        context.close(promise: nil)
+        closeDownstream(context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -333,13 +332,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             req.keepAlive = false
             if isIdle && pipelined.isEmpty {
                 state = .closed
-                context.close(promise: nil)
+                closeDownstream(context)
             } else if !multiplexed && !req.exchange.responseStarted {
                 // It left before its response began — a closed connection looks just like this — so,
                 // as nginx (499) and Envoy do, the request is abandoned: closing runs `channelInactive`,
                 // which stops the upstream work now instead of at the route's timeout. A response
                 // under way is finished (a client that only half-closed still gets all of it).
-                context.close(promise: nil)
+                closeDownstream(context)
             }
             return
         }
@@ -354,7 +353,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                 context.eventLoop.assumeIsolated().scheduleTask(in: Self.drainIdleGrace) { [self] in
                     guard isIdle, let context = self.context else { return }
                     state = .closed
-                    context.close(promise: nil)
+                    closeDownstream(context)
                 }
             }
             return
@@ -371,14 +370,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         state = .proxying(conn)
         req.exchange.attached(reused: reused, now: Self.nowNanos)
         if req.expectContinue && !req.exchange.requestEnded {
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
+            emit(.head(HTTPResponseHead(version: .http1_1, status: .continue)), flush: true, context: context)
         }
         conn.write(.head(req.head))
         while let part = pending.popFirst() { forward(part, to: conn, flush: false) }
         conn.flush()
         if readPending {
             readPending = false
-            if conn.isWritable { context.read() } else { readPending = true }
+            if conn.isWritable { readDownstream(context) } else { readPending = true }
         }
     }
 
@@ -428,7 +427,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         } else {
             state = .closed
             pipelined.removeAll()
-            context?.close(promise: nil)
+            if let context { closeDownstream(context) }
         }
     }
 
@@ -451,12 +450,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
                             "HTTP/1.1 408 Request Timeout\r\n\(MeshError.headerName): \(MeshError.headerTimeout.rawValue)\r\n"
                                 + "content-length: 0\r\nconnection: close\r\n\r\n")
                     } else {
-                        context.close(promise: nil)
+                        closeDownstream(context)
                     }
                 }
             } else if now > since + .nanoseconds(http.idleTimeout.nanoseconds) {
                 state = .closed
-                context.close(promise: nil)
+                closeDownstream(context)
             }
         case .connecting, .proxying, .backoff:
             exchangeTimer(now: Int64(now.uptimeNanoseconds), context: context)
@@ -466,7 +465,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             if Int64(now.uptimeNanoseconds) - req.exchange.lastActivity > http.idleTimeout.nanoseconds {
                 loop.shared.metrics.error(.idleTimeout, direction).increment()
                 state = .closed
-                context.close(promise: nil)
+                closeDownstream(context)
             }
         case .closed:
             break

@@ -1,8 +1,6 @@
 import MeshCore
 import NIOCore
-import NIOHPACK
 import NIOHTTP1
-import NIOHTTP2
 
 // meshd's own replies, written by one writer for HTTP/1.1, HTTP/2 and gRPC (what they say is decided
 // by MeshCore's `LocalReply`).
@@ -53,12 +51,11 @@ extension HTTPProxyHandler {
             writeResponseEnd(nil, context: context)
             return
         }
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        emit(.head(head), context: context)
         if !reply.body.isEmpty {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: reply.body)))), promise: nil)
+            emit(.body(.byteBuffer(context.channel.allocator.buffer(string: reply.body))), context: context)
         }
-        let end = context.writeAndFlush(wrapOutboundOut(.end(reply.trailers.map(Self.headers))))
-        if thenClose { end.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+        emit(.end(reply.trailers.map(Self.headers)), flush: true, context: context, thenClose: thenClose)
     }
 
     static func headers(_ fields: [LocalReply.Field]) -> HTTPHeaders {
@@ -77,7 +74,7 @@ extension HTTPProxyHandler {
         req.grpcStatus = error.grpcStatus
         req.exchange.replied()
         finishRequest(status: req.status, error: error)
-        context.writeAndFlush(wrapOutboundOut(.end(Self.headers(LocalReply.grpcTrailers(error, detail: detail)))), promise: nil)
+        emit(.end(Self.headers(LocalReply.grpcTrailers(error, detail: detail))), flush: true, context: context)
         if req.exchange.requestEnded {
             state = .closed
         } else {
@@ -120,29 +117,21 @@ extension HTTPProxyHandler {
                 context: context, thenClose: true)
             return
         }
-        context.close(promise: nil)
+        closeDownstream(context)
     }
 
-    /// The response's end, after its head — or, for a held trailers-only gRPC head, both as one
-    /// HEADERS frame with END_STREAM, written below NIO's HTTP/1 codec (which would split them).
+    /// The response's end, after its head — or, for a held trailers-only gRPC head, both: the stream
+    /// sends them as one HEADERS frame with END_STREAM.
     func writeResponseEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
-        guard let head = trailersOnlyHead else {
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        guard var head = trailersOnlyHead else {
+            emit(.end(trailers), flush: true, context: context)
             return
         }
         trailersOnlyHead = nil
-        guard trailers == nil,
-            let codec = try? context.pipeline.syncOperations.context(handlerType: HTTP2FramePayloadToHTTP1ServerCodec.self)
-        else {
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            return
-        }
-        // Pseudo-headers come first.
-        var headers: HPACKHeaders = [":status": String(head.status.code)]
-        headers.add(contentsOf: HPACKHeaders(httpHeaders: head.headers, normalizeHTTPHeaders: true))
-        headers.remove(name: "content-length")  // NIO's codec adds 0 for a head that ended the stream
-        codec.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))), promise: nil)
+        // (A head that ends the stream says nothing of a body.)
+        if trailers == nil { head.headers.remove(name: "content-length") }
+        emit(.head(head), context: context)
+        emit(.end(trailers), flush: true, context: context)
     }
 
 }
