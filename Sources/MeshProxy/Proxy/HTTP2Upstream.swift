@@ -403,11 +403,15 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let closed = event as? StreamClosedEvent {
+        // (A type check first: a dynamic cast of each of NIO's many window events costs more.)
+        let type = type(of: event)
+        if type == StreamClosedEvent.self, let closed = event as? StreamClosedEvent {
             guard let s = open.removeValue(forKey: closed.streamID) else { return }
             finish(s, error: closed.reason.map { UpstreamHTTP2Error.reset($0) })
             return
         }
+        // Window events (meshd keeps its own counts) and stream creations end here.
+        if type == NIOHTTP2WindowUpdatedEvent.self || type == NIOHTTP2StreamCreatedEvent.self { return }
         context.fireUserInboundEventTriggered(event)
     }
 
