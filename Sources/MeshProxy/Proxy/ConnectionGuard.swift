@@ -55,6 +55,9 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
         loop.register(self)
     }
 
+    /// HTTP/2 streams open on this connection (0 before `watchHTTP2`).
+    var openStreams: Int { http2?.openStreams ?? 0 }
+
     func streamOpened() {
         http2?.openStreams += 1
         http2?.sawStream = true

@@ -54,7 +54,8 @@ enum HTTP2Downstream {
 /// The streams of one downstream HTTP/2 connection, at frame level: a new stream's HEADERS become a
 /// request head for a new `HTTPProxyHandler`, its DATA and trailers the rest of the request; what the
 /// handler answers becomes HEADERS (the head, coalesced with END_STREAM when nothing follows — a
-/// trailers-only gRPC response is one frame), DATA and trailers. NIO's handler has validated every
+/// trailers-only gRPC response is one frame), DATA (the last one held until the next part, so that it
+/// carries END_STREAM) and trailers. NIO's handler has validated every
 /// header block and the frame sequence of every stream before this sees them.
 ///
 /// Flow control is meshd's: the connection's window is raised to one stream window per stream and
@@ -246,19 +247,21 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
         case .body(let body):
             guard case .byteBuffer(let buffer) = body, buffer.readableBytes > 0 else { return }
             sendHead(handler, id: id, endStream: false, context: context)
-            let bytes = buffer.readableBytes
-            handler.h2.queued += bytes
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(handler, bytes: bytes) }
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer))))), promise: promise)
+            sendData(handler, id: id, endStream: false, context: context)
+            // Held until the next part: the last one carries END_STREAM.
+            handler.h2.data = buffer
+            handler.h2.queued += buffer.readableBytes
         case .end(let trailers):
             handler.h2.sentEnd = true
             if let trailers, !trailers.isEmpty {
                 sendHead(handler, id: id, endStream: false, context: context)
+                sendData(handler, id: id, endStream: false, context: context)
                 context.write(
                     wrapOutboundOut(
                         HTTP2Frame(streamID: id, payload: .headers(.init(headers: HTTP2Conversion.trailers(trailers), endStream: true)))),
                     promise: nil)
+            } else if handler.h2.data != nil {
+                sendData(handler, id: id, endStream: true, context: context)
             } else if handler.h2.head != nil {
                 sendHead(handler, id: id, endStream: true, context: context)
             } else {
@@ -277,11 +280,24 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: endStream)))), promise: nil)
     }
 
+    /// The held DATA frame (its bytes already count as queued until NIO has sent them).
+    private func sendData(_ handler: HTTPProxyHandler, id: HTTP2StreamID, endStream: Bool, context: ChannelHandlerContext) {
+        guard let buffer = handler.h2.data else { return }
+        handler.h2.data = nil
+        let bytes = buffer.readableBytes
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(handler, bytes: bytes) }
+        context.write(
+            wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
+            promise: promise)
+    }
+
     /// Sends what `handler` wrote (a response head waiting for its END_STREAM goes now, without).
     func flush(_ handler: HTTPProxyHandler) {
         guard let context else { return }
-        if handler.h2.head != nil, let id = handler.h2.id, !handler.h2.closed {
+        if handler.h2.head != nil || handler.h2.data != nil, let id = handler.h2.id, !handler.h2.closed {
             sendHead(handler, id: id, endStream: false, context: context)
+            sendData(handler, id: id, endStream: false, context: context)
             needsFlush = true
         }
         if needsFlush {
@@ -347,6 +363,8 @@ struct DownstreamStreamState {
     var id: HTTP2StreamID?
     /// The response head as a HEADERS block, until it is written (with END_STREAM if nothing follows).
     var head: HPACKHeaders?
+    /// The last response DATA, until the next part or a flush (then with END_STREAM if it is the end).
+    var data: ByteBuffer?
     var receivedEnd = false
     var sentEnd = false
     /// Closed at NIO, reset, or its connection gone: the handler has heard.

@@ -11,7 +11,9 @@ import NIOPosix
 /// and this handler after it sees every frame of every stream. A request's stream is an
 /// `UpstreamConnection` (`isStream`) that the proxy handler drives as it drives an HTTP/1.1
 /// connection; its parts become frames here (`HTTP2Conversion`) and the endpoint's frames become
-/// response parts, with no child channel and no HTTP/1 codec per stream.
+/// response parts, with no child channel and no HTTP/1 codec per stream. A request head and its last
+/// DATA are held until the next part or a flush, so that a GET is one HEADERS frame with END_STREAM
+/// and a unary call's body carries it.
 ///
 /// Streams are created in order as their HEADERS are written (the stream id is taken then), and never
 /// more at once than the endpoint allows (SETTINGS_MAX_CONCURRENT_STREAMS, at most
@@ -183,20 +185,20 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         case .body(let body):
             guard case .byteBuffer(let buffer) = body, buffer.readableBytes > 0 else { return }
             sendHead(s, endStream: false, context: context)
-            guard let id = s.h2.id else { return }
-            let bytes = buffer.readableBytes
-            s.h2.queued += bytes
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(s, bytes: bytes) }
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer))))), promise: promise)
-            needsFlush = true
+            sendData(s, endStream: false, context: context)
+            // Held until the next part: the last one carries END_STREAM.
+            s.h2.data = buffer
+            s.h2.queued += buffer.readableBytes
         case .end(let trailers):
             if let trailers, !trailers.isEmpty {
                 sendHead(s, endStream: false, context: context)
+                sendData(s, endStream: false, context: context)
                 guard let id = s.h2.id else { return }
                 let block = HTTP2Conversion.trailers(trailers)
                 context.write(
                     wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: true)))), promise: nil)
+            } else if s.h2.data != nil {
+                sendData(s, endStream: true, context: context)
             } else if s.h2.head != nil {
                 sendHead(s, endStream: true, context: context)
             } else if let id = s.h2.id {
@@ -210,11 +212,28 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     }
 
     func flush(_ s: UpstreamConnection) {
-        if let context, s.h2.head != nil { sendHead(s, endStream: false, context: context) }
+        if let context, s.h2.head != nil || s.h2.data != nil {
+            sendHead(s, endStream: false, context: context)
+            sendData(s, endStream: false, context: context)
+        }
         if needsFlush {
             needsFlush = false
             context?.flush()
         }
+    }
+
+    /// The held DATA frame (its bytes count as queued from the moment it is written to this stream
+    /// until NIO has sent them).
+    private func sendData(_ s: UpstreamConnection, endStream: Bool, context: ChannelHandlerContext) {
+        guard let buffer = s.h2.data, let id = s.h2.id else { return }
+        s.h2.data = nil
+        let bytes = buffer.readableBytes
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(s, bytes: bytes) }
+        context.write(
+            wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
+            promise: promise)
+        needsFlush = true
     }
 
     /// The request's HEADERS (with END_STREAM when nothing follows): the stream gets its id now.
@@ -268,6 +287,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         guard !s.h2.finished else { return }
         guard let id = s.h2.id else {
             s.h2.head = nil
+            s.h2.data = nil
             finish(s, error: nil)
             return
         }
@@ -470,6 +490,8 @@ enum UpstreamHTTP2Error: Error, CustomStringConvertible {
 struct UpstreamStreamState {
     /// The request head as a HEADERS block, until it is written (with END_STREAM if nothing follows).
     var head: HPACKHeaders?
+    /// The last request DATA, until the next part or a flush (then with END_STREAM if it is the end).
+    var data: ByteBuffer?
     var method = HTTPMethod.GET
     /// Set when the HEADERS are written.
     var id: HTTP2StreamID?
