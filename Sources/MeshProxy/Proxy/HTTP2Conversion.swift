@@ -24,15 +24,7 @@ enum HTTP2Conversion {
         }
         if let authority { out.add(name: ":authority", value: authority) }
         if head.method != .CONNECT { out.add(name: ":path", value: head.uri, indexing: .nonIndexable) }
-        for (name, value) in head.headers {
-            switch fieldKind(name, value: value) {
-            case .drop: continue
-            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
-            case .lowercase:
-                let lower = name.lowercased()
-                out.add(name: lower, value: value, indexing: indexing(lower, value))
-            }
-        }
+        appendFields(head.headers, to: &out)
         return out
     }
 
@@ -40,15 +32,7 @@ enum HTTP2Conversion {
     static func trailers(_ trailers: HTTPHeaders) -> HPACKHeaders {
         var out = HPACKHeaders()
         out.reserveCapacity(trailers.count)
-        for (name, value) in trailers {
-            switch fieldKind(name, value: value) {
-            case .drop: continue
-            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
-            case .lowercase:
-                let lower = name.lowercased()
-                out.add(name: lower, value: value, indexing: indexing(lower, value))
-            }
-        }
+        appendFields(trailers, to: &out)
         return out
     }
 
@@ -84,6 +68,20 @@ enum HTTP2Conversion {
         out.reserveCapacity(block.count)
         for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") { out.add(name: name, value: value) }
         return out
+    }
+
+    /// HTTP/1 fields into an HTTP/2 block: names lowercased, connection-specific fields left out, each
+    /// with its HPACK indexing.
+    static func appendFields(_ fields: HTTPHeaders, to out: inout HPACKHeaders) {
+        for (name, value) in fields {
+            switch fieldKind(name, value: value) {
+            case .drop: continue
+            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
+            case .lowercase:
+                let lower = name.lowercased()
+                out.add(name: lower, value: value, indexing: indexing(lower, value))
+            }
+        }
     }
 
     enum FieldKind { case keep, lowercase, drop }
@@ -175,15 +173,7 @@ extension HTTP2Conversion {
         var out = HPACKHeaders()
         out.reserveCapacity(head.headers.count + 1)
         out.add(name: ":status", value: String(head.status.code))
-        for (name, value) in head.headers {
-            switch fieldKind(name, value: value) {
-            case .drop: continue
-            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
-            case .lowercase:
-                let lower = name.lowercased()
-                out.add(name: lower, value: value, indexing: indexing(lower, value))
-            }
-        }
+        appendFields(head.headers, to: &out)
         return out
     }
 
