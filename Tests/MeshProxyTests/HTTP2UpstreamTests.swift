@@ -263,27 +263,53 @@ struct HTTP2ConversionTests {
         #expect(HTTP2Conversion.requestHeaders(gzip).first(name: "te") == nil, "TE is only `trailers` in HTTP/2")
     }
 
-    @Test func responseHeadsSayHowAnHTTP1ClientSeesTheirEnd() {
+    @Test func responseHeadsSayHowAnHTTP1ClientSeesTheirEnd() throws {
         let ok = HPACKHeaders([(":status", "200")])
-        #expect(HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: true)?.headers["content-length"] == ["0"])
-        #expect(HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: false)?.headers["transfer-encoding"] == ["chunked"])
-        #expect(HTTP2Conversion.responseHead(ok, requestMethod: .HEAD, endStream: false)?.headers.isEmpty == true)
+        #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: true).headers["content-length"] == ["0"])
+        #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: false).headers["transfer-encoding"] == ["chunked"])
+        #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .HEAD, endStream: false).headers.isEmpty)
         let noContent = HPACKHeaders([(":status", "204")])
-        #expect(HTTP2Conversion.responseHead(noContent, requestMethod: .GET, endStream: true)?.headers.isEmpty == true)
+        #expect(try HTTP2Conversion.responseHead(noContent, requestMethod: .GET, endStream: true).headers.isEmpty)
         let sized = HPACKHeaders([(":status", "200"), ("content-length", "3")])
-        #expect(HTTP2Conversion.responseHead(sized, requestMethod: .GET, endStream: false)?.headers["transfer-encoding"] == [])
+        #expect(try HTTP2Conversion.responseHead(sized, requestMethod: .GET, endStream: false).headers["transfer-encoding"] == [])
     }
 
     @Test func aStatusMustBeThreeDigits() {
-        for bad in ["20", "2000", "abc", "099"] {
-            #expect(HTTP2Conversion.responseHead(HPACKHeaders([(":status", bad)]), requestMethod: .GET, endStream: true) == nil, "\(bad)")
+        for bad in ["20", "2000", "abc", "099", "600", "2 0"] {
+            #expect(throws: HTTP2FieldCheck.Problem.self, "\(bad)") {
+                try HTTP2Conversion.responseHead(HPACKHeaders([(":status", bad)]), requestMethod: .GET, endStream: true)
+            }
         }
-        #expect(HTTP2Conversion.responseHead(HPACKHeaders([("a", "b")]), requestMethod: .GET, endStream: true) == nil)
+        #expect(throws: HTTP2FieldCheck.Problem.missingPseudoHeaders) {
+            try HTTP2Conversion.responseHead(HPACKHeaders([("a", "b")]), requestMethod: .GET, endStream: true)
+        }
     }
 
-    @Test func trailersLoseNoFieldAndKeepNoPseudoHeader() {
-        let trailers = HTTP2Conversion.httpTrailers(HPACKHeaders([("grpc-status", "0"), ("grpc-message", "ok")]))
+    @Test func trailersLoseNoFieldAndKeepNoPseudoHeader() throws {
+        let trailers = try HTTP2Conversion.httpTrailers(HPACKHeaders([("grpc-status", "0"), ("grpc-message", "ok")]))
         #expect(trailers["grpc-status"] == ["0"] && trailers["grpc-message"] == ["ok"])
         #expect(HTTP2Conversion.trailers(["Grpc-Status": "0"]).map(\.name) == ["grpc-status"])
+        #expect(throws: HTTP2FieldCheck.Problem.unexpectedPseudoHeader(":status")) {
+            try HTTP2Conversion.httpTrailers(HPACKHeaders([(":status", "200")]))
+        }
+    }
+
+    @Test func requestHeadsAreCheckedAsTheyAreRead() throws {
+        let get = try HTTP2Conversion.requestHead(
+            HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":authority", "a:80"), (":path", "/x"), ("x", "1")]), endStream: true)
+        #expect(get.method == .GET && get.uri == "/x" && get.headers["host"] == ["a:80"] && get.headers["x"] == ["1"])
+        let connect = try HTTP2Conversion.requestHead(HPACKHeaders([(":method", "CONNECT"), (":authority", "b:443")]), endStream: false)
+        #expect(connect.method == .CONNECT && connect.uri == "b:443")
+        let post = try HTTP2Conversion.requestHead(
+            HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":path", "/")]), endStream: false)
+        #expect(post.headers["transfer-encoding"] == ["chunked"])
+        #expect(throws: HTTP2FieldCheck.Problem.invalidName("X-Upper")) {
+            try HTTP2Conversion.requestHead(
+                HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("X-Upper", "1")]), endStream: true)
+        }
+        #expect(throws: HTTP2FieldCheck.Problem.invalidValue(name: ":path")) {
+            try HTTP2Conversion.requestHead(
+                HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":path", "/a HTTP/1.1\r\nx: y")]), endStream: true)
+        }
     }
 }

@@ -4,10 +4,10 @@ import NIOHPACK
 import NIOHTTP1
 
 /// The HTTP/1 message types the proxy handler works with, as the header blocks of an upstream HTTP/2
-/// stream (RFC 9113 §8.3), for `HTTP2UpstreamConnection`'s frame-level streams. HPACK itself and
-/// the validation of every block sent or received stay with NIO's HTTP/2 handler; this only maps
-/// fields. Each header sent gets the HPACK indexing `MeshCore.HeaderIndexing` chooses, in the same
-/// pass.
+/// stream (RFC 9113 §8.3), for the frame-level HTTP/2 connections. HPACK itself stays with NIO's
+/// HTTP/2 handler. Each block received is checked (`MeshCore.HTTP2FieldCheck`) in the pass that
+/// reads it; each header sent gets the HPACK indexing `MeshCore.HeaderIndexing` chooses in the pass
+/// that writes it.
 enum HTTP2Conversion {
     /// A request head as a HEADERS block: the four pseudo-headers first (`:authority` from Host),
     /// names lowercased, connection-specific fields (RFC 9113 §8.2.2) left out, `te` only as
@@ -36,37 +36,43 @@ enum HTTP2Conversion {
         return out
     }
 
-    /// A response's HEADERS block as a response head, or nil when it has no valid `:status`. Like
+    /// A response's HEADERS block as a response head, checked as it is read (`HTTP2FieldCheck`). Like
     /// NIO's HTTP/2 ↔ HTTP/1 codec, a final response that may have a body but gives no length says
     /// how an HTTP/1.1 client will see it end: `content-length: 0` when the block ends the stream,
     /// chunked otherwise.
-    static func responseHead(_ block: HPACKHeaders, requestMethod: HTTPMethod, endStream: Bool) -> HTTPResponseHead? {
-        var status: Int?
+    static func responseHead(
+        _ block: HPACKHeaders, requestMethod: HTTPMethod, endStream: Bool
+    ) throws(HTTP2FieldCheck.Problem) -> HTTPResponseHead {
+        var check = HTTP2FieldCheck(.response)
+        var status = 0
         var headers = HTTPHeaders()
         headers.reserveCapacity(block.count)
         var hasLength = false
         for (name, value, _) in block {
-            if name.utf8.first == UInt8(ascii: ":") {
-                // NIO has checked the pseudo-headers are the response's (`:status` once, first).
-                guard name == ":status", value.utf8.count == 3, let code = Int(value) else { return nil }
-                status = code
+            if try check.field(name: name, value: value) != nil {
+                // `:status`, three digits (`HTTP2FieldCheck`).
+                status = Int(value) ?? 0
                 continue
             }
             if name.utf8.count == 14 && name == "content-length" { hasLength = true }
             headers.add(name: name, value: value)
         }
-        guard let status, status >= 100 else { return nil }
+        try check.finish()
         if !hasLength && status >= 200 && status != 204 && status != 304 && requestMethod != .HEAD && requestMethod != .CONNECT {
             headers.add(name: endStream ? "content-length" : "transfer-encoding", value: endStream ? "0" : "chunked")
         }
         return HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status), headers: headers)
     }
 
-    /// A trailers block as HTTP/1 trailers (pseudo-headers have no place there).
-    static func httpTrailers(_ block: HPACKHeaders) -> HTTPHeaders {
+    /// A trailers block as HTTP/1 trailers, checked as it is read (no pseudo-headers there).
+    static func httpTrailers(_ block: HPACKHeaders) throws(HTTP2FieldCheck.Problem) -> HTTPHeaders {
+        var check = HTTP2FieldCheck(.trailers)
         var out = HTTPHeaders()
         out.reserveCapacity(block.count)
-        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") { out.add(name: name, value: value) }
+        for (name, value, _) in block {
+            _ = try check.field(name: name, value: value)
+            out.add(name: name, value: value)
+        }
         return out
     }
 
@@ -124,37 +130,36 @@ enum HTTP2Conversion {
 }
 
 extension HTTP2Conversion {
-    /// A request's HEADERS block as a request head (as NIO's HTTP/2 ↔ HTTP/1 codec makes it): Host from
-    /// `:authority` unless the block has one; a request whose method may carry a body and that gives
-    /// no length is chunked (or `content-length: 0` when the block ends the stream). Nil without
-    /// `:method`, or without `:path` outside CONNECT (NIO has checked the pseudo-headers otherwise).
-    static func requestHead(_ block: HPACKHeaders, endStream: Bool) -> HTTPRequestHead? {
-        var method: String?
-        var path: String?
+    /// A request's HEADERS block as a request head (as NIO's HTTP/2 ↔ HTTP/1 codec makes it), checked
+    /// as it is read (`HTTP2FieldCheck`): Host from `:authority` unless the block has one; a request
+    /// whose method may carry a body and that gives no length is chunked (or `content-length: 0`
+    /// when the block ends the stream). A CONNECT's target is its `:authority`.
+    static func requestHead(_ block: HPACKHeaders, endStream: Bool) throws(HTTP2FieldCheck.Problem) -> HTTPRequestHead {
+        var check = HTTP2FieldCheck(.request)
+        var method = ""
+        var path = ""
         var authority: String?
         var hasHost = false
         var hasLength = false
         var count = 0
         for (name, value, _) in block {
-            guard name.utf8.first == UInt8(ascii: ":") else {
+            switch try check.field(name: name, value: value) {
+            case nil:
                 count += 1
                 switch name.utf8.count {
                 case 4 where name == "host": hasHost = true
                 case 14 where name == "content-length": hasLength = true
                 default: break
                 }
-                continue
-            }
-            switch name {
-            case ":method": method = value
-            case ":path": path = value
-            case ":authority": authority = value
-            default: break
+            case .method: method = value
+            case .path: path = value
+            case .authority: authority = value
+            case .scheme, .status: break
             }
         }
-        guard let method else { return nil }
+        try check.finish()
         let httpMethod = HTTPMethod(rawValue: method)
-        guard let uri = path ?? (httpMethod == .CONNECT ? authority : nil) else { return nil }
+        let uri = httpMethod == .CONNECT ? authority ?? "" : path
         var headers = HTTPHeaders()
         headers.reserveCapacity(count + 2)
         if !hasHost, let authority { headers.add(name: "host", value: authority) }

@@ -30,6 +30,8 @@ enum HTTP2Downstream {
             HTTP2Setting(parameter: .maxHeaderListSize, value: config.http.maxHeaderBytes),
         ]
         connection.maximumRecentlyResetStreams = config.http2.recentlyResetStreams
+        // meshd checks the blocks it receives as it reads them (`HTTP2FieldCheck`).
+        connection.headerBlockValidation = .disabled
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.streamResetFrameRateLimit.maximumCount = config.http2.maxResetStreams
         let manager = NIOHTTP2ServerConnectionManagementHandler(
@@ -101,9 +103,17 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
         case .headers(let block):
             if let handler = streams[frame.streamID] {
                 // Trailers (NIO has checked they end the stream).
+                let trailers: HTTPHeaders
+                do {
+                    trailers = try HTTP2Conversion.httpTrailers(block.headers)
+                } catch {
+                    // The stream's handler hears of the reset from its StreamClosedEvent.
+                    malformed(frame.streamID, error, context: context)
+                    return
+                }
                 handler.h2.receivedEnd = true
                 touch(handler)
-                handler.handle(.end(HTTP2Conversion.httpTrailers(block.headers)), context: context)
+                handler.handle(.end(trailers), context: context)
                 return
             }
             openStream(frame.streamID, block, context: context)
@@ -148,10 +158,11 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
     }
 
     private func openStream(_ id: HTTP2StreamID, _ block: HTTP2Frame.FramePayload.Headers, context: ChannelHandlerContext) {
-        guard let head = HTTP2Conversion.requestHead(block.headers, endStream: block.endStream) else {
-            loop.shared.metrics.error(.badRequest, direction).increment()
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
-            needsFlush = true
+        let head: HTTPRequestHead
+        do {
+            head = try HTTP2Conversion.requestHead(block.headers, endStream: block.endStream)
+        } catch {
+            malformed(id, error, context: context)
             return
         }
         let handler = HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: connectionGuard, frames: self)
@@ -164,6 +175,22 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
             handler.h2.receivedEnd = true
             if streams[id] === handler { handler.handle(.end(nil), context: context) }
         }
+    }
+
+    /// A malformed block (RFC 9113 §8.1.1): a stream error, counted as a bad request and logged
+    /// (rate-limited), the connection's other streams untouched.
+    private func malformed(_ id: HTTP2StreamID, _ problem: HTTP2FieldCheck.Problem, context: ChannelHandlerContext) {
+        loop.shared.metrics.error(.badRequest, direction).increment()
+        if let left = loop.shared.protocolErrorLog.admit() {
+            loop.shared.logger.info(
+                "malformed HTTP/2 request",
+                metadata: [
+                    "direction": "\(direction.label)", "stream": "\(Int(id))", "error": "\(problem)",
+                    "client": "\(context.channel.remoteAddress?.description ?? "?")", "suppressed": "\(left)",
+                ])
+        }
+        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
+        needsFlush = true
     }
 
     private func touch(_ handler: HTTPProxyHandler) {

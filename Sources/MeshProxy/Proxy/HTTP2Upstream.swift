@@ -363,14 +363,24 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     private func received(_ block: HTTP2Frame.FramePayload.Headers, on s: UpstreamConnection, context: ChannelHandlerContext) {
         if s.h2.gotHead {
             // Trailers (NIO has checked they end the stream).
+            let trailers: HTTPHeaders
+            do {
+                trailers = try HTTP2Conversion.httpTrailers(block.headers)
+            } catch {
+                protocolError(on: s, "\(error)", context: context)
+                return
+            }
             s.h2.receivedEnd = true
             guard let owner = s.owner else { return }
             touch(s)
-            owner.upstreamRead(.end(HTTP2Conversion.httpTrailers(block.headers)), from: s)
+            owner.upstreamRead(.end(trailers), from: s)
             return
         }
-        guard let head = HTTP2Conversion.responseHead(block.headers, requestMethod: s.h2.method, endStream: block.endStream) else {
-            protocolError(on: s, "response head without a valid :status", context: context)
+        let head: HTTPResponseHead
+        do {
+            head = try HTTP2Conversion.responseHead(block.headers, requestMethod: s.h2.method, endStream: block.endStream)
+        } catch {
+            protocolError(on: s, "\(error)", context: context)
             return
         }
         // An interim response (103 Early Hints...) is not passed on: the proxy answers its client with
@@ -552,6 +562,8 @@ extension UpstreamPool {
             HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderBytes),
         ]
         connectionConfig.maximumRecentlyResetStreams = settings.recentlyResetStreams
+        // meshd checks the blocks it receives as it reads them (`HTTP2FieldCheck`).
+        connectionConfig.headerBlockValidation = .disabled
         var streamConfig = NIOHTTP2Handler.StreamConfiguration()
         streamConfig.targetWindowSize = window
         // NIO's rapid-reset defence (200 RST_STREAM per 30 s) guards a server against its clients; an
