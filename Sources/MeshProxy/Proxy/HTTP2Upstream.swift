@@ -139,14 +139,20 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
 
     /// A new stream, as an `UpstreamConnection` the proxy handler writes the request to.
     func openStream(on eventLoop: EventLoop) -> EventLoopFuture<UpstreamConnection> {
+        if let stream = takeStream() { return eventLoop.assumeIsolated().makeSucceededFuture(stream) }
         shared.metrics.upstreamHTTP2StreamsOpen.increment()
-        if ready && !draining && streams < maxStreams && waiting.isEmpty {
-            streams += 1
-            return eventLoop.assumeIsolated().makeSucceededFuture(UpstreamConnection(stream: self))
-        }
         let promise = eventLoop.makePromise(of: UpstreamConnection.self)
         waiting.append(promise)
         return promise.futureResult
+    }
+
+    /// A stream at once, when the connection is ready and has a free one that no earlier stream waits
+    /// for.
+    func takeStream() -> UpstreamConnection? {
+        guard ready && !draining && streams < maxStreams && waiting.isEmpty else { return nil }
+        shared.metrics.upstreamHTTP2StreamsOpen.increment()
+        streams += 1
+        return UpstreamConnection(stream: self)
     }
 
     private func grantWaiting() {
@@ -611,6 +617,19 @@ extension UpstreamPool {
     }
 
     /// Whether a stream to `address` can go on an existing connection (no new connection needed).
+    /// A stream on a ready connection to `address` that has a free one, without waiting: no future,
+    /// no callback (the common case, once a loop has its connection to an endpoint).
+    func leaseHTTP2Stream(_ address: SocketAddress) -> UpstreamConnection? {
+        guard let list = http2[address] else { return nil }
+        for conn in list {
+            if let stream = conn.takeStream() {
+                shared.metrics.upstreamPoolReuse.increment()
+                return stream
+            }
+        }
+        return nil
+    }
+
     func hasHTTP2Capacity(_ address: SocketAddress) -> Bool {
         http2[address]?.contains(where: { $0.hasCapacity }) ?? false
     }

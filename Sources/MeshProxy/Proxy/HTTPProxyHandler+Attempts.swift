@@ -59,7 +59,9 @@ extension HTTPProxyHandler {
         guard let target = req.target else { return }
         releasePending()
         let pool = req.pool ?? loop.pool
-        if !req.upstreamH2, let conn = pool.lease(target) {
+        if let conn = req.upstreamH2 ? pool.leaseHTTP2Stream(target) : pool.lease(target) {
+            // An idle HTTP/1.1 connection, or a free stream on a ready HTTP/2 one: nothing to wait for
+            // (and so nothing pending for the circuit breaker).
             attach(conn, reused: true, context: context)
             return
         }
