@@ -31,13 +31,14 @@ private struct StreamNotGranted: Error {}
 struct HTTP2UpstreamTests {
     let channel = EmbeddedChannel()
     let connection: HTTP2UpstreamConnection
+    let flushes = FlushBatch()
 
     init() throws {
         let snapshot = try ResolvedSnapshot.resolve(try ConfigLoader.load(yaml: "mode: sidecar\n"), version: 1)
         let shared = SharedRuntime(metrics: MeshMetrics(), logger: Logger(label: "test"), snapshot: snapshot)
         connection = HTTP2UpstreamConnection(
             address: try SocketAddress(ipAddress: "127.0.0.1", port: 1), shared: shared, counters: nil, maxStreams: 2,
-            streamWindow: 65_536)
+            streamWindow: 65_536, flushes: flushes)
         try channel.pipeline.syncOperations.addHandler(connection)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         connection.connected()
@@ -244,6 +245,43 @@ struct HTTP2UpstreamTests {
             return
         }
         #expect(owner.closed.count == 1)
+    }
+
+    @Test func aFlushDuringAReadOnTheLoopWaitsForItsEnd() throws {
+        let owner = RecordingOwner()
+        let s = try stream(owner)
+        _ = try frames()  // (the connection's own, from connecting)
+        flushes.readStarted()
+        s.write(.head(Self.get))
+        s.write(.end(nil))
+        s.flush()
+        #expect(try frames().isEmpty, "held while another connection's read is in progress")
+        flushes.readEnded()
+        guard case .headers(let h) = try frames().first?.payload, h.endStream else {
+            Issue.record("expected the HEADERS with END_STREAM once the read ended")
+            return
+        }
+        // Outside reads, a flush is at once.
+        let other = RecordingOwner()
+        let t = try stream(other)
+        t.write(.head(Self.get))
+        t.write(.end(nil))
+        t.flush()
+        #expect(try frames().count == 1)
+    }
+
+    @Test func theTickSendsFlushesAReadForgotToEnd() throws {
+        let owner = RecordingOwner()
+        let s = try stream(owner)
+        _ = try frames()  // (the connection's own, from connecting)
+        flushes.readStarted()
+        s.write(.head(Self.get))
+        s.write(.end(nil))
+        s.flush()
+        #expect(try frames().isEmpty)
+        flushes.settle(logger: Logger(label: "test"))
+        #expect(try frames().count == 1)
+        #expect(!flushes.isHolding)
     }
 }
 

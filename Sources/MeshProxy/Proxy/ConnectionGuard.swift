@@ -31,6 +31,8 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     /// Streams whose first attempt waits for the end of the current read cycle.
     private var deferred: [HTTPProxyHandler] = []
     private var inReadCycle = false
+    /// This read counts in the loop's reads in progress (HTTP/2: flushes it causes wait for its end).
+    private var holdingFlushes = false
     private var closeAtReadComplete = false
     /// HTTP/2: the connection's own timeouts (see `watchHTTP2`).
     private var http2: HTTP2Watch?
@@ -100,6 +102,7 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        endHoldingFlushes()
         deferred.removeAll()  // (each handler holds this guard: no cycle may outlive the connection)
         if http2 != nil {
             http2 = nil
@@ -174,6 +177,7 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
 
     func channelInactive(context: ChannelHandlerContext) {
         deferred.removeAll()
+        endHoldingFlushes()
         if http2 != nil {
             http2 = nil
             loop?.unregister(self)
@@ -225,7 +229,17 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         sawBytes = true
         inReadCycle = true
+        if !holdingFlushes, let loop {
+            holdingFlushes = true
+            loop.flushes.readStarted()
+        }
         context.fireChannelRead(data)
+    }
+
+    private func endHoldingFlushes() {
+        guard holdingFlushes else { return }
+        holdingFlushes = false
+        loop?.flushes.readEnded()
     }
 
     /// HTTP/2: holds a stream's first attempt until every frame of this read is processed (a reset
@@ -243,12 +257,16 @@ final class ConnectionGuard: ChannelInboundHandler, LoopTimed {
         inReadCycle = false
         if closeAtReadComplete {
             deferred.removeAll()
+            endHoldingFlushes()
             context.close(promise: nil)
             return
         }
-        guard !deferred.isEmpty else { return }
-        let ready = deferred
-        deferred.removeAll(keepingCapacity: true)
-        for handler in ready { handler.startDeferredAttempt() }
+        if !deferred.isEmpty {
+            let ready = deferred
+            deferred.removeAll(keepingCapacity: true)
+            for handler in ready { handler.startDeferredAttempt() }
+        }
+        // The streams' requests go out, one write per upstream connection.
+        endHoldingFlushes()
     }
 }

@@ -64,7 +64,7 @@ enum HTTP2Downstream {
 /// credited as DATA arrives (one stream never stalls the others); a stream's as its handler takes the
 /// bytes on (`HTTPProxyHandler.wantsRequestBytes`). A stream whose response DATA waits (the client's
 /// window or socket) past `streamHighWater` bytes reports itself unwritable to its handler.
-final class HTTP2DownstreamConnection: ChannelInboundHandler {
+final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
@@ -80,6 +80,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
     private var connectionUncredited = 0
     private var raisedWindow = false
     private var needsFlush = false
+    private var flushIsHeld = false
 
     static let streamHighWater = 64 * 1024
     static let streamLowWater = 32 * 1024
@@ -319,7 +320,8 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
             promise: promise)
     }
 
-    /// Sends what `handler` wrote (a response head waiting for its END_STREAM goes now, without).
+    /// Sends what `handler` wrote (a response head waiting for its END_STREAM goes now, without); the
+    /// flush waits for the end of a read in progress on this loop (`FlushBatch`).
     func flush(_ handler: HTTPProxyHandler) {
         guard let context else { return }
         if handler.h2.head != nil || handler.h2.data != nil, let id = handler.h2.id, !handler.h2.closed {
@@ -327,10 +329,24 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
             sendData(handler, id: id, endStream: false, context: context)
             needsFlush = true
         }
-        if needsFlush {
-            needsFlush = false
-            context.flush()
+        flushOrHold()
+    }
+
+    private func flushOrHold() {
+        guard needsFlush, !flushIsHeld else { return }
+        if loop.flushes.hold(self) {
+            flushIsHeld = true
+            return
         }
+        needsFlush = false
+        context?.flush()
+    }
+
+    func flushHeld() {
+        flushIsHeld = false
+        guard needsFlush else { return }
+        needsFlush = false
+        context?.flush()
     }
 
     private func dataLeft(_ handler: HTTPProxyHandler, bytes: Int) {
@@ -351,10 +367,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler {
     func credit(_ handler: HTTPProxyHandler) {
         guard let context, handler.h2.uncredited > 0, !handler.h2.receivedEnd, !handler.h2.closed else { return }
         sendCredit(handler, context: context)
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        flushOrHold()
     }
 
     /// The handler is done with the stream before both of its ends are: RST_STREAM(CANCEL). Either

@@ -30,7 +30,7 @@ import NIOPosix
 /// Bounds: streams as above; `http2.maxConnectionsPerEndpoint` connections per endpoint and loop
 /// (then streams wait, bounded by the service's `maxPending`); per stream, one window received and
 /// `streamHighWater` bytes queued to send.
-final class HTTP2UpstreamConnection: ChannelInboundHandler {
+final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
@@ -60,6 +60,11 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     private var touched: [UpstreamConnection] = []
     private var connectionUncredited = 0
     private var needsFlush = false
+    /// The loop's held flushes: this connection's read holds others' flushes, and a stream's flush
+    /// waits for the read in progress (`FlushBatch`).
+    let flushes: FlushBatch
+    private var reading = false
+    private var flushIsHeld = false
     var idleSince = NIODeadline.now()
     weak var pool: UpstreamPool?
 
@@ -68,7 +73,11 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     static let streamHighWater = 64 * 1024
     static let streamLowWater = 32 * 1024
 
-    init(address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters?, maxStreams: Int, streamWindow: Int) {
+    init(
+        address: SocketAddress, shared: SharedRuntime, counters: ServiceCounters?, maxStreams: Int, streamWindow: Int,
+        flushes: FlushBatch = FlushBatch()
+    ) {
+        self.flushes = flushes
         self.address = address
         self.shared = shared
         self.counters = counters
@@ -88,7 +97,16 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
         // Added to an active channel, NIO's handler (before this one) sent the preface as it was added.
         prefaceSent = context.channel.isActive
     }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        endRead()
+    }
+
+    private func endRead() {
+        guard reading else { return }
+        reading = false
+        flushes.readEnded()
+    }
 
     /// The TCP connection is up (and mTLS verified): streams waiting for it start once NIO's handler
     /// has sent the connection preface (NIO completes a connect before the channel's `channelActive`
@@ -222,10 +240,20 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
             sendHead(s, endStream: false, context: context)
             sendData(s, endStream: false, context: context)
         }
-        if needsFlush {
-            needsFlush = false
-            context?.flush()
+        guard needsFlush, !flushIsHeld else { return }
+        if flushes.hold(self) {
+            flushIsHeld = true
+            return
         }
+        needsFlush = false
+        context?.flush()
+    }
+
+    func flushHeld() {
+        flushIsHeld = false
+        guard needsFlush else { return }
+        needsFlush = false
+        context?.flush()
     }
 
     /// The held DATA frame (its bytes count as queued from the moment it is written to this stream
@@ -322,6 +350,10 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     // MARK: - Channel events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !reading {
+            reading = true
+            flushes.readStarted()
+        }
         let frame = unwrapInboundIn(data)
         switch frame.payload {
         case .headers(let headers):
@@ -436,6 +468,8 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
             context.flush()
         }
         context.fireChannelReadComplete()
+        // The responses of this read go out, one write per client connection.
+        endRead()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -461,6 +495,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        endRead()
         if ready {
             ready = false
             shared.metrics.upstreamConnectionsOpen.decrement()
@@ -542,7 +577,7 @@ extension UpstreamPool {
         }
         let conn = HTTP2UpstreamConnection(
             address: address, shared: shared, counters: counters, maxStreams: settings.maxConcurrentStreams,
-            streamWindow: Self.upstreamStreamWindow(settings.initialWindowSize))
+            streamWindow: Self.upstreamStreamWindow(settings.initialWindowSize), flushes: flushes)
         conn.pool = self
         http2[address, default: []].append(conn)
         let future = conn.openStream(on: eventLoop)

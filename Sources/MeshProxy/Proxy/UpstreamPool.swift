@@ -22,10 +22,14 @@ final class UpstreamPool {
     /// and expects the same one (see `LoopContext.upstreamPool`); nil: plaintext.
     let tls: UpstreamTLS?
 
-    init(eventLoop: EventLoop, shared: SharedRuntime, tls: UpstreamTLS? = nil) {
+    /// The loop's held flushes (HTTP/2 connections flush once per read, `FlushBatch`).
+    let flushes: FlushBatch
+
+    init(eventLoop: EventLoop, shared: SharedRuntime, tls: UpstreamTLS? = nil, flushes: FlushBatch = FlushBatch()) {
         self.eventLoop = eventLoop
         self.shared = shared
         self.tls = tls
+        self.flushes = flushes
     }
 
     func configure(_ config: UpstreamConfig) { self.config = config }

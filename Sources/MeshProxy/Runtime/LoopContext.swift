@@ -46,6 +46,9 @@ final class LoopContext: @unchecked Sendable {
     private(set) var sourceTotal: UInt64 = 0
     static let maxTrackedSources = 4096
 
+    /// Flushes held while a read is in progress on this loop (`FlushBatch`).
+    let flushes = FlushBatch()
+
     func countSource(_ source: String) {
         sourceTotal &+= 1
         if let c = sourceCounts[source] {
@@ -95,7 +98,7 @@ final class LoopContext: @unchecked Sendable {
         self.shared = shared
         self.snapshot = snapshot
         self.rng = SplitMix64(seed: seed)
-        self.pool = UpstreamPool(eventLoop: eventLoop, shared: shared)
+        self.pool = UpstreamPool(eventLoop: eventLoop, shared: shared, flushes: flushes)
         self.accessLog.writer = shared.accessLogWriter
         self.inboundService = LoopService(
             name: "local", endpoints: [], balancer: LoadBalancer(config: BalancerConfig(), endpoints: [], seed: 0),
@@ -262,7 +265,8 @@ final class LoopContext: @unchecked Sendable {
             eventLoop: eventLoop, shared: shared,
             tls: UpstreamTLS(
                 credential: credential, roots: material.roots, expected: tls.identity, serverName: serverName,
-                handshakeTimeout: .nanoseconds(snapshot.config.identity?.handshakeTimeout.nanoseconds ?? 10_000_000_000)))
+                handshakeTimeout: .nanoseconds(snapshot.config.identity?.handshakeTimeout.nanoseconds ?? 10_000_000_000)),
+            flushes: flushes)
         p.configure(snapshot.config.upstream)
         tlsPools[key] = p
         endpoint.tlsPool = .init(generation: material.generation, credential: index, service: service, pool: p)
@@ -292,6 +296,7 @@ final class LoopContext: @unchecked Sendable {
 
     /// Every 100 ms: connection timeouts, pool idle expiry, access-log flush.
     private func tick() {
+        flushes.settle(logger: shared.logger)
         let now = NIODeadline.now()
         for t in timed.values { t.checkTimeouts(now: now) }
         let nanos = Int64(now.uptimeNanoseconds)
