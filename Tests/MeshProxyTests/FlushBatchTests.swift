@@ -1,3 +1,4 @@
+import NIOEmbedded
 import Testing
 
 @testable import MeshProxy
@@ -9,7 +10,25 @@ private final class Connection: HeldFlush {
 
 @Suite("Flushes held for the end of a read on the loop")
 struct FlushBatchTests {
-    @Test func outsideAReadNothingIsHeld() {
+    @Test func outsideAReadAFlushWaitsForTheEndOfTheLoopsPass() {
+        let loop = EmbeddedEventLoop()
+        let batch = FlushBatch(eventLoop: loop)
+        let a = Connection()
+        let b = Connection()
+        #expect(batch.hold(a) && batch.hold(b))
+        #expect(a.flushes == 0 && batch.isHolding)
+        loop.run()  // the pass's tasks
+        #expect(a.flushes == 1 && b.flushes == 1 && !batch.isHolding)
+        // A read that starts before the pass ends sends them at its end.
+        #expect(batch.hold(a))
+        batch.readStarted()
+        batch.readEnded()
+        #expect(a.flushes == 2)
+        loop.run()
+        #expect(a.flushes == 2, "sent once")
+    }
+
+    @Test func withoutALoopOutsideAReadNothingIsHeld() {
         let batch = FlushBatch()
         #expect(!batch.hold(Connection()))
     }

@@ -263,6 +263,10 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
 
     func respond(_ part: HTTPServerResponsePart, on handler: HTTPProxyHandler) {
         guard let context, let id = handler.h2.id, !handler.h2.closed, !handler.h2.sentEnd else { return }
+        // The flush is held before the first write: a stream that this write ends can make NIO's
+        // connection manager queue the connection's close (when it drains), which must come after the
+        // flush (`FlushBatch` queues the end of the pass before it).
+        if !flushIsHeld && loop.flushes.hold(self) { flushIsHeld = true }
         switch part {
         case .head(let head):
             let block = HTTP2Conversion.responseHeaders(head)

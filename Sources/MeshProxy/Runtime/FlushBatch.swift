@@ -1,33 +1,71 @@
 import Logging
+import NIOCore
 
-/// A connection whose flush may wait for the end of the read in progress on its loop: the HTTP/2
-/// connections, where one read of one connection writes to many others, a stream at a time.
+/// A connection whose flush may wait for the end of the read in progress on its loop, or of the
+/// loop's pass: the HTTP/2 connections, where one read of one connection — or the reads of many
+/// HTTP/1.1 connections in one pass — write to another a stream at a time.
 protocol HeldFlush: AnyObject {
     /// The held flush, now that the reads are over.
     func flushHeld()
 }
 
-/// One event loop's flushes held while one of its connections reads. One read of an HTTP/2
-/// connection — a client's HEADERS for many streams, an endpoint's responses for many clients —
-/// writes to other connections a stream at a time; their flushes wait for the read's end, so each
-/// connection writes once per read instead of once per stream: one syscall and one TCP segment
-/// instead of many (HAProxy and Envoy batch the same way, at the end of their event loop's pass).
+/// One event loop's held flushes. One read of an HTTP/2 connection — a client's HEADERS for many
+/// streams, an endpoint's responses for many clients — writes to other connections a stream at a
+/// time, and so do the reads of many HTTP/1.1 connections whose requests share one HTTP/2 upstream
+/// connection (and their responses, one downstream HTTP/2 connection). Their flushes wait, so each
+/// connection writes once per read, or per pass of the loop, instead of once per stream: one syscall
+/// and one TCP segment instead of many (HAProxy and Envoy batch the same way, at the end of their
+/// event loop's pass).
 ///
-/// A reading connection calls `readStarted`, then `readEnded` exactly once, at its read-complete or
-/// when it closes first. Outside reads (timers, connects, promises) `hold` says no: flush at once.
-/// Bounded by the loop's connections (each is held at most once per read). Confined to the loop.
+/// - During a read (a reading connection calls `readStarted`, then `readEnded` exactly once, at its
+///   read-complete or when it closes first) a flush waits for the last read in progress to end,
+///   still within the loop's I/O processing.
+/// - Outside reads (the reads of HTTP/1.1 connections, which are not counted, connects, timers,
+///   promises) a flush waits for the end of the loop's pass: one task, queued with the first held
+///   flush of the pass, runs after the pass's I/O. (That task is NIO's only cost here: one enqueue
+///   per pass, not per stream.)
+///
+/// Bounded by the loop's connections (each is held at most once until its `flushHeld`). Confined to
+/// the loop.
 final class FlushBatch {
     private var readsInProgress = 0
     private var held: [any HeldFlush] = []
+    /// The loop whose pass ends a hold outside reads; nil (tests): outside reads, flush at once.
+    private let eventLoop: EventLoop?
+    private var passEndQueued = false
+    private var reportedImbalance = false
 
-    var isHolding: Bool { readsInProgress > 0 }
+    init(eventLoop: EventLoop? = nil) { self.eventLoop = eventLoop }
+
+    var isHolding: Bool { readsInProgress > 0 || passEndQueued }
 
     func readStarted() { readsInProgress += 1 }
 
     /// A read is over: the last one in progress sends the held flushes.
     func readEnded() {
         readsInProgress -= 1
-        guard readsInProgress == 0, !held.isEmpty else { return }
+        guard readsInProgress == 0 else { return }
+        sendHeld()
+    }
+
+    /// Holds `connection`'s flush until the reads in progress end, or outside reads until the end of
+    /// the loop's pass; false without a loop outside reads (flush now). The caller registers a
+    /// connection once until its `flushHeld`.
+    func hold(_ connection: any HeldFlush) -> Bool {
+        if readsInProgress == 0 && !passEndQueued {
+            guard let eventLoop else { return false }
+            passEndQueued = true
+            eventLoop.assumeIsolated().execute { [self] in
+                passEndQueued = false
+                if readsInProgress == 0 { sendHeld() }
+            }
+        }
+        held.append(connection)
+        return true
+    }
+
+    private func sendHeld() {
+        guard !held.isEmpty else { return }
         let connections = held
         held.removeAll(keepingCapacity: true)
         for connection in connections { connection.flushHeld() }
@@ -42,17 +80,7 @@ final class FlushBatch {
             reportedImbalance = true
             logger.error("held flushes outlived their read; sent at the tick", metadata: ["reads": "\(readsInProgress)"])
         }
-        readsInProgress = 1
-        readEnded()
-    }
-
-    private var reportedImbalance = false
-
-    /// Holds `connection`'s flush until the reads in progress end; false when none is (flush now).
-    /// The caller registers a connection once until its `flushHeld`.
-    func hold(_ connection: any HeldFlush) -> Bool {
-        guard readsInProgress > 0 else { return false }
-        held.append(connection)
-        return true
+        readsInProgress = 0
+        sendHeld()
     }
 }

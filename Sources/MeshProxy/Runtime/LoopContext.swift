@@ -47,7 +47,7 @@ final class LoopContext: @unchecked Sendable {
     static let maxTrackedSources = 4096
 
     /// Flushes held while a read is in progress on this loop (`FlushBatch`).
-    let flushes = FlushBatch()
+    let flushes: FlushBatch
 
     func countSource(_ source: String) {
         sourceTotal &+= 1
@@ -98,6 +98,7 @@ final class LoopContext: @unchecked Sendable {
         self.shared = shared
         self.snapshot = snapshot
         self.rng = SplitMix64(seed: seed)
+        self.flushes = FlushBatch(eventLoop: eventLoop)
         self.pool = UpstreamPool(eventLoop: eventLoop, shared: shared, flushes: flushes)
         self.accessLog.writer = shared.accessLogWriter
         self.inboundService = LoopService(
