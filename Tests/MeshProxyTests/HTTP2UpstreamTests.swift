@@ -247,8 +247,8 @@ struct HTTP2UpstreamTests {
         #expect(owner.closed.count == 1)
     }
 
-    @Test func aFlushDuringAReadOnTheLoopWaitsForItsEnd() throws {
-        let owner = RecordingOwner()
+    /// A GET written and flushed while a read is in progress on the loop: its HEADERS are held.
+    private func getDuringARead(_ owner: RecordingOwner) throws {
         let s = try stream(owner)
         _ = try frames()  // (the connection's own, from connecting)
         flushes.readStarted()
@@ -256,6 +256,11 @@ struct HTTP2UpstreamTests {
         s.write(.end(nil))
         s.flush()
         #expect(try frames().isEmpty, "held while another connection's read is in progress")
+    }
+
+    @Test func aFlushDuringAReadOnTheLoopWaitsForItsEnd() throws {
+        let owner = RecordingOwner()
+        try getDuringARead(owner)
         flushes.readEnded()
         guard case .headers(let h) = try frames().first?.payload, h.endStream else {
             Issue.record("expected the HEADERS with END_STREAM once the read ended")
@@ -272,13 +277,7 @@ struct HTTP2UpstreamTests {
 
     @Test func theTickSendsFlushesAReadForgotToEnd() throws {
         let owner = RecordingOwner()
-        let s = try stream(owner)
-        _ = try frames()  // (the connection's own, from connecting)
-        flushes.readStarted()
-        s.write(.head(Self.get))
-        s.write(.end(nil))
-        s.flush()
-        #expect(try frames().isEmpty)
+        try getDuringARead(owner)
         flushes.settle(logger: Logger(label: "test"))
         #expect(try frames().count == 1)
         #expect(!flushes.isHolding)

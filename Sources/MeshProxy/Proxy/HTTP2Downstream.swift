@@ -79,8 +79,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
     private var touched: [HTTPProxyHandler] = []
     private var connectionUncredited = 0
     private var raisedWindow = false
-    private var needsFlush = false
-    private var flushIsHeld = false
+    private var pending = PendingFlush()
 
     static let streamHighWater = 64 * 1024
     static let streamLowWater = 32 * 1024
@@ -148,7 +147,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
                     context.write(
                         wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))),
                         promise: nil)
-                    needsFlush = true
+                    pending.needed = true
                 }
             }
         default:
@@ -191,7 +190,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
                 ])
         }
         context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
-        needsFlush = true
+        pending.needed = true
     }
 
     private func touch(_ handler: HTTPProxyHandler) {
@@ -206,7 +205,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
         context.write(
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: handler.h2.uncredited))), promise: nil)
         handler.h2.uncredited = 0
-        needsFlush = true
+        pending.needed = true
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -215,7 +214,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
                 wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUncredited))),
                 promise: nil)
             connectionUncredited = 0
-            needsFlush = true
+            pending.needed = true
         }
         if !touched.isEmpty {
             for handler in touched {
@@ -224,10 +223,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
             }
             touched.removeAll(keepingCapacity: true)
         }
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        if pending.take() { context.flush() }
         context.fireChannelReadComplete()
     }
 
@@ -266,7 +262,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
         // The flush is held before the first write: a stream that this write ends can make NIO's
         // connection manager queue the connection's close (when it drains), which must come after the
         // flush (`FlushBatch` queues the end of the pass before it).
-        if !flushIsHeld && loop.flushes.hold(self) { flushIsHeld = true }
+        pending.holdAhead(self, in: loop.flushes)
         switch part {
         case .head(let head):
             let block = HTTP2Conversion.responseHeaders(head)
@@ -302,7 +298,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
                     promise: nil)
             }
         }
-        needsFlush = true
+        pending.needed = true
     }
 
     private func sendHead(_ handler: HTTPProxyHandler, id: HTTP2StreamID, endStream: Bool, context: ChannelHandlerContext) {
@@ -331,26 +327,17 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
         if handler.h2.head != nil || handler.h2.data != nil, let id = handler.h2.id, !handler.h2.closed {
             sendHead(handler, id: id, endStream: false, context: context)
             sendData(handler, id: id, endStream: false, context: context)
-            needsFlush = true
+            pending.needed = true
         }
         flushOrHold()
     }
 
     private func flushOrHold() {
-        guard needsFlush, !flushIsHeld else { return }
-        if loop.flushes.hold(self) {
-            flushIsHeld = true
-            return
-        }
-        needsFlush = false
-        context?.flush()
+        if pending.flushNow(self, in: loop.flushes) { context?.flush() }
     }
 
     func flushHeld() {
-        flushIsHeld = false
-        guard needsFlush else { return }
-        needsFlush = false
-        context?.flush()
+        if pending.released() { context?.flush() }
     }
 
     private func dataLeft(_ handler: HTTPProxyHandler, bytes: Int) {

@@ -59,12 +59,11 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
     /// Streams that received frames in the current read (told when it ends).
     private var touched: [UpstreamConnection] = []
     private var connectionUncredited = 0
-    private var needsFlush = false
+    private var pending = PendingFlush()
     /// The loop's held flushes: this connection's read holds others' flushes, and a stream's flush
     /// waits for the read in progress (`FlushBatch`).
     let flushes: FlushBatch
     private var reading = false
-    private var flushIsHeld = false
     var idleSince = NIODeadline.now()
     weak var pool: UpstreamPool?
 
@@ -231,7 +230,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
                     promise: nil)
             }
             s.h2.sentEnd = true
-            needsFlush = true
+            pending.needed = true
         }
     }
 
@@ -240,20 +239,11 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
             sendHead(s, endStream: false, context: context)
             sendData(s, endStream: false, context: context)
         }
-        guard needsFlush, !flushIsHeld else { return }
-        if flushes.hold(self) {
-            flushIsHeld = true
-            return
-        }
-        needsFlush = false
-        context?.flush()
+        if pending.flushNow(self, in: flushes) { context?.flush() }
     }
 
     func flushHeld() {
-        flushIsHeld = false
-        guard needsFlush else { return }
-        needsFlush = false
-        context?.flush()
+        if pending.released() { context?.flush() }
     }
 
     /// The held DATA frame (its bytes count as queued from the moment it is written to this stream
@@ -267,7 +257,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         context.write(
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
             promise: promise)
-        needsFlush = true
+        pending.needed = true
     }
 
     /// The request's HEADERS (with END_STREAM when nothing follows): the stream gets its id now.
@@ -292,7 +282,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         }
         context.write(
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: endStream)))), promise: promise)
-        needsFlush = true
+        pending.needed = true
     }
 
     private func dataLeft(_ s: UpstreamConnection, bytes: Int) {
@@ -378,7 +368,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
                         wrapOutboundOut(HTTP2Frame(streamID: frame.streamID, payload: .windowUpdate(windowSizeIncrement: s.h2.uncredited))),
                         promise: nil)
                     s.h2.uncredited = 0
-                    needsFlush = true
+                    pending.needed = true
                 }
             }
         case .settings(.settings(let settings)):
@@ -454,7 +444,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
                 wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUncredited))),
                 promise: nil)
             connectionUncredited = 0
-            needsFlush = true
+            pending.needed = true
         }
         if !touched.isEmpty {
             for s in touched {
@@ -463,10 +453,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
             }
             touched.removeAll(keepingCapacity: true)
         }
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        if pending.take() { context.flush() }
         context.fireChannelReadComplete()
         // The responses of this read go out, one write per client connection.
         endRead()

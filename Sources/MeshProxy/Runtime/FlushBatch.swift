@@ -9,6 +9,44 @@ protocol HeldFlush: AnyObject {
     func flushHeld()
 }
 
+/// A connection's flush under its loop's `FlushBatch`: whether frames wait to be flushed, and whether
+/// the batch holds the flush (the connection is registered until its `flushHeld`).
+struct PendingFlush {
+    /// Frames written since the last flush.
+    var needed = false
+    private(set) var held = false
+
+    /// Whether to flush now: something waits and the batch does not hold it (else `connection` is
+    /// registered, once).
+    mutating func flushNow(_ connection: any HeldFlush, in batch: FlushBatch) -> Bool {
+        guard needed, !held else { return false }
+        if batch.hold(connection) {
+            held = true
+            return false
+        }
+        needed = false
+        return true
+    }
+
+    /// Registers `connection` before it writes (the end of the pass is queued now).
+    mutating func holdAhead(_ connection: any HeldFlush, in batch: FlushBatch) {
+        if !held && batch.hold(connection) { held = true }
+    }
+
+    /// The batch let go (`flushHeld`): whether something waits to be flushed.
+    mutating func released() -> Bool {
+        held = false
+        return take()
+    }
+
+    /// Whether something waits to be flushed (it is flushed now).
+    mutating func take() -> Bool {
+        guard needed else { return false }
+        needed = false
+        return true
+    }
+}
+
 /// One event loop's held flushes. One read of an HTTP/2 connection — a client's HEADERS for many
 /// streams, an endpoint's responses for many clients — writes to other connections a stream at a
 /// time, and so do the reads of many HTTP/1.1 connections whose requests share one HTTP/2 upstream
