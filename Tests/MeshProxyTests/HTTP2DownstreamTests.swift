@@ -11,7 +11,8 @@ import Testing
 @testable import MeshTesting
 
 /// `HTTP2DownstreamConnection` at frame level on an EmbeddedChannel, without NIO's HTTP/2 handler:
-/// the test plays the client's frames (as NIO would deliver them, validated) and NIO's stream
+/// the test plays the client's frames (as NIO would deliver them: framing and stream states checked,
+/// header blocks left to meshd's `HTTP2FieldCheck`) and NIO's stream
 /// events, and reads the frames meshd writes. The requests here are answered by meshd itself (no
 /// route, no endpoint), so no upstream is involved.
 @Suite("Downstream HTTP/2 streams at frame level")

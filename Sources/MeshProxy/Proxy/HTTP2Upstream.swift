@@ -273,8 +273,9 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         }
         s.h2.id = id
         open[id] = s
-        // The block is refused (NIO's validation) or the stream cannot open: it fails (an error
-        // raised inside NIO's write is not reported otherwise).
+        // NIO's stream state refuses the HEADERS (the stream cannot open, a content-length that
+        // cannot hold...): the stream fails (an error raised inside NIO's write is not reported
+        // otherwise).
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenFailure { [self] error in
             if self.open[id] === s { self.open[id] = nil }
