@@ -119,32 +119,45 @@ public struct HTTP2FieldCheck: Sendable {
         }
         if seen & p.rawValue != 0 { throw .repeatedPseudoHeader(name) }
         seen |= p.rawValue
-        for c in value.utf8 where c <= 0x20 || c == 0x7F { throw .invalidValue(name: name) }
+        var value = value
+        let clean = value.withUTF8 { bytes in
+            for c in bytes where c <= 0x20 || c == 0x7F { return false }
+            return true
+        }
+        if !clean { throw .invalidValue(name: name) }
         return p
     }
 
     /// A regular field: a lowercase token name, not connection-specific, and a value without NUL, CR
-    /// or LF.
+    /// or LF. Both loops run on the strings' contiguous UTF-8 (`withUTF8`), not on `String.UTF8View`'s
+    /// iterator: this runs for every field of every block received.
     private static func checkRegular(name: String, value: String) throws(Problem) {
-        var n = 0
-        for c in name.utf8 {
-            // The lowercase `tchar`s as two 64-bit masks: 0x21, 0x23-0x27, 0x2A, 0x2B, 0x2D, 0x2E,
-            // 0x30-0x39, 0x5E-0x7A, 0x7C, 0x7E.
-            let ok =
-                c < 64
-                ? (0x03FF_6CFA_0000_0000 as UInt64) >> c & 1 != 0
-                : c < 128 && (0x57FF_FFFF_C000_0000 as UInt64) >> (c &- 64) & 1 != 0
-            if !ok { throw .invalidName(name) }
-            n &+= 1
+        var name = name
+        let n = name.withUTF8 { bytes -> Int in
+            for c in bytes {
+                // The lowercase `tchar`s as two 64-bit masks: 0x21, 0x23-0x27, 0x2A, 0x2B, 0x2D, 0x2E,
+                // 0x30-0x39, 0x5E-0x7A, 0x7C, 0x7E.
+                let ok =
+                    c < 64
+                    ? (0x03FF_6CFA_0000_0000 as UInt64) >> c & 1 != 0
+                    : c < 128 && (0x57FF_FFFF_C000_0000 as UInt64) >> (c &- 64) & 1 != 0
+                if !ok { return -1 }
+            }
+            return bytes.count
         }
         switch n {
-        case 0: throw .invalidName(name)
+        case ...0: throw .invalidName(name)
         case 2 where name == "te": if value != "trailers" { throw .teNotTrailers }
         case 7 where name == "upgrade", 10 where name == "connection" || name == "keep-alive",
             16 where name == "proxy-connection", 17 where name == "transfer-encoding":
             throw .connectionSpecificField(name)
         default: break
         }
-        for c in value.utf8 where c == 0 || c == 0x0A || c == 0x0D { throw .invalidValue(name: name) }
+        var value = value
+        let clean = value.withUTF8 { bytes in
+            for c in bytes where c == 0 || c == 0x0A || c == 0x0D { return false }
+            return true
+        }
+        if !clean { throw .invalidValue(name: name) }
     }
 }

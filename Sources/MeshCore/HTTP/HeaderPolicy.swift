@@ -52,13 +52,13 @@ extension HeaderPolicy {
     /// without allocating.
     public static func isHopByHop(_ name: String) -> Bool {
         switch name.utf8.count {
-        case 2: return equalsIgnoringASCIICase(name, "te")
-        case 7: return equalsIgnoringASCIICase(name, "upgrade") || equalsIgnoringASCIICase(name, "trailer")
-        case 10: return equalsIgnoringASCIICase(name, "connection") || equalsIgnoringASCIICase(name, "keep-alive")
-        case 16: return equalsIgnoringASCIICase(name, "proxy-connection")
-        case 17: return equalsIgnoringASCIICase(name, "transfer-encoding")
-        case 18: return equalsIgnoringASCIICase(name, "proxy-authenticate")
-        case 19: return equalsIgnoringASCIICase(name, "proxy-authorization")
+        case 2: return equalsIgnoringASCIICase(name, literal: "te")
+        case 7: return equalsIgnoringASCIICase(name, literal: "upgrade") || equalsIgnoringASCIICase(name, literal: "trailer")
+        case 10: return equalsIgnoringASCIICase(name, literal: "connection") || equalsIgnoringASCIICase(name, literal: "keep-alive")
+        case 16: return equalsIgnoringASCIICase(name, literal: "proxy-connection")
+        case 17: return equalsIgnoringASCIICase(name, literal: "transfer-encoding")
+        case 18: return equalsIgnoringASCIICase(name, literal: "proxy-authenticate")
+        case 19: return equalsIgnoringASCIICase(name, literal: "proxy-authorization")
         default: return false
         }
     }
@@ -82,6 +82,16 @@ extension HeaderPolicy {
         var s = s
         var lowercase = lowercase
         return s.withUTF8 { a in lowercase.withUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
+    }
+
+    /// The same against a literal: its bytes are read where they are, with no second string to open.
+    @inlinable
+    public static func equalsIgnoringASCIICase(_ s: String, literal lowercase: StaticString) -> Bool {
+        let n = lowercase.utf8CodeUnitCount
+        guard s.utf8.count == n else { return false }
+        let b = UnsafeBufferPointer(start: lowercase.utf8Start, count: n)
+        var s = s
+        return s.withUTF8 { a in equalsIgnoringASCIICase(bytes: a, b) }
     }
 
     @inlinable

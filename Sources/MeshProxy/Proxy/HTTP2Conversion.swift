@@ -94,10 +94,10 @@ enum HTTP2Conversion {
 
     /// What becomes of an HTTP/1 field in an HTTP/2 block.
     static func fieldKind(_ name: String, value: String) -> FieldKind {
-        var upper = false
-        for c in name.utf8 where c &- UInt8(ascii: "A") < 26 {
-            upper = true
-            break
+        var copy = name
+        let upper = copy.withUTF8 { bytes in
+            for c in bytes where c &- UInt8(ascii: "A") < 26 { return true }
+            return false
         }
         switch name.utf8.count {
         case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "te"):

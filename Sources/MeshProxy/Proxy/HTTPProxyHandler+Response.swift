@@ -208,7 +208,7 @@ extension HTTPProxyHandler {
     /// close` when this connection ends after it.
     func responseHeadForClient(_ head: HTTPResponseHead) -> HTTPResponseHead {
         var head = head
-        head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
+        head.headers.meshStripHopByHop(removeExpect: false)
         head.version = .http1_1
         if (!req.keepAlive || quiescing) && !multiplexed { head.headers.add(name: "connection", value: "close") }
         if multiplexed { head.headers.meshTrimValueWhitespace() }

@@ -99,26 +99,57 @@ extension HTTPHeaders {
     }
 
     /// Removes hop-by-hop headers (the fixed set, names listed in `Connection`, and `Expect` when
-    /// asked) in place, and re-applies chunked framing when the message had it. No Foundation, no
-    /// rebuilt header list: it runs on most responses (an HTTP/1.1 server's `Connection: keep-alive`).
+    /// asked), and re-applies chunked framing when the message had it, after a request's `scan` found
+    /// some.
     mutating func meshStripHopByHop(_ scan: HeaderScan, removeExpect: Bool) {
         guard scan.hasHopByHop || removeExpect else { return }
-        var names: [Substring] = []
-        func note(_ name: Substring) {
-            if !names.contains(where: { HeaderPolicy.equalsFoldingASCIICase($0, name) }) { names.append(name) }
-        }
+        meshStripHopByHop(removeExpect: removeExpect)
+    }
+
+    /// Removes hop-by-hop headers (the fixed set, names listed in `Connection`, and `Expect` when
+    /// asked) and re-applies chunked framing (and `TE: trailers`) when the message had it. One pass
+    /// finds them, without a `HeaderScan`; when there are any, a second one copies the rest into a
+    /// new list (the copy a first in-place removal would make of the shared list anyway). It runs on
+    /// most responses: an HTTP/1.1 server's `Connection: keep-alive`. No Foundation, and nothing
+    /// allocated unless `Connection` lists a name outside the fixed set.
+    mutating func meshStripHopByHop(removeExpect: Bool) {
+        var found = false
+        var chunked = false
+        var teTrailers = false
+        // `Connection` options that are not in the fixed set (`close`, `x-custom`): fields so named go too.
+        var options: [Substring] = []
         for (name, value) in self {
-            if HeaderPolicy.isHopByHop(name) {
-                note(name[...])
-                if name.utf8.count == 10 && HeaderPolicy.equalsIgnoringASCIICase(name, "connection") {
-                    HeaderPolicy.forEachListItem(value) { note($0) }
+            let count = name.utf8.count
+            if count == 6 {
+                if removeExpect && HeaderPolicy.equalsIgnoringASCIICase(name, "expect") { found = true }
+                continue
+            }
+            guard HeaderPolicy.isHopByHop(name) else { continue }
+            found = true
+            switch count {
+            case 10 where HeaderPolicy.equalsIgnoringASCIICase(name, "connection"):
+                HeaderPolicy.forEachListItem(value) { item in
+                    if HeaderPolicy.isHopByHop(String(item)) { return }
+                    if !options.contains(where: { HeaderPolicy.equalsFoldingASCIICase($0, item) }) { options.append(item) }
                 }
-            } else if removeExpect && name.utf8.count == 6 && HeaderPolicy.equalsIgnoringASCIICase(name, "expect") {
-                note(name[...])
+            case 17:  // transfer-encoding
+                chunked = chunked || HeaderPolicy.listContains(value, token: "chunked")
+            case 2:  // te
+                teTrailers = teTrailers || HeaderPolicy.listContains(value, token: "trailers")
+            default: break
             }
         }
-        for name in names { remove(name: String(name)) }
-        if scan.chunked { add(name: "transfer-encoding", value: "chunked") }
-        if scan.teTrailers { add(name: "te", value: "trailers") }
+        guard found || !options.isEmpty else { return }
+        var kept: [(String, String)] = []
+        kept.reserveCapacity(count + 2)
+        for (name, value) in self {
+            if HeaderPolicy.isHopByHop(name) { continue }
+            if removeExpect && name.utf8.count == 6 && HeaderPolicy.equalsIgnoringASCIICase(name, "expect") { continue }
+            if !options.isEmpty && options.contains(where: { HeaderPolicy.equalsFoldingASCIICase($0, name[...]) }) { continue }
+            kept.append((name, value))
+        }
+        if chunked { kept.append(("transfer-encoding", "chunked")) }
+        if teTrailers { kept.append(("te", "trailers")) }
+        self = HTTPHeaders(kept)
     }
 }

@@ -10,7 +10,7 @@ extension HTTPProxyHandler {
         _ head: HTTPResponseHead, upgrade: String, upstream: UpstreamConnection, context: ChannelHandlerContext
     ) {
         var head = head
-        head.headers.meshStripHopByHop(head.headers.meshScan(), removeExpect: false)
+        head.headers.meshStripHopByHop(removeExpect: false)
         head.headers.replaceOrAdd(name: "upgrade", value: head.headers.first(name: "upgrade") ?? upgrade)
         head.headers.replaceOrAdd(name: "connection", value: "upgrade")
         head.version = .http1_1
