@@ -8,6 +8,9 @@ import NIOHTTP1
 /// HTTP/2 handler. Each block received is checked (`MeshCore.HTTP2FieldCheck`) in the pass that
 /// reads it; each header sent gets the HPACK indexing `MeshCore.HeaderIndexing` chooses in the pass
 /// that writes it.
+/// A received block's fields go into the HTTP/1 head as one list (`HTTPHeaders([(String, String)])`)
+/// rather than one `add` each: `add` checks every name for ASCII byte by byte, and these names have
+/// just passed `HTTP2FieldCheck` (lowercase tokens).
 enum HTTP2Conversion {
     /// A request head as a HEADERS block: the four pseudo-headers first (`:authority` from Host),
     /// names lowercased, connection-specific fields (RFC 9113 §8.2.2) left out, `te` only as
@@ -45,8 +48,8 @@ enum HTTP2Conversion {
     ) throws(HTTP2FieldCheck.Problem) -> HTTPResponseHead {
         var check = HTTP2FieldCheck(.response)
         var status = 0
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(block.count)
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(block.count)
         var hasLength = false
         for (name, value, _) in block {
             if try check.field(name: name, value: value) != nil {
@@ -55,25 +58,25 @@ enum HTTP2Conversion {
                 continue
             }
             if name.utf8.count == 14 && name == "content-length" { hasLength = true }
-            headers.add(name: name, value: value)
+            fields.append((name, value))
         }
         try check.finish()
         if !hasLength && status >= 200 && status != 204 && status != 304 && requestMethod != .HEAD && requestMethod != .CONNECT {
-            headers.add(name: endStream ? "content-length" : "transfer-encoding", value: endStream ? "0" : "chunked")
+            fields.append((endStream ? "content-length" : "transfer-encoding", endStream ? "0" : "chunked"))
         }
-        return HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        return HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status), headers: HTTPHeaders(fields))
     }
 
     /// A trailers block as HTTP/1 trailers, checked as it is read (no pseudo-headers there).
     static func httpTrailers(_ block: HPACKHeaders) throws(HTTP2FieldCheck.Problem) -> HTTPHeaders {
         var check = HTTP2FieldCheck(.trailers)
-        var out = HTTPHeaders()
-        out.reserveCapacity(block.count)
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(block.count)
         for (name, value, _) in block {
             _ = try check.field(name: name, value: value)
-            out.add(name: name, value: value)
+            fields.append((name, value))
         }
-        return out
+        return HTTPHeaders(fields)
     }
 
     /// HTTP/1 fields into an HTTP/2 block: names lowercased, connection-specific fields left out, each
@@ -160,16 +163,16 @@ extension HTTP2Conversion {
         try check.finish()
         let httpMethod = HTTPMethod(rawValue: method)
         let uri = httpMethod == .CONNECT ? authority ?? "" : path
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(count + 2)
-        if !hasHost, let authority { headers.add(name: "host", value: authority) }
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(count + 2)
+        if !hasHost, let authority { fields.append(("host", authority)) }
         switch httpMethod {
         case .GET, .HEAD, .DELETE, .CONNECT, .TRACE: break
         default:
-            if !hasLength { headers.add(name: endStream ? "content-length" : "transfer-encoding", value: endStream ? "0" : "chunked") }
+            if !hasLength { fields.append((endStream ? "content-length" : "transfer-encoding", endStream ? "0" : "chunked")) }
         }
-        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") { headers.add(name: name, value: value) }
-        return HTTPRequestHead(version: .http2, method: httpMethod, uri: uri, headers: headers)
+        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") { fields.append((name, value)) }
+        return HTTPRequestHead(version: .http2, method: httpMethod, uri: uri, headers: HTTPHeaders(fields))
     }
 
     /// A response head as a HEADERS block: `:status` first, names lowercased, connection-specific

@@ -73,11 +73,20 @@ extension HTTPProxyHandler {
         req.path = path
 
         var outHead = head
+        // The fields meshd adds go after the client's, in one new list at the end (`HTTPHeaders.add`
+        // checks each name for ASCII byte by byte; these are meshd's own names).
+        var added: [(String, String)] = []
+        added.reserveCapacity(6)
+        func add(_ name: String, _ value: String) { added.append((name, value)) }
+        func replaceOrAdd(_ name: String, _ value: String) {
+            outHead.headers.remove(name: name)
+            added.append((name, value))
+        }
         if rewroteURI {
             // RFC 9112 §3.2.2: the absolute-form target's authority replaces any Host the client sent,
             // so the application sees the authority meshd routed on.
             outHead.uri = String(uri)
-            outHead.headers.replaceOrAdd(name: "host", value: String(authority))
+            replaceOrAdd("host", String(authority))
         }
         outHead.version = .http1_1
 
@@ -137,7 +146,11 @@ extension HTTPProxyHandler {
             }
             req.endpoint = endpoint
             req.target = endpoint.address
-            outHead.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+            if scan.destination {
+                replaceOrAdd(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
+            } else {
+                add(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
+            }
             // An identity is never taken from the application: the next meshd sets it from mTLS.
             if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }
         case .inbound:
@@ -189,11 +202,11 @@ extension HTTPProxyHandler {
             }
             if let tls = connectionGuard.tls {
                 if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }
-                outHead.headers.add(name: HeaderPolicy.clientCertHeader, value: tls.forwardedClientCert)
+                add(HeaderPolicy.clientCertHeader, tls.forwardedClientCert)
             } else if scan.clientCert {
                 outHead.headers.remove(name: HeaderPolicy.clientCertHeader)
             }
-            outHead.headers.remove(name: HeaderPolicy.destinationHeader)
+            if scan.destination { outHead.headers.remove(name: HeaderPolicy.destinationHeader) }
             if scan.originalProtocol {
                 // An HTTP/1.1 request that rode HTTP/2 between two meshd: HTTP/1.1 again to the app.
                 outHead.headers.remove(name: HeaderPolicy.originalProtocolHeader)
@@ -212,23 +225,22 @@ extension HTTPProxyHandler {
         outHead.headers.meshStripHopByHop(scan, removeExpect: scan.expectContinue)
         if let existing = scan.forwardedFor {
             let all = scan.forwardedForCount == 1 ? existing : head.headers["x-forwarded-for"].joined(separator: ", ")
-            outHead.headers.replaceOrAdd(
-                name: "x-forwarded-for", value: HeaderPolicy.appendingForwardedFor(existing: all, client: clientIP))
+            replaceOrAdd("x-forwarded-for", HeaderPolicy.appendingForwardedFor(existing: all, client: clientIP))
         } else {
-            outHead.headers.add(name: "x-forwarded-for", value: clientIP)
+            add("x-forwarded-for", clientIP)
         }
-        if hostHeader == nil && !rewroteURI { outHead.headers.add(name: "host", value: String(req.authority)) }
+        if hostHeader == nil && !rewroteURI { add("host", String(req.authority)) }
         if trace.dropMalformed {
             outHead.headers.remove(name: "traceparent")
             outHead.headers.remove(name: "tracestate")
         }
-        if let id = trace.addRequestID { outHead.headers.add(name: "x-request-id", value: id) }
-        if let tp = trace.setTraceparent { outHead.headers.add(name: "traceparent", value: tp) }
+        if let id = trace.addRequestID { add("x-request-id", id) }
+        if let tp = trace.setTraceparent { add("traceparent", tp) }
         if scan.isUpgradeRequest, let upgrade = head.headers.first(name: "upgrade") {
             // An upgrade (WebSocket...) passes through: these two hop-by-hop headers go on.
             req.upgrade = upgrade
-            outHead.headers.replaceOrAdd(name: "upgrade", value: upgrade)
-            outHead.headers.replaceOrAdd(name: "connection", value: "upgrade")
+            replaceOrAdd("upgrade", upgrade)
+            replaceOrAdd("connection", "upgrade")
             req.upstreamH2 = false  // an upgrade is HTTP/1.1 only
         }
         if scan.teTrailers && !req.upstreamH2 {
@@ -236,7 +248,14 @@ extension HTTPProxyHandler {
             outHead.headers.remove(name: "te")
         }
         if direction == .outbound && req.upstreamH2 && !multiplexed {
-            outHead.headers.replaceOrAdd(name: HeaderPolicy.originalProtocolHeader, value: "HTTP/1.1")
+            replaceOrAdd(HeaderPolicy.originalProtocolHeader, "HTTP/1.1")
+        }
+        if !added.isEmpty {
+            var fields: [(String, String)] = []
+            fields.reserveCapacity(outHead.headers.count + added.count)
+            for (name, value) in outHead.headers { fields.append((name, value)) }
+            fields.append(contentsOf: added)
+            outHead.headers = HTTPHeaders(fields)
         }
         if req.upstreamH2 { outHead.headers.meshTrimValueWhitespace() }
         req.head = outHead

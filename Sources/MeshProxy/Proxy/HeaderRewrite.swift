@@ -22,6 +22,9 @@ struct HeaderScan {
     var contentLengthTooLarge = false
     /// `x-forwarded-client-cert`: only meshd sets it (from the mTLS peer); a client's own is removed.
     var clientCert = false
+    /// `x-meshd-dst`: the pod a calling meshd picked (for a node proxy); replaced outbound, removed
+    /// inbound.
+    var destination = false
     /// Request identity and trace context (the first of each), for `TraceDecision`.
     var trace = TraceDecision.Incoming()
     /// An `Upgrade` field, and `upgrade` among the `Connection` options: together, an upgrade request
@@ -58,6 +61,8 @@ extension HTTPHeaders {
                 if scan.trace.requestID == nil { scan.trace.requestID = Substring(value) }
             case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, "traceparent"):
                 if scan.trace.traceparent == nil { scan.trace.traceparent = Substring(value) }
+            case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.destinationHeader):
+                scan.destination = true
             case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "b3"):
                 if scan.trace.b3 == nil { scan.trace.b3 = Substring(value) }
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-traceid"):
