@@ -9,9 +9,10 @@ import NIOHTTP1
 extension HTTPProxyHandler {
 
     func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        // An HTTP/2 stream's handler serves one request: its state is still the one `init` made.
+        if !(multiplexed && firstRequest) { req = RequestState() }
         firstRequest = false
         serial &+= 1
-        req = RequestState()
         req.started = .now()
         let startNanos = Int64(req.started.uptimeNanoseconds)
         // Until the request is routed (a local reply before that discards the rest of its body).

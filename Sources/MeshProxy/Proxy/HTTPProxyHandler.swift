@@ -50,10 +50,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     var state: State = .idle(since: .now())
     var req = RequestState()
     /// Request parts read while no upstream can take them (connecting, backoff).
-    var pending = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
+    var pending = HTTPProxyHandler.noParts
     /// Parts of pipelined requests read while an earlier request was in progress (bounded: reads stop
     /// as soon as one is queued, so at most one read's worth).
-    var pipelined = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 0)
+    var pipelined = HTTPProxyHandler.noParts
+    /// The empty queue both start as: shared, so a handler (one per HTTP/2 stream) allocates a queue
+    /// only when it first queues a part (copy on write).
+    static let noParts = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
     /// Set by a graceful drain: close after the current exchange.
     var quiescing = false
     /// Increments per request: callbacks of an earlier request (a late connect) are recognised.
