@@ -249,7 +249,9 @@ extension HTTPProxyHandler {
     func exchangeTimer(now: Int64, context: ChannelHandlerContext) {
         var admission = retryAdmission
         let action = req.exchange.timerFired(now: now, admission: &admission, rng: &loop.rng)
-        let target = req.target?.description ?? "upstream"
+        // Formatted only for a message: the loop's tick asks every exchange in flight, and most have
+        // nothing due.
+        var target: String { req.target?.description ?? "upstream" }
         switch action {
         case .none:
             return
