@@ -405,7 +405,7 @@ parse_wrk() {
     }' "$1"
 }
 
-declare -A R_RPS R_P50 R_P75 R_P90 R_P99 R_REQ R_SERR R_STERR R_RC R_TICKS R_BG
+declare -A R_RPS R_P50 R_P75 R_P90 R_P99 R_REQ R_SERR R_STERR R_RC R_TICKS R_STICKS R_BG
 FAILURES=()
 
 for run in $(seq 1 "$RUNS"); do
@@ -416,24 +416,27 @@ for run in $(seq 1 "$RUNS"); do
             log "run $run/$RUNS $c: process $ppid is gone"
             FAILURES+=("$c run $run: proxy process exited before the measurement")
             R_RPS[$c,$run]=0 R_P50[$c,$run]=-1 R_P75[$c,$run]=-1 R_P90[$c,$run]=-1 R_P99[$c,$run]=-1
-            R_REQ[$c,$run]=0 R_SERR[$c,$run]=0 R_STERR[$c,$run]=0 R_RC[$c,$run]=-1 R_TICKS[$c,$run]=-1 R_BG[$c,$run]=-1
+            R_REQ[$c,$run]=0 R_SERR[$c,$run]=0 R_STERR[$c,$run]=0 R_RC[$c,$run]=-1 R_TICKS[$c,$run]=-1 R_STICKS[$c,$run]=-1 R_BG[$c,$run]=-1
             continue
         fi
         log "run $run/$RUNS $c: warm-up ${WARMUP}s"
         run_wrk "$WARMUP" "$port" "$RAW_DIR/$c-run$run-warmup.txt" || true
         t0=0
-        [[ -n $ppid ]] && t0=$(proc_ticks "$ppid")
+        s0=0
+        [[ -n $ppid ]] && t0=$(proc_ticks "$ppid") && s0=$(proc_ticks "$ppid" sys)
         children_ticks; w0=$CHILD_TICKS m0=$(machine_busy_ticks) b0=$(proc_ticks "$BACKEND_PID")
         log "run $run/$RUNS $c: measuring ${DURATION}s"
         rc=0
         run_wrk "$DURATION" "$port" "$RAW_DIR/$c-run$run.txt" || rc=$?
         t1=0
-        [[ -n $ppid ]] && t1=$(proc_ticks "$ppid")
+        s1=0
+        [[ -n $ppid ]] && t1=$(proc_ticks "$ppid") && s1=$(proc_ticks "$ppid" sys)
         children_ticks; w1=$CHILD_TICKS m1=$(machine_busy_ticks) b1=$(proc_ticks "$BACKEND_PID")
         read -r rps p50 p75 p90 p99 req serr sterr < <(parse_wrk "$RAW_DIR/$c-run$run.txt")
         R_RPS[$c,$run]=$rps R_P50[$c,$run]=$p50 R_P75[$c,$run]=$p75 R_P90[$c,$run]=$p90 R_P99[$c,$run]=$p99
         R_REQ[$c,$run]=$req R_SERR[$c,$run]=$serr R_STERR[$c,$run]=$sterr R_RC[$c,$run]=$rc
         if [[ -z $t1 ]]; then R_TICKS[$c,$run]=-1; else R_TICKS[$c,$run]=$((t1 - t0)); fi
+        if [[ -z $s1 ]]; then R_STICKS[$c,$run]=-1; else R_STICKS[$c,$run]=$((s1 - s0)); fi
         # Background load: machine busy time not accounted for by wrk, the backend or the proxy
         # under test, as a percentage of one CPU over the measured window.
         R_BG[$c,$run]=$(awk -v m=$((m1 - m0)) -v w=$((w1 - w0)) -v b=$((${b1:-0} - ${b0:-0})) -v t=$((${t1:-0} - t0)) \
@@ -494,20 +497,31 @@ col() { # col <array name> <candidate>: values across runs
     printf '%s\n' "${out[@]}"
 }
 
-declare -A M_RPS M_P50 M_P90 M_P99 ERRS REQS TICKS
+declare -A M_RPS M_P50 M_P90 M_P99 ERRS REQS TICKS STICKS
 for c in "${CANDS[@]}"; do
     mapfile -t v < <(col R_RPS "$c"); M_RPS[$c]=$(median "${v[@]}")
     mapfile -t v < <(col R_P50 "$c"); M_P50[$c]=$(median "${v[@]}")
     mapfile -t v < <(col R_P90 "$c"); M_P90[$c]=$(median "${v[@]}")
     mapfile -t v < <(col R_P99 "$c"); M_P99[$c]=$(median "${v[@]}")
-    e=0 n=0 t=0
+    e=0 n=0 t=0 st=0
     for r in $(seq 1 "$RUNS"); do
         e=$((e + R_SERR[$c,$r] + R_STERR[$c,$r])); n=$((n + R_REQ[$c,$r]))
         if ((t >= 0 && R_TICKS[$c,$r] >= 0)); then t=$((t + R_TICKS[$c,$r])); else t=-1; fi
+        if ((st >= 0 && R_STICKS[$c,$r] >= 0)); then st=$((st + R_STICKS[$c,$r])); else st=-1; fi
     done
-    ERRS[$c]=$e REQS[$c]=$n TICKS[$c]=$t
+    ERRS[$c]=$e REQS[$c]=$n TICKS[$c]=$t STICKS[$c]=$st
 done
 
+# cpu_split <target>: its user and kernel CPU s per 1000 req, and each as a ratio to HAProxy's.
+cpu_split() {
+    local k=$1 u hu
+    if ((TICKS[$k] < 0 || STICKS[$k] < 0 || TICKS[haproxy] < 0 || STICKS[haproxy] < 0)); then
+        echo "n/a | n/a | n/a | n/a"
+        return
+    fi
+    u=$((TICKS[$k] - STICKS[$k])) hu=$((TICKS[haproxy] - STICKS[haproxy]))
+    echo "$(cpu_per_1k "$u" "${REQS[$k]}") | $(cpu_per_1k "${STICKS[$k]}" "${REQS[$k]}") | $(cpu_ratio "$u" "${REQS[$k]}" "$hu" "${REQS[haproxy]}") | $(cpu_ratio "${STICKS[$k]}" "${REQS[$k]}" "${STICKS[haproxy]}" "${REQS[haproxy]}")"
+}
 cpu_per_1k() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n <= 0 || t < 0) print "n/a"; else printf "%.4f", t / hz / n * 1000 }'; }
 mib() { awk -v k="$1" 'BEGIN { if (k <= 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
 
@@ -613,19 +627,19 @@ REPORT=$TMP/report.md
         echo "Noise measure: needs RUNS ≥ 2 (round_robin's run-to-run spread); with one run the \"within noise\" column is n/a."
     fi
     echo
-    echo "Proxy resources (CPU = utime+stime of the proxy process(es) during the measured windows only, divided by the requests wrk completed in them; nginx figures are master + worker):"
+    echo "Proxy resources (CPU = utime+stime of the proxy process(es) during the measured windows only, divided by the requests wrk completed in them, then split into user (utime) and kernel (stime) time; nginx figures are master + worker):"
     echo
-    echo "| proxy | CPU s per 1000 req | RSS idle (MiB) | RSS after run (MiB) | peak RSS, VmHWM (MiB) |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| proxy | CPU s per 1000 req | user (utime) | kernel (stime) | user ÷ HAProxy's | kernel ÷ HAProxy's | RSS idle (MiB) | RSS after run (MiB) | peak RSS, VmHWM (MiB) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for k in "${MESHD_KEYS[@]}"; do
-        echo "| meshd ${MESHD_BALANCER[$k]} | $(cpu_per_1k "${TICKS[$k]}" "${REQS[$k]}") | $(mib "${MESHD_RSS_IDLE_OF[$k]}") | $(mib "${MESHD_RSS_AFTER_OF[$k]}") | $(mib "${MESHD_HWM_OF[$k]}") |"
+        echo "| meshd ${MESHD_BALANCER[$k]} | $(cpu_per_1k "${TICKS[$k]}" "${REQS[$k]}") | $(cpu_split "$k") | $(mib "${MESHD_RSS_IDLE_OF[$k]}") | $(mib "${MESHD_RSS_AFTER_OF[$k]}") | $(mib "${MESHD_HWM_OF[$k]}") |"
     done
-    echo "| HAProxy | $(cpu_per_1k "${TICKS[haproxy]}" "${REQS[haproxy]}") | $(mib "$HAPROXY_RSS_IDLE_KB") | $(mib "$HAPROXY_RSS_AFTER_KB") | $(mib "$HAPROXY_HWM_KB") |"
-    echo "| nginx proxy | $(cpu_per_1k "${TICKS[nginx]}" "${REQS[nginx]}") | $(mib "$NGXPROXY_RSS_IDLE_KB") | $(mib "$NGXPROXY_RSS_AFTER_KB") | $(mib "$NGXPROXY_HWM_KB") |"
+    echo "| HAProxy | $(cpu_per_1k "${TICKS[haproxy]}" "${REQS[haproxy]}") | $(cpu_split haproxy) | $(mib "$HAPROXY_RSS_IDLE_KB") | $(mib "$HAPROXY_RSS_AFTER_KB") | $(mib "$HAPROXY_HWM_KB") |"
+    echo "| nginx proxy | $(cpu_per_1k "${TICKS[nginx]}" "${REQS[nginx]}") | $(cpu_split nginx) | $(mib "$NGXPROXY_RSS_IDLE_KB") | $(mib "$NGXPROXY_RSS_AFTER_KB") | $(mib "$NGXPROXY_HWM_KB") |"
     if [[ -n $CADDY_BIN ]]; then
-        echo "| Caddy | $(cpu_per_1k "${TICKS[caddy]}" "${REQS[caddy]}") | $(mib "$CADDY_RSS_IDLE_KB") | $(mib "$CADDY_RSS_AFTER_KB") | $(mib "$CADDY_HWM_KB") |"
+        echo "| Caddy | $(cpu_per_1k "${TICKS[caddy]}" "${REQS[caddy]}") | $(cpu_split caddy) | $(mib "$CADDY_RSS_IDLE_KB") | $(mib "$CADDY_RSS_AFTER_KB") | $(mib "$CADDY_HWM_KB") |"
     else
-        echo "| Caddy | not installed | | | |"
+        echo "| Caddy | not installed | | | | | | | |"
     fi
     echo
     echo "Per run:"

@@ -69,7 +69,8 @@ start_bg() {
 }
 
 
-# utime+stime (clock ticks) of a process and its direct children (nginx master + worker).
+# utime+stime (clock ticks) of a process and its direct children (nginx master + worker); with a
+# second argument `sys`, stime alone (the kernel's share: syscalls, TCP, softirq work done on its behalf).
 proc_ticks() {
     local total=0 p s f
     [[ -r /proc/$1/stat ]] || return 0
@@ -77,7 +78,11 @@ proc_ticks() {
         s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         s=${s##*) } # drop "pid (comm) ", comm may contain spaces
         read -r -a f <<<"$s"
-        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+        if [[ ${2:-} == sys ]]; then
+            total=$((total + f[12])) # field 15 (stime)
+        else
+            total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+        fi
     done
     echo "$total"
 }
