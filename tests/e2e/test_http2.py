@@ -4,7 +4,8 @@ an HTTP/1.1 backend.
 
 Covers: h2c on the outbound listener, h2load with many streams per connection, 100 MiB through HTTP/2
 both ways with a bounded meshd memory, HTTP/1.1 ↔ HTTP/2 translation both ways, an upstream that sends
-GOAWAY every 100 requests, an upstream that answers before reading the body (then RST_STREAM NO_ERROR),
+GOAWAY every 100 requests, gRPC-shaped POSTs refused by an upstream's GOAWAY or REFUSED_STREAM (sent
+again), an upstream that answers before reading the body (then RST_STREAM NO_ERROR),
 gRPC-shaped requests keeping their trailers, two meshd hops (sidecar outbound → sidecar inbound → h2c
 app), a drain with an idle HTTP/2 client, the protocol-detection counters, and slow readers (flow control
 passed through to the upstream instead of buffered).
@@ -48,7 +49,8 @@ class NginxH2:
     - `h2`: the main one (keepalive_requests 100000, access log with the protocol of every request);
       `/early` answers 200 "early\\n" without reading a request body (then RST_STREAM NO_ERROR);
     - `h2goaway`: same root, but `keepalive_requests 100`: nginx sends GOAWAY every 100 requests;
-    - `grpc`: `/grpc.test.Echo/Unary` answers a fixed gRPC-framed message with `grpc-status: 0` as a trailer.
+    - `grpc`: `/grpc.test.Echo/Unary` answers a fixed gRPC-framed message with `grpc-status: 0` as a trailer;
+    - `grpcgoaway`: the same, with `keepalive_requests 100` (GOAWAY every 100 calls).
     `www/index.html` is INDEX_BODY; `www/big.bin` BIG_BYTES of random data (sha256 in `big_sha256`)."""
 
     def __init__(self, workdir: Path):
@@ -65,10 +67,29 @@ class NginxH2:
                 f.write(block)
         self.big_path = www / "big.bin"
         self.big_sha256 = h.hexdigest()
-        self.ports = {"h2": free_port(), "h2goaway": free_port(), "grpc": free_port()}
+        self.ports = {"h2": free_port(), "h2goaway": free_port(), "grpc": free_port(), "grpcgoaway": free_port()}
         d = workdir
         # Started as root, nginx workers would run as `nobody`, which cannot read pytest's 0700 temp dirs.
         user = "user root;\n" if os.geteuid() == 0 else ""
+        # gRPC-shaped listeners: `grpc`, and `grpcgoaway` ending each connection after 100 calls (GOAWAY)
+        grpc_servers = "".join(f"""    server {{
+        listen 127.0.0.1:{port} http2;
+        keepalive_requests {requests};
+        location = /grpc.test.Echo/Unary {{
+            # read the whole request first, as a gRPC server does (else nginx answers at once and
+            # resets the stream with NO_ERROR when the DATA comes)
+            mirror /_read_body;
+            mirror_request_body on;
+            default_type application/grpc;
+            add_trailer grpc-status 0 always;
+            add_trailer grpc-message ok always;
+            alias {www}/grpc-response.bin;
+            # the static module refuses POST (405); error_page turns it into a GET of the same file
+            error_page 405 =200 $uri;
+        }}
+        location = /_read_body {{ internal; return 204; }}
+    }}
+""" for port, requests in ((self.ports["grpc"], 100000), (self.ports["grpcgoaway"], 100)))
         conf = f"""{user}worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -97,24 +118,7 @@ http {{
         keepalive_requests 100;
         root {www};
     }}
-    server {{
-        listen 127.0.0.1:{self.ports['grpc']} http2;
-        keepalive_requests 100000;
-        location = /grpc.test.Echo/Unary {{
-            # read the whole request first, as a gRPC server does (else nginx answers at once and
-            # resets the stream with NO_ERROR when the DATA comes)
-            mirror /_read_body;
-            mirror_request_body on;
-            default_type application/grpc;
-            add_trailer grpc-status 0 always;
-            add_trailer grpc-message ok always;
-            alias {www}/grpc-response.bin;
-            # the static module refuses POST (405); error_page turns it into a GET of the same file
-            error_page 405 =200 $uri;
-        }}
-        location = /_read_body {{ internal; return 204; }}
-    }}
-}}
+{grpc_servers}}}
 """
         (workdir / "nginx.conf").write_text(conf)
         self.proc = popen(["/usr/sbin/nginx", "-p", str(workdir), "-e", str(workdir / "error.log"),
@@ -146,9 +150,10 @@ http {{
 class H2Sink:
     """h2_sink.py: h2c only; every request → 200 JSON {"bytes", "sha256", "method", "path", ...}."""
 
-    def __init__(self, logdir: Path):
-        self.proc = popen([sys.executable, str(H2_SINK), "--host", "127.0.0.1", "--port", "0"],
-                          stdout=subprocess.PIPE, stderr=open(logdir / "h2sink.err", "wb"))
+    def __init__(self, logdir: Path, *args: str):
+        self.err = logdir / "h2sink.err"
+        self.proc = popen([sys.executable, str(H2_SINK), "--host", "127.0.0.1", "--port", "0", *args],
+                          stdout=subprocess.PIPE, stderr=open(self.err, "wb"))
         line = _readline_timeout(self.proc, 10.0)
         m = re.match(rb"PORT (\d+)", line or b"")
         if not m:
@@ -178,11 +183,24 @@ def sink(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mesh(start_meshd_module, h2web, sink, backend):
+def refusing_sinks(tmp_path_factory):
+    """h2_sink.py twice: one sends GOAWAY on the 40th request of each connection (later streams
+    refused), the other resets the first 5 streams of each connection with REFUSED_STREAM."""
+    a = H2Sink(tmp_path_factory.mktemp("h2sink-goaway"), "--goaway-after", "40")
+    b = H2Sink(tmp_path_factory.mktemp("h2sink-refuse"), "--refuse-first", "5")
+    yield {"sinkgoaway": a, "sinkrefuse": b}
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(start_meshd_module, h2web, sink, refusing_sinks, backend):
     """One sidecar; routes by authority on its outbound listener:
     web → nginx h2c (protocol auto), webh2 → nginx h2c (protocol http2), goaway → nginx h2c that sends
     GOAWAY every 100 requests, sink → h2_sink (auto), sinkh2 → h2_sink (http2), py1 → backend.py
-    (protocol http1), grpc → nginx's gRPC-shaped location (protocol grpc)."""
+    (protocol http1), grpc → nginx's gRPC-shaped location (protocol grpc), grpcgoaway → the same behind
+    GOAWAY every 100 calls, sinkgoaway and sinkrefuse →
+    h2_sink refusing streams (protocol http2)."""
     services = [
         {"name": "web", "endpoints": [h2web.addr()]},
         {"name": "webh2", "protocol": "http2", "endpoints": [h2web.addr()]},
@@ -191,6 +209,8 @@ def mesh(start_meshd_module, h2web, sink, backend):
         {"name": "sinkh2", "protocol": "http2", "endpoints": [sink.addr]},
         {"name": "py1", "protocol": "http1", "endpoints": [backend.addr]},
         {"name": "grpc", "protocol": "grpc", "endpoints": [h2web.addr("grpc")]},
+        {"name": "grpcgoaway", "protocol": "grpc", "endpoints": [h2web.addr("grpcgoaway")]},
+        *({"name": name, "protocol": "http2", "endpoints": [s.addr]} for name, s in refusing_sinks.items()),
     ]
     routes = [{"match": {"authority": s["name"]}, "service": s["name"]} for s in services]
     return start_meshd_module(base_config(
@@ -298,8 +318,9 @@ def test_peers_direct(h2web, sink):
     # (h2load itself does not reconnect after a GOAWAY, so it cannot be the check here)
     r = run(["nghttp", "-v", "-n", *[f"http://{h2web.addr('h2goaway')}/index.html?{i}" for i in range(120)]], timeout=20)
     assert b"recv GOAWAY frame" in r.stdout, "nginx did not send GOAWAY after 100 requests"
-    host, port = h2web.addr("grpc").split(":")
-    assert_grpc_reply(grpc_call((host, int(port)), h2web.dir))
+    for listener in ("grpc", "grpcgoaway"):
+        host, port = h2web.addr(listener).split(":")
+        assert_grpc_reply(grpc_call((host, int(port)), h2web.dir))
 
 
 def test_curl_h2c_prior_knowledge(mesh, h2web):
@@ -331,6 +352,72 @@ def test_h2load_upstream_goaway_every_100_requests(mesh, h2web):
     logs0 = len(mesh.log_lines())
     res = h2load(mesh.outbound, "goaway", "/index.html", n=n, c=10, m=10)
     assert_h2load_clean(res, n, "upstream GOAWAY every 100 requests", [(mesh, logs0)])
+
+
+def test_grpc_calls_refused_by_an_upstream_goaway_are_sent_again(mesh, h2web, tmp_path):
+    """nginx ends each connection after 100 gRPC-shaped calls with GOAWAY; calls meshd had already
+    sent on it above the GOAWAY's last stream id were never processed (RFC 9113 §6.8; NIO reports
+    them as CANCEL). They are POSTs with a body and no retry policy is configured: meshd must send them
+    again on a new connection, as a gRPC client does, not answer UNAVAILABLE (before 2026-12-05, about
+    13 % of these calls were). Every call ends OK; the resends are counted in
+    meshd_upstream_stale_retries_total, none as an upstream reset."""
+    req = tmp_path / "grpc-req.bin"
+    req.write_bytes(GRPC_REQUEST)
+    text = mesh.metrics_text()
+    ok0 = metric_value(text, "meshd_grpc_responses_total", service="grpcgoaway", code="OK") or 0.0
+    resent0 = metric_value(text, "meshd_upstream_stale_retries_total") or 0.0
+    resets0 = metric_value(text, "meshd_errors_total", direction="outbound", kind="upstream-reset") or 0.0
+    n = 3000
+    logs0 = len(mesh.log_lines())
+    res = h2load(mesh.outbound, "grpcgoaway", "/grpc.test.Echo/Unary", n=n, c=10, m=10,
+                 extra=("-d", str(req), "-H", "content-type: application/grpc", "-H", "te: trailers"))
+    assert_h2load_clean(res, n, "gRPC calls with upstream GOAWAY every 100 calls", [(mesh, logs0)])
+    text = mesh.metrics_text()
+    ok = (metric_value(text, "meshd_grpc_responses_total", service="grpcgoaway", code="OK") or 0.0) - ok0
+    unavailable = metric_value(text, "meshd_grpc_responses_total", service="grpcgoaway", code="UNAVAILABLE") or 0.0
+    resent = (metric_value(text, "meshd_upstream_stale_retries_total") or 0.0) - resent0
+    resets = (metric_value(text, "meshd_errors_total", direction="outbound", kind="upstream-reset") or 0.0) - resets0
+    print(f"{n} gRPC calls, GOAWAY every 100: OK {ok:.0f}, UNAVAILABLE {unavailable:.0f}, sent again {resent:.0f}, "
+          f"upstream resets {resets:.0f}")
+    assert (ok, unavailable, resets) == (n, 0, 0), (ok, unavailable, resets)
+    assert resent > 0, "no call was refused: nginx did not send GOAWAY with calls in flight"
+
+
+@pytest.mark.parametrize("service", ["sinkgoaway", "sinkrefuse"])
+def test_refused_streams_are_sent_again_whatever_the_method(mesh, refusing_sinks, service, tmp_path):
+    """Streams the upstream refused never reached its application (RFC 9113 §8.7 REFUSED_STREAM, §6.8
+    streams above a GOAWAY's last stream id): meshd sends them again at once on another stream —
+    POSTs with a body too, with no retry policy configured — as gRPC clients do, instead of answering
+    502 (or UNAVAILABLE to a gRPC call). Every request succeeds, the resends are counted in
+    meshd_upstream_stale_retries_total, none as an upstream reset, and the sink received each body
+    whole (its sha256 checked on a sample through curl)."""
+    body = os.urandom(4096)
+    req = tmp_path / "body.bin"
+    req.write_bytes(body)
+    text = mesh.metrics_text()
+    resent0 = metric_value(text, "meshd_upstream_stale_retries_total") or 0.0
+    resets0 = metric_value(text, "meshd_errors_total", direction="outbound", kind="upstream-reset") or 0.0
+    n = 1000
+    logs0 = len(mesh.log_lines())
+    res = h2load(mesh.outbound, service, "/upload", n=n, c=4, m=10, extra=("-d", str(req)))
+    assert_h2load_clean(res, n, f"POSTs to {service}", [(mesh, logs0)])
+    for _ in range(10):
+        r, version, status = curl_h2(mesh, service, "/upload", "--data-binary", f"@{req}")
+        assert (version, status) == ("2", "200"), (version, status, r.stdout[:300])
+        got = json.loads(r.stdout)
+        assert got["bytes"] == len(body) and got["sha256"] == hashlib.sha256(body).hexdigest(), got
+    text = mesh.metrics_text()
+    resent = (metric_value(text, "meshd_upstream_stale_retries_total") or 0.0) - resent0
+    resets = (metric_value(text, "meshd_errors_total", direction="outbound", kind="upstream-reset") or 0.0) - resets0
+    refused = sum(line.startswith("REFUSED ") for line in refusing_sinks[service].err.read_text().splitlines())
+    print(f"{service}: {n} POSTs through h2load, the sink refused {refused} streams, meshd sent {resent:.0f} again, "
+          f"{resets:.0f} upstream resets")
+    # The GOAWAY sink closes each connection after its 40th request, so some of meshd's streams are
+    # always above a GOAWAY's last one (whether their HEADERS reached the sink first or not: NIO
+    # drops the ones it still held); the other sink refuses the first 5 streams of each connection.
+    assert resent > 0, "nothing was sent again: no stream was refused, the test does not test anything"
+    assert resets == 0, f"{resets} refused streams ended as upstream resets"
+    assert resent >= refused, (resent, refused)
 
 
 def test_h2load_upstream_answers_before_reading_the_body(mesh, h2web, tmp_path):

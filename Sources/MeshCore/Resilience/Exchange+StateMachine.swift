@@ -23,15 +23,20 @@ public struct ExchangeStateMachine: Sendable {
         public var idleTimeout: Int64
         /// Upstream is a stream of a multiplexed HTTP/2 connection.
         public var upstreamHTTP2: Bool
-        /// Request parts are kept for a replay (`RetryPolicy.needsReplay`, computed once per route).
+        /// Request parts are kept for a replay (`RetryPolicy.needsReplay`, computed once per route; and
+        /// always for an HTTP/2 upstream, whose stream may be refused: see `upstreamRefused`).
         public var keepsReplay: Bool
+        /// The most request body bytes kept for a replay: `retry.bufferBytes`, or without a retry
+        /// policy `RetryPolicy`'s default (64 KiB) for an HTTP/2 upstream.
+        public var replayLimit: Int
 
         public init(
             retry: RetryPolicy?, idempotent: Bool, deadline: Int64, callDeadline: Bool = false, idleTimeout: Int64,
             upstreamHTTP2: Bool = false, keepsReplay: Bool? = nil
         ) {
             self.retry = retry
-            self.keepsReplay = keepsReplay ?? (retry?.needsReplay ?? false)
+            self.keepsReplay = (keepsReplay ?? (retry?.needsReplay ?? false)) || upstreamHTTP2
+            self.replayLimit = retry?.bufferBytes ?? (upstreamHTTP2 ? RetryPolicy().bufferBytes : 0)
             self.idempotent = idempotent
             self.deadline = deadline
             self.callDeadline = callDeadline
@@ -178,6 +183,11 @@ public struct ExchangeStateMachine: Sendable {
     public private(set) var reusedConnection = false
     /// `reopen` was used (once per request).
     public private(set) var reopened = false
+    /// Times the request was sent again because its HTTP/2 stream was refused.
+    public private(set) var refusedResends = 0
+    /// At most this many resends of refused streams per request: a peer refusing every stream must not
+    /// hold a request in a loop.
+    public static let maxRefusedResends = 3
     /// The request holds one of the service's `maxRetries` slots.
     public private(set) var holdsRetrySlot = false
     public private(set) var lastActivity: Int64
@@ -232,7 +242,7 @@ public struct ExchangeStateMachine: Sendable {
         lastActivity = now
         guard keepsParts else { return false }
         replayBytes += bytes
-        if replayBytes > (plan.retry?.bufferBytes ?? 0) {
+        if replayBytes > plan.replayLimit {
             // Too large to keep: this request will not be retried once it reached an endpoint.
             replayable = false
             return false
@@ -291,6 +301,26 @@ public struct ExchangeStateMachine: Sendable {
             }
             return attemptFailed(.reset, now: now, admission: &admission, rng: &rng)
         }
+    }
+
+    /// The current attempt's HTTP/2 stream was refused: RST_STREAM(REFUSED_STREAM), or above the
+    /// last stream id of the endpoint's GOAWAY. The application never saw the request (RFC 9113 §8.7,
+    /// §6.8), so it is sent again at once on another stream, whatever its method — as gRPC clients
+    /// retry refused streams transparently, and a proxy answering UNAVAILABLE instead would take that
+    /// from them. Up to `maxRefusedResends` times per request, and only when the request can be sent
+    /// whole again (its body not started, or kept within `plan.replayLimit`); otherwise the retry
+    /// policy decides (`refused-stream`). A resend does not count against the endpoint.
+    public mutating func upstreamRefused(
+        now: Int64, admission: inout some RetryAdmission, rng: inout SplitMix64
+    ) -> AttemptAction {
+        guard phase == .waiting else { return upstreamClosed(now: now, admission: &admission, rng: &rng) }
+        if hedge == .running { return promote() }
+        if refusedResends < Self.maxRefusedResends && (!bodyForwarded || replayable) {
+            refusedResends += 1
+            phase = .connecting
+            return .reopen
+        }
+        return attemptFailed(.refusedStream, now: now, admission: &admission, rng: &rng)
     }
 
     /// The current attempt ended without a usable response head (`outcome`): the hedge takes over,

@@ -50,6 +50,8 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
     private let configuredMaxStreams: Int
     /// GOAWAY received or the connection failed: no new streams.
     private(set) var draining = false
+    /// The last stream id of the endpoint's (latest) GOAWAY: streams above it were never processed.
+    private var goAwayLastStreamID: HTTP2StreamID?
     private(set) var ready = false
     private var connectDone = false
     /// `channelActive` passed NIO's handler, which sent the preface then.
@@ -377,9 +379,10 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
                 maxStreams = min(configuredMaxStreams, max(setting.value, 1))
             }
             grantWaiting()
-        case .goAway:
-            // The endpoint takes no new streams: the ones open finish (NIO closes those it did not take,
-            // as refused), new ones go elsewhere.
+        case .goAway(let lastStreamID, _, _):
+            // The endpoint takes no new streams: the ones open finish (NIO closes those it did not take),
+            // new ones go elsewhere.
+            goAwayLastStreamID = lastStreamID
             draining = true
             pool?.removeHTTP2(self)
             failWaiting(ChannelError.ioOnClosedChannel)
@@ -465,7 +468,13 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         let type = type(of: event)
         if type == StreamClosedEvent.self, let closed = event as? StreamClosedEvent {
             guard let s = open.removeValue(forKey: closed.streamID) else { return }
-            finish(s, error: closed.reason.map { UpstreamHTTP2Error.reset($0) })
+            var reason = closed.reason
+            if reason == .cancel, let last = goAwayLastStreamID, closed.streamID > last {
+                // Above the last stream of the endpoint's GOAWAY: never processed (RFC 9113 §6.8). NIO's
+                // frame-level handler reports these as CANCEL (it comes right after the GOAWAY frame).
+                reason = .refusedStream
+            }
+            finish(s, error: reason.map { UpstreamHTTP2Error.reset($0) })
             return
         }
         // Window events (meshd keeps its own counts) and stream creations end here.
@@ -513,7 +522,8 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
 
 /// Why an upstream HTTP/2 stream ended without its response.
 enum UpstreamHTTP2Error: Error, CustomStringConvertible {
-    /// RST_STREAM from the endpoint (or GOAWAY: `refusedStream`, the endpoint never saw it).
+    /// RST_STREAM from the endpoint (`refusedStream` also for a stream above its GOAWAY's last stream:
+    /// the endpoint never processed it).
     case reset(HTTP2ErrorCode)
     case malformedResponse(String)
 

@@ -201,7 +201,7 @@ extension HTTPProxyHandler {
             req.endpoint = nil
         }
         // Parts already sent are replayed from the buffer; unsent ones are still pending.
-        if retry.replay { pending = CircularBuffer(req.replay) }
+        if retry.replay { pending = replayParts() }
         let task = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(retry.delay)) { [self] in
             self.retryNow()
         }
@@ -330,7 +330,7 @@ extension HTTPProxyHandler {
             self.hedge = conn
             self.req.exchange.hedgeSent()
             conn.write(.head(head))
-            for part in self.req.replay {
+            for part in self.replayParts() {
                 switch part {
                 case .body(let b): conn.write(.body(.byteBuffer(b)))
                 case .end(let t): conn.write(.end(t))

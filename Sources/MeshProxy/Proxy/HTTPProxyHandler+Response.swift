@@ -150,7 +150,14 @@ extension HTTPProxyHandler {
         }
         guard case .proxying(let upstream) = state, upstream === conn, let context else { return }
         var admission = retryAdmission
-        let action = req.exchange.upstreamClosed(now: Self.nowNanos, admission: &admission, rng: &loop.rng)
+        // A stream the endpoint refused (REFUSED_STREAM, or above its GOAWAY's last stream) never
+        // reached the application: it goes again at once, whatever the method (`upstreamRefused`).
+        var refused = false
+        if case .reset(.refusedStream)? = error as? UpstreamHTTP2Error { refused = true }
+        let action =
+            refused
+            ? req.exchange.upstreamRefused(now: Self.nowNanos, admission: &admission, rng: &loop.rng)
+            : req.exchange.upstreamClosed(now: Self.nowNanos, admission: &admission, rng: &loop.rng)
         switch action {
         case .none:
             return
@@ -170,10 +177,16 @@ extension HTTPProxyHandler {
             state = .closed
             closeDownstream(context)
         case .reopen:
-            // A kept-alive connection the peer closed just as it was reused: once more, on a new one.
+            // A kept-alive connection the peer closed just as it was reused, or a refused stream: once
+            // more, on a new connection or stream. Nothing of it is pending (all went with the
+            // head): the kept parts go again, or just the end when no body was sent.
             loop.shared.metrics.upstreamStaleRetries.increment()
             state = .connecting
-            if req.exchange.requestEnded { pending.append(.end(nil)) }
+            if req.exchange.bodyForwarded {
+                pending = replayParts()
+            } else if req.exchange.requestEnded {
+                pending.append(.end(nil))
+            }
             dispatch(context: context)
         case .promoteHedge, .retry, .fail:
             recordAttempt(.reset)

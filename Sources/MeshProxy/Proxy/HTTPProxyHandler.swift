@@ -144,6 +144,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     static var nowNanos: Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
 
+    /// The request parts a new attempt sends after the head: those kept for a replay, and the
+    /// request's end once it was read.
+    func replayParts() -> CircularBuffer<HTTPServerRequestPart> {
+        var parts = CircularBuffer(req.replay)
+        if req.exchange.requestEnded {
+            if case .end? = parts.last {} else { parts.append(.end(nil)) }
+        }
+        return parts
+    }
+
     /// Gives a connection back to the pool it came from (a pool dropped after an identity rotation is
     /// gone: its connection closes).
     static func release(_ conn: UpstreamConnection) {
@@ -232,9 +242,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             } else if !req.replay.isEmpty {
                 req.replay.removeAll()  // too large to keep: not retried once it reached an endpoint
             }
-        case .end:
+        case .end(let trailers):
             _ = req.exchange.requestEnd(now: Self.nowNanos)
-            if req.exchange.keepsParts { req.replay.append(part) }
+            // An end without trailers is not kept: `replayParts` adds it (most requests would
+            // allocate a list for it alone).
+            if req.exchange.keepsParts && trailers != nil { req.replay.append(part) }
         }
         switch state {
         case .connecting, .backoff:

@@ -69,6 +69,10 @@ struct ExchangeHarness {
         machine.upstreamClosed(now: now, admission: &admission, rng: &rng)
     }
 
+    mutating func refused() -> ExchangeStateMachine.AttemptAction {
+        machine.upstreamRefused(now: now, admission: &admission, rng: &rng)
+    }
+
     mutating func timer() -> ExchangeStateMachine.TimerAction {
         machine.timerFired(now: now, admission: &admission, rng: &rng)
     }
@@ -493,6 +497,61 @@ struct ExchangeLifecycleTests {
         #expect(v13 == .reopen)
         let v14 = h.machine.connectFailed(reused: true, now: h.now, admission: &h.admission, rng: &h.rng)
         #expect(v14 == .fail(skipped: nil))
+    }
+
+    @Test func aRefusedStreamGoesAgainWhateverTheMethodUpToThreeTimes() {
+        // A gRPC call (POST) on an HTTP/2 upstream, no retry policy: its body is kept all the same.
+        var h = ExchangeHarness(idempotent: false, upstreamHTTP2: true, retry: false)
+        #expect(h.machine.plan.keepsReplay && h.machine.plan.replayLimit == 64 * 1024)
+        _ = h.machine.attemptStarted(now: h.now)
+        h.machine.attached(reused: true, now: h.now)
+        let kept = h.machine.requestBody(bytes: 12, now: h.now)
+        #expect(kept)
+        h.machine.bodySent(now: h.now)
+        _ = h.machine.requestEnd(now: h.now)
+        for _ in 0..<ExchangeStateMachine.maxRefusedResends {
+            #expect(h.refused() == .reopen)
+            #expect(h.machine.phase == .connecting && h.machine.attempts == 1 && h.machine.retries == 0)
+            h.machine.attached(reused: false, now: h.now)
+        }
+        #expect(h.refused() == .fail(skipped: nil))  // no more; no retry policy
+    }
+
+    @Test func aRefusedStreamWithoutABodyGoesAgainEvenWhenStaleReopenWasUsed() {
+        var h = ExchangeHarness(retryOn: [], upstreamHTTP2: true)
+        h.sendRequest(reused: true)
+        #expect(h.closed() == .reopen)  // the connection went away as the stream opened
+        h.machine.attached(reused: false, now: h.now)
+        #expect(h.refused() == .reopen)  // refused: counted apart from the stale reopen
+        h.machine.attached(reused: false, now: h.now)
+        #expect(h.machine.refusedResends == 1 && h.machine.reopened)
+    }
+
+    @Test func aRefusedStreamWhoseBodyWasNotKeptIsTheRetryPolicysCall() {
+        var h = ExchangeHarness(retryOn: [.refusedStream], idempotent: false, bufferBytes: 16, upstreamHTTP2: true)
+        #expect(h.machine.plan.replayLimit == 16)
+        _ = h.machine.attemptStarted(now: h.now)
+        h.machine.attached(reused: true, now: h.now)
+        let kept = h.machine.requestBody(bytes: 32, now: h.now)
+        #expect(!kept)  // over retry.bufferBytes
+        h.machine.bodySent(now: h.now)
+        _ = h.machine.requestEnd(now: h.now)
+        guard case .fail = h.refused() else {
+            Issue.record("a body that was not kept cannot go again")
+            return
+        }
+    }
+
+    @Test func aRefusedStreamAfterTheResponseStartedBreaksIt() {
+        var h = ExchangeHarness(upstreamHTTP2: true)
+        h.sendRequest()
+        #expect(h.head(200) == .forward(skipped: nil))
+        #expect(h.refused() == .breakResponse)
+    }
+
+    @Test func http1UpstreamsKeepNoReplayWithoutARetryPolicy() {
+        let plan = ExchangeStateMachine.Plan(retry: nil, idempotent: false, deadline: .max, idleTimeout: .max)
+        #expect(!plan.keepsReplay && plan.replayLimit == 0)
     }
 
     @Test func midResponseCloseBreaksTheResponse() {
