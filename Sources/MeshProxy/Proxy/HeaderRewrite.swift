@@ -115,8 +115,9 @@ extension HTTPHeaders {
     /// asked) and re-applies chunked framing (and `TE: trailers`) when the message had it. One pass
     /// finds them, without a `HeaderScan`; when there are any, a second one copies the rest into a
     /// new list (the copy a first in-place removal would make of the shared list anyway). It runs on
-    /// most responses: an HTTP/1.1 server's `Connection: keep-alive`. No Foundation, and nothing
-    /// allocated unless `Connection` lists a name outside the fixed set.
+    /// most responses: an HTTP/1.1 server's `Connection: keep-alive`. No Foundation; the new list is
+    /// the one allocation, plus a list of names only when `Connection` names a field outside the
+    /// fixed set.
     mutating func meshStripHopByHop(removeExpect: Bool) {
         var found = false
         var chunked = false
@@ -144,7 +145,7 @@ extension HTTPHeaders {
             default: break
             }
         }
-        guard found || !options.isEmpty else { return }
+        guard found else { return }  // (`options` come from a `Connection` field, which is found)
         var kept: [(String, String)] = []
         kept.reserveCapacity(count + 2)
         for (name, value) in self {
