@@ -283,13 +283,13 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
             handler.h2.sentEnd = true
             if let trailers, !trailers.isEmpty {
                 sendHead(handler, id: id, endStream: false, context: context)
-                sendData(handler, id: id, endStream: false, context: context)
+                sendData(handler, id: id, endStream: false, last: true, context: context)
                 context.write(
                     wrapOutboundOut(
                         HTTP2Frame(streamID: id, payload: .headers(.init(headers: HTTP2Conversion.trailers(trailers), endStream: true)))),
                     promise: nil)
             } else if handler.h2.data != nil {
-                sendData(handler, id: id, endStream: true, context: context)
+                sendData(handler, id: id, endStream: true, last: true, context: context)
             } else if handler.h2.head != nil {
                 sendHead(handler, id: id, endStream: true, context: context)
             } else {
@@ -308,10 +308,21 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: endStream)))), promise: nil)
     }
 
-    /// The held DATA frame (its bytes already count as queued until NIO has sent them).
-    private func sendData(_ handler: HTTPProxyHandler, id: HTTP2StreamID, endStream: Bool, context: ChannelHandlerContext) {
+    /// The held DATA frame (its bytes already count as queued until NIO has sent them). The last one
+    /// (`last`: the response's end, or trailers, follows at once) stops counting at once: nothing is
+    /// written to the stream after it, so it goes without a write promise (about 4 k instructions).
+    private func sendData(
+        _ handler: HTTPProxyHandler, id: HTTP2StreamID, endStream: Bool, last: Bool = false, context: ChannelHandlerContext
+    ) {
         guard let buffer = handler.h2.data else { return }
         handler.h2.data = nil
+        if last {
+            handler.h2.queued -= buffer.readableBytes
+            context.write(
+                wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
+                promise: nil)
+            return
+        }
         let bytes = buffer.readableBytes
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(handler, bytes: bytes) }

@@ -217,13 +217,13 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         case .end(let trailers):
             if let trailers, !trailers.isEmpty {
                 sendHead(s, endStream: false, context: context)
-                sendData(s, endStream: false, context: context)
+                sendData(s, endStream: false, last: true, context: context)
                 guard let id = s.h2.id else { return }
                 let block = HTTP2Conversion.trailers(trailers)
                 context.write(
                     wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: block, endStream: true)))), promise: nil)
             } else if s.h2.data != nil {
-                sendData(s, endStream: true, context: context)
+                sendData(s, endStream: true, last: true, context: context)
             } else if s.h2.head != nil {
                 sendHead(s, endStream: true, context: context)
             } else if let id = s.h2.id {
@@ -250,9 +250,19 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
 
     /// The held DATA frame (its bytes count as queued from the moment it is written to this stream
     /// until NIO has sent them).
-    private func sendData(_ s: UpstreamConnection, endStream: Bool, context: ChannelHandlerContext) {
+    /// The last one (`last`: the request's end, or trailers, follows at once) stops counting at once:
+    /// nothing is written to the stream after it, so it goes without a write promise.
+    private func sendData(_ s: UpstreamConnection, endStream: Bool, last: Bool = false, context: ChannelHandlerContext) {
         guard let buffer = s.h2.data, let id = s.h2.id else { return }
         s.h2.data = nil
+        if last {
+            s.h2.queued -= buffer.readableBytes
+            context.write(
+                wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
+                promise: nil)
+            pending.needed = true
+            return
+        }
         let bytes = buffer.readableBytes
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(s, bytes: bytes) }

@@ -231,7 +231,7 @@ extension HTTPProxyHandler {
         req.endpoint = endpoint
         req.target = endpoint.address
         req.pool = pool
-        req.head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        req.head.headers.nameDestination(of: endpoint)
         state = .connecting
         beginAttempt(context: context)
     }
@@ -320,7 +320,7 @@ extension HTTPProxyHandler {
         service.metrics.retries["hedge"]?.increment()
         let endpoint = service.endpoints[index]
         var head = req.head
-        head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        head.headers.nameDestination(of: endpoint)
         endpoint.started()
         hedgeEndpoint = endpoint
         let send: (UpstreamConnection) -> Void = { [self] conn in
@@ -398,6 +398,18 @@ extension HTTPProxyHandler {
             conn.owner = nil
             conn.close()
             hedge = nil
+        }
+    }
+}
+
+extension HTTPHeaders {
+    /// The `x-meshd-dst` a request to `endpoint` carries: its address behind a node proxy, else none
+    /// (a retry or hedge may go to another endpoint than the first attempt's).
+    fileprivate mutating func nameDestination(of endpoint: LoopEndpoint) {
+        if endpoint.namesDestination {
+            replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+        } else {
+            remove(name: HeaderPolicy.destinationHeader)
         }
     }
 }

@@ -147,10 +147,14 @@ extension HTTPProxyHandler {
             }
             req.endpoint = endpoint
             req.target = endpoint.address
-            if scan.destination {
-                replaceOrAdd(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
-            } else {
-                add(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
+            if endpoint.namesDestination {
+                if scan.destination {
+                    replaceOrAdd(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
+                } else {
+                    add(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
+                }
+            } else if scan.destination {
+                outHead.headers.remove(name: HeaderPolicy.destinationHeader)
             }
             // An identity is never taken from the application: the next meshd sets it from mTLS.
             if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }

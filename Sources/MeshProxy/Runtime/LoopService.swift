@@ -12,6 +12,10 @@ final class LoopEndpoint {
     let address: SocketAddress
     /// `config.address` as the `x-meshd-dst` header value.
     let destinationHeader: String
+    /// The endpoint is a pod behind a node proxy (`via`): requests to it name the pod in
+    /// `x-meshd-dst`. Any other endpoint is the workload (or its sidecar) itself, and gets no
+    /// `x-meshd-dst` (a client's is removed).
+    let namesDestination: Bool
     var requests: UInt64 = 0
     /// The service and index that hold this endpoint now; nil once an update removed it (its
     /// in-flight requests finish without feeding any balancer).
@@ -44,6 +48,7 @@ final class LoopEndpoint {
         self.config = config
         self.address = address
         self.destinationHeader = config.address.description
+        self.namesDestination = config.via != nil
         self.sharedState = sharedState
     }
 
