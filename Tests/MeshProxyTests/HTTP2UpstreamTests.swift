@@ -300,6 +300,30 @@ struct HTTP2ConversionTests {
         #expect(HTTP2Conversion.requestHeaders(gzip).first(name: "te") == nil, "TE is only `trailers` in HTTP/2")
     }
 
+    @Test func primedRequestsLeaveTheTracingNamesInTheTable() throws {
+        func request(_ n: Int) -> HTTPRequestHead {
+            HTTPRequestHead(
+                version: .http1_1, method: .GET, uri: "/",
+                headers: ["host": "a", "x-request-id": "0000000\(n)-aaaa-4bbb-8ccc-dddddddddddd", "traceparent": "00-\(n)-01"])
+        }
+        let plain = HTTP2Conversion.requestHeaders(request(1))
+        #expect(plain.map(\.indexable) == [.indexable, .indexable, .indexable, .nonIndexable, .nonIndexable, .nonIndexable])
+        let primed = HTTP2Conversion.requestHeaders(request(1), primeNames: true)
+        #expect(primed.map(\.indexable) == [.indexable, .indexable, .indexable, .nonIndexable, .indexable, .indexable])
+        // What NIO's encoder makes of the second request of a connection, after a primed first or not.
+        func secondBlockBytes(afterPrimed: Bool) throws -> Int {
+            var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+            var buffer = ByteBuffer()
+            try encoder.encode(headers: afterPrimed ? primed : plain, to: &buffer)
+            buffer.clear()
+            try encoder.encode(headers: HTTP2Conversion.requestHeaders(request(2)), to: &buffer)
+            return buffer.readableBytes
+        }
+        // A literal name is a type byte, a length byte and its Huffman code (9 bytes for x-request-id,
+        // 8 for traceparent); a dynamic-table index past 15 takes two bytes: 11 → 2 and 10 → 2.
+        #expect(try secondBlockBytes(afterPrimed: false) - secondBlockBytes(afterPrimed: true) == 9 + 8)
+    }
+
     @Test func responseHeadsSayHowAnHTTP1ClientSeesTheirEnd() throws {
         let ok = HPACKHeaders([(":status", "200")])
         #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: true).headers["content-length"] == ["0"])

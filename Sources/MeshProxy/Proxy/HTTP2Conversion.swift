@@ -15,7 +15,8 @@ enum HTTP2Conversion {
     /// A request head as a HEADERS block: the four pseudo-headers first (`:authority` from Host),
     /// names lowercased, connection-specific fields (RFC 9113 §8.2.2) left out, `te` only as
     /// `trailers`.
-    static func requestHeaders(_ head: HTTPRequestHead, scheme: String = "http") -> HPACKHeaders {
+    /// `primeNames`: the per-request headers are indexed for their names (`MeshCore.HeaderNamePriming`).
+    static func requestHeaders(_ head: HTTPRequestHead, scheme: String = "http", primeNames: Bool = false) -> HPACKHeaders {
         var out = HPACKHeaders()
         out.reserveCapacity(head.headers.count + 3)
         out.add(name: ":method", value: head.method.rawValue)
@@ -27,7 +28,7 @@ enum HTTP2Conversion {
         }
         if let authority { out.add(name: ":authority", value: authority) }
         if head.method != .CONNECT { out.add(name: ":path", value: head.uri, indexing: .nonIndexable) }
-        appendFields(head.headers, to: &out)
+        appendFields(head.headers, to: &out, primeNames: primeNames)
         return out
     }
 
@@ -81,14 +82,14 @@ enum HTTP2Conversion {
 
     /// HTTP/1 fields into an HTTP/2 block: names lowercased, connection-specific fields left out, each
     /// with its HPACK indexing.
-    static func appendFields(_ fields: HTTPHeaders, to out: inout HPACKHeaders) {
+    static func appendFields(_ fields: HTTPHeaders, to out: inout HPACKHeaders, primeNames: Bool = false) {
         for (name, value) in fields {
             switch fieldKind(name, value: value) {
             case .drop: continue
-            case .keep: out.add(name: name, value: value, indexing: indexing(name, value))
+            case .keep: out.add(name: name, value: value, indexing: indexing(name, value, primeNames: primeNames))
             case .lowercase:
                 let lower = name.lowercased()
-                out.add(name: lower, value: value, indexing: indexing(lower, value))
+                out.add(name: lower, value: value, indexing: indexing(lower, value, primeNames: primeNames))
             }
         }
     }
@@ -122,9 +123,10 @@ enum HTTP2Conversion {
 
     /// The HPACK indexing `MeshCore.HeaderIndexing` chooses for a header meshd sends: per-request
     /// values (`x-request-id`, `traceparent`, `:path`) would fill both ends' dynamic tables with
-    /// entries nothing matches again, and make every lookup of the encoder scan them.
-    static func indexing(_ name: String, _ value: String) -> HPACKIndexing {
-        switch HeaderIndexing.of(name: name, valueLength: value.utf8.count) {
+    /// entries nothing matches again, and make every lookup of the encoder scan them (but one now and
+    /// then, `primeNames`, keeps their names in the table).
+    static func indexing(_ name: String, _ value: String, primeNames: Bool = false) -> HPACKIndexing {
+        switch HeaderIndexing.of(name: name, valueLength: value.utf8.count, primeNames: primeNames) {
         case .index: return .indexable
         case .noIndex: return .nonIndexable
         case .neverIndex: return .neverIndexed

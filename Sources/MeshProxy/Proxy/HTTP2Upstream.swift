@@ -45,6 +45,8 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
     /// Streams whose HEADERS went out, by id.
     private var open: [HTTP2StreamID: UpstreamConnection] = [:]
     private var nextStreamID: Int32 = 1
+    /// Which requests index their tracing headers, so the names stay in HPACK's dynamic table.
+    private var priming = HeaderNamePriming()
     /// What this side allows, lowered to the peer's SETTINGS_MAX_CONCURRENT_STREAMS when it says so.
     private(set) var maxStreams: Int
     private let configuredMaxStreams: Int
@@ -206,7 +208,7 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         switch part {
         case .head(let head):
             s.h2.method = head.method
-            s.h2.head = HTTP2Conversion.requestHeaders(head)
+            s.h2.head = HTTP2Conversion.requestHeaders(head, primeNames: priming.next())
         case .body(let body):
             guard case .byteBuffer(let buffer) = body, buffer.readableBytes > 0 else { return }
             sendHead(s, endStream: false, context: context)

@@ -37,6 +37,27 @@ struct HeaderIndexingTests {
         #expect(HeaderIndexing.of(name: "user-agent", valueLength: 100, tableSize: 128) == .noIndex)
     }
 
+    @Test func primingIndexesPerRequestHeadersTheStaticTableDoesNotName() {
+        for name in [
+            "x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "grpc-timeout",
+        ] {
+            #expect(HeaderIndexing.of(name: name, valueLength: 36, primeNames: true) == .index, "\(name)")
+        }
+        // The static table has these names: a header without indexing names them there already.
+        for name in [":path", "age", "content-length", "etag", "if-modified-since", "if-none-match", "location", "set-cookie"] {
+            #expect(HeaderIndexing.of(name: name, valueLength: 10, primeNames: true) == .noIndex, "\(name)")
+        }
+        #expect(HeaderIndexing.of(name: "authorization", valueLength: 40, primeNames: true) == .neverIndex)
+        // Too large for the table whatever the priming.
+        #expect(HeaderIndexing.of(name: "traceparent", valueLength: 3100, primeNames: true) == .noIndex)
+    }
+
+    @Test func primingComesOnTheFirstRequestAndEveryIntervalAfter() {
+        var priming = HeaderNamePriming()
+        let primed = (0..<(2 * HeaderNamePriming.interval + 1)).filter { _ in priming.next() }
+        #expect(primed == [0, HeaderNamePriming.interval, 2 * HeaderNamePriming.interval])
+    }
+
     @Test func namesCompareWithoutCase() {
         #expect(HeaderIndexing.of(name: "X-Request-Id", valueLength: 36) == .noIndex)
         #expect(HeaderIndexing.of(name: "Authorization", valueLength: 36) == .neverIndex)
