@@ -40,6 +40,7 @@ h2 = pytest.importorskip("h2", reason="Python package 'h2' is not installed (pip
 
 import h2.config  # noqa: E402
 import h2.connection  # noqa: E402
+import h2.errors  # noqa: E402
 import h2.events  # noqa: E402
 
 import grpc_proto  # noqa: E402
@@ -268,10 +269,12 @@ def grpc_frame(msg) -> bytes:
     return b"\x00" + struct.pack(">I", len(data)) + data
 
 
-def raw_grpc_call(addr, authority: str, path: str, msg, extra_headers=(), timeout: float = 6.0) -> dict:
+def raw_grpc_call(addr, authority: str, path: str, msg, extra_headers=(), timeout: float = 6.0,
+                  reset_after_head: bool = False) -> dict:
     """One gRPC call on a fresh h2c connection, with exactly the headers given (no client-side deadline):
     → {"headers", "trailers" (dicts, None when absent), "data", "reset" (RST_STREAM code or None),
-    "ended" (END_STREAM seen), "closed", "seconds" (request sent → stream ended/reset/closed)}."""
+    "ended" (END_STREAM seen), "closed", "seconds" (request sent → stream ended/reset/closed)}.
+    `reset_after_head`: the client cancels the call (RST_STREAM CANCEL) once the response head arrives."""
     s = socket.create_connection(addr, timeout=timeout)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     res = {"headers": None, "trailers": None, "data": b"", "reset": None, "ended": False, "closed": False}
@@ -303,6 +306,9 @@ def raw_grpc_call(addr, authority: str, path: str, msg, extra_headers=(), timeou
                     continue
                 if isinstance(ev, h2.events.ResponseReceived):
                     res["headers"] = dict(ev.headers)
+                    if reset_after_head:
+                        conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+                        done = True
                 elif isinstance(ev, h2.events.TrailersReceived):
                     res["trailers"] = dict(ev.headers)
                 elif isinstance(ev, h2.events.DataReceived):
@@ -498,6 +504,26 @@ def test_grpc_timeout_after_response_head(sidecar_topo, hang_server):
     assert res["ended"] or res["reset"] is not None, f"the call did not end within 6 s: {res}{sidecar_topo.logs()}"
     assert res["seconds"] < 1.2, f"ended after {res['seconds']:.2f}s (grpc-timeout 300m)"
     assert grpc_status_of(res) == str(DEADLINE_EXCEEDED), f"{res}{sidecar_topo.logs()}"
+
+
+def test_call_cancelled_after_the_response_head_counts_as_cancelled(sidecar_topo, hang_server):
+    """The client cancels a call between its response head and its trailers: meshd counts it CANCELLED
+    (it was counted UNKNOWN, for the grpc-status it never saw), and the backend's stream is reset."""
+    mesh = sidecar_topo.a
+    cancelled0 = grpc_responses(mesh, "CANCELLED", service="hang")
+    unknown0 = grpc_responses(mesh, "UNKNOWN", service="hang")
+    resets0 = len(hang_server.resets)
+    res = raw_grpc_call(mesh.outbound, "hang", "/meshtest.Echo/HeadersThenHang", pb2.SleepRequest(ms=3000),
+                        reset_after_head=True)
+    assert res["headers"] is not None and res["headers"].get(":status") == "200", f"{res}{sidecar_topo.logs()}"
+    deadline = time.monotonic() + 3
+    while grpc_responses(mesh, "CANCELLED", service="hang") - cancelled0 < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert grpc_responses(mesh, "CANCELLED", service="hang") - cancelled0 == 1, mesh.metrics_text()
+    assert grpc_responses(mesh, "UNKNOWN", service="hang") == unknown0, mesh.metrics_text()
+    while len(hang_server.resets) == resets0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(hang_server.resets) > resets0, "meshd did not reset the backend's stream"
 
 
 # --------------------------------------------------------------------------------------------

@@ -172,6 +172,8 @@ public struct ExchangeStateMachine: Sendable {
     /// A response head reached the client (forwarded or meshd's own).
     public private(set) var responseStarted = false
     public private(set) var responseEnded = false
+    /// The client went away before the response's end reached it (`clientLeft`).
+    public private(set) var clientCancelled = false
     /// The request is still kept for replay (`retry.bufferBytes` not exceeded).
     public private(set) var replayable: Bool
     public private(set) var replayBytes = 0
@@ -440,6 +442,15 @@ public struct ExchangeStateMachine: Sendable {
         responseEnded = true
     }
 
+    /// The client went away (a reset stream, a closed connection): as `cancel()`, and a call it cut
+    /// off before the response's end counts as cancelled by its client (`grpcStatus`), even after
+    /// the response head reached it. Returns whether a response head had reached it.
+    @discardableResult
+    public mutating func clientLeft() -> Bool {
+        if !responseEnded { clientCancelled = true }
+        return cancel()
+    }
+
     /// The client went away (or the request broke): nothing more is decided. Returns whether a
     /// response head had reached it.
     @discardableResult
@@ -548,11 +559,12 @@ public struct ExchangeStateMachine: Sendable {
     // MARK: - Reporting
 
     /// The call's gRPC status for metrics and logs: the status the response carried, else one that
-    /// follows from how the exchange ended (a client that gave up: DEADLINE_EXCEEDED once its own
-    /// deadline passed, else CANCELLED; meshd's error's status; UNKNOWN otherwise).
+    /// follows from how the exchange ended (a client that gave up, before the response or during it:
+    /// DEADLINE_EXCEEDED once its own deadline passed, else CANCELLED; meshd's error's status;
+    /// UNKNOWN otherwise).
     public func grpcStatus(recorded: Int?, httpStatus: Int, error: MeshError?, now: Int64) -> Int {
         if let recorded { return recorded }
-        if httpStatus == 499 { return plan.callDeadline && now >= plan.deadline ? 4 : 1 }
+        if httpStatus == 499 || clientCancelled { return plan.callDeadline && now >= plan.deadline ? 4 : 1 }
         return error?.grpcStatus ?? 2
     }
 

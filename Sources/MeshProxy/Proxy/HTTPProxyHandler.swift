@@ -193,7 +193,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
             attemptDeferred = false
             connectionGuard.streamResetPrematurely()
         }
-        let responded = req.exchange.cancel()
+        let responded = req.exchange.clientLeft()
         switch state {
         case .proxying(let upstream):
             // The client left mid-exchange (the upstream is in an unknown state), or the response is

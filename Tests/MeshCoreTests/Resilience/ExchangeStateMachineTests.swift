@@ -626,6 +626,29 @@ struct ExchangeLifecycleTests {
         #expect(m.grpcStatus(recorded: nil, httpStatus: 503, error: .connectFailed, now: h.now) == 14)
         #expect(m.grpcStatus(recorded: nil, httpStatus: 500, error: nil, now: h.now) == 2)
     }
+
+    @Test func aCallItsClientCutOffAfterTheResponseHeadIsCancelled() {
+        var h = ExchangeHarness(timeout: 100 * ms, callDeadline: true)
+        _ = h.sendRequest()
+        _ = h.head(200, grpcContentType: true)
+        // The client resets the stream between the response head and the trailers: the head's
+        // status (200) stays the HTTP status, the call is CANCELLED — not UNKNOWN for its missing
+        // grpc-status.
+        let responded = h.machine.clientLeft()
+        #expect(responded)
+        #expect(h.machine.grpcStatus(recorded: nil, httpStatus: 200, error: nil, now: h.now) == 1)
+        h.advance(100 * ms)
+        #expect(h.machine.grpcStatus(recorded: nil, httpStatus: 200, error: nil, now: h.now) == 4)
+
+        // Its stream closing once the whole response is out is not the client giving up.
+        var done = ExchangeHarness(timeout: 100 * ms, callDeadline: true)
+        _ = done.sendRequest()
+        _ = done.head(200, grpcContentType: true)
+        _ = done.machine.responseEnd(now: done.now)
+        done.machine.clientLeft()
+        #expect(done.machine.grpcStatus(recorded: 0, httpStatus: 200, error: nil, now: done.now) == 0)
+        #expect(done.machine.grpcStatus(recorded: nil, httpStatus: 200, error: nil, now: done.now) == 2)
+    }
 }
 
 @Suite("Local replies")
