@@ -316,16 +316,14 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
     ) {
         guard let buffer = handler.h2.data else { return }
         handler.h2.data = nil
-        if last {
-            handler.h2.queued -= buffer.readableBytes
-            context.write(
-                wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
-                promise: nil)
-            return
-        }
         let bytes = buffer.readableBytes
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(handler, bytes: bytes) }
+        var promise: EventLoopPromise<Void>?
+        if last {
+            handler.h2.queued -= bytes
+        } else {
+            promise = context.eventLoop.makePromise(of: Void.self)
+            promise?.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(handler, bytes: bytes) }
+        }
         context.write(
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
             promise: promise)

@@ -257,17 +257,14 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
     private func sendData(_ s: UpstreamConnection, endStream: Bool, last: Bool = false, context: ChannelHandlerContext) {
         guard let buffer = s.h2.data, let id = s.h2.id else { return }
         s.h2.data = nil
-        if last {
-            s.h2.queued -= buffer.readableBytes
-            context.write(
-                wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
-                promise: nil)
-            pending.needed = true
-            return
-        }
         let bytes = buffer.readableBytes
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(s, bytes: bytes) }
+        var promise: EventLoopPromise<Void>?
+        if last {
+            s.h2.queued -= bytes
+        } else {
+            promise = context.eventLoop.makePromise(of: Void.self)
+            promise?.futureResult.assumeIsolated().whenComplete { [self] _ in self.dataLeft(s, bytes: bytes) }
+        }
         context.write(
             wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(buffer), endStream: endStream)))),
             promise: promise)
