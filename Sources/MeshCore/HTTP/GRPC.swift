@@ -9,38 +9,54 @@ public enum GRPC {
     ]
 
     /// Whether a `content-type` value is gRPC's (`application/grpc`, `application/grpc+proto`...).
-    public static func isGRPC(contentType: some StringProtocol) -> Bool {
-        let prefix = "application/grpc".utf8
-        let bytes = contentType.utf8
-        guard bytes.count >= prefix.count else { return false }
-        guard HeaderPolicy.equalsIgnoringASCIICase(bytes.prefix(prefix.count), prefix) else { return false }
-        guard let next = bytes.dropFirst(prefix.count).first else { return true }
-        return next == UInt8(ascii: "+") || next == UInt8(ascii: ";")
+    /// Concrete, and reading the value's bytes in place: it runs for every request that has a
+    /// content type (`application/json` is as long as `application/grpc`, so a REST POST compares all
+    /// of it). The version generic over `StringProtocol` ran unspecialised from meshd's proxy module,
+    /// about 15 k instructions a call (callgrind, 2026-12-05).
+    @inlinable
+    public static func isGRPC(contentType: String) -> Bool {
+        var value = contentType
+        return value.withUTF8 { isGRPC(contentTypeBytes: $0) }
+    }
+
+    @inlinable
+    public static func isGRPC(contentTypeBytes bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        let prefix: StaticString = "application/grpc"
+        let n = prefix.utf8CodeUnitCount
+        guard bytes.count >= n,
+            HeaderPolicy.equalsIgnoringASCIICase(
+                bytes: UnsafeBufferPointer(rebasing: bytes[..<n]), UnsafeBufferPointer(start: prefix.utf8Start, count: n))
+        else { return false }
+        guard bytes.count > n else { return true }
+        return bytes[n] == UInt8(ascii: "+") || bytes[n] == UInt8(ascii: ";")
     }
 
     /// `grpc-timeout`: 1 to 8 ASCII digits and a unit (H, M, S, m, u, n). Nil when malformed (the
     /// header is then ignored, as gRPC servers do).
-    public static func parseTimeout(_ value: some StringProtocol) -> MeshDuration? {
-        let bytes = Array(value.utf8)
-        guard bytes.count >= 2, bytes.count <= 9 else { return nil }
-        var amount: Int64 = 0
-        for b in bytes.dropLast() {
-            guard b >= 48 && b <= 57 else { return nil }
-            amount = amount * 10 + Int64(b - 48)
+    /// Concrete and allocation-free (bytes read in place): it runs for every gRPC call with a deadline.
+    public static func parseTimeout(_ value: String) -> MeshDuration? {
+        var value = value
+        return value.withUTF8 { bytes in
+            guard bytes.count >= 2, bytes.count <= 9 else { return nil }
+            var amount: Int64 = 0
+            for b in bytes[..<(bytes.count - 1)] {
+                guard b >= 48 && b <= 57 else { return nil }
+                amount = amount * 10 + Int64(b - 48)
+            }
+            let perUnit: Int64
+            switch bytes[bytes.count - 1] {
+            case UInt8(ascii: "H"): perUnit = 3_600_000_000_000
+            case UInt8(ascii: "M"): perUnit = 60_000_000_000
+            case UInt8(ascii: "S"): perUnit = 1_000_000_000
+            case UInt8(ascii: "m"): perUnit = 1_000_000
+            case UInt8(ascii: "u"): perUnit = 1_000
+            case UInt8(ascii: "n"): perUnit = 1
+            default: return nil
+            }
+            // 99 999 999 hours do not fit in Int64 nanoseconds: saturate.
+            let (product, overflow) = amount.multipliedReportingOverflow(by: perUnit)
+            return MeshDuration(nanoseconds: overflow ? Int64.max / 2 : product)
         }
-        let perUnit: Int64
-        switch bytes.last! {
-        case UInt8(ascii: "H"): perUnit = 3_600_000_000_000
-        case UInt8(ascii: "M"): perUnit = 60_000_000_000
-        case UInt8(ascii: "S"): perUnit = 1_000_000_000
-        case UInt8(ascii: "m"): perUnit = 1_000_000
-        case UInt8(ascii: "u"): perUnit = 1_000
-        case UInt8(ascii: "n"): perUnit = 1
-        default: return nil
-        }
-        // 99 999 999 hours do not fit in Int64 nanoseconds: saturate.
-        let (product, overflow) = amount.multipliedReportingOverflow(by: perUnit)
-        return MeshDuration(nanoseconds: overflow ? Int64.max / 2 : product)
     }
 
     /// The `grpc-timeout` value for a remaining duration (as a client library would send it).
@@ -67,8 +83,9 @@ public enum GRPC {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// A status code from a `grpc-status` value; nil when absent or malformed.
-    public static func status(_ value: (some StringProtocol)?) -> Int? {
+    /// A status code from a `grpc-status` value; nil when absent or malformed. Concrete: it runs for
+    /// every gRPC response (generic, unspecialised from the proxy module: 2 k instructions a call).
+    public static func status(_ value: String?) -> Int? {
         guard let value, let n = Int(value), n >= 0 else { return nil }
         return n
     }

@@ -11,6 +11,13 @@ struct GRPCTests {
         #expect(!GRPC.isGRPC(contentType: "application/grpc-web"))
         #expect(!GRPC.isGRPC(contentType: "application/json"))
         #expect(!GRPC.isGRPC(contentType: "application/grp"))
+        #expect(!GRPC.isGRPC(contentType: ""))
+        #expect(!GRPC.isGRPC(contentType: "application/grpcx"))
+        #expect(!GRPC.isGRPC(contentType: " application/grpc"))
+        #expect(GRPC.isGRPC(contentType: "APPLICATION/GRPC+JSON"))
+        // A value longer than a small string's inline storage, and one NIO's parser handed over as a slice.
+        #expect(GRPC.isGRPC(contentType: "application/grpc+proto; charset=utf-8; x-padding=0123456789"))
+        #expect(GRPC.isGRPC(contentType: String("xapplication/grpc".dropFirst())))
     }
 
     @Test func timeouts() {
@@ -51,6 +58,8 @@ struct GRPCTests {
         #expect(GRPC.codeName(99) == "UNKNOWN")
         #expect(GRPC.status("14") == 14)
         #expect(GRPC.status("x") == nil)
+        #expect(GRPC.status("-1") == nil)
+        #expect(GRPC.status("") == nil)
         #expect(GRPC.status(nil as String?) == nil)
         #expect(MeshError.noRoute.grpcStatus == 12)
         #expect(MeshError.noEndpoints.grpcStatus == 14)
