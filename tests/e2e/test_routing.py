@@ -68,3 +68,36 @@ def test_missing_host_is_400(mesh):
     status, h = parse_response_head(got)
     assert status == 400
     assert h.get("x-meshd-error") == "bad-request"
+
+
+@pytest.fixture(scope="module")
+def many(start_meshd_module, nginx):
+    """A node proxy's shape: a route per service of the cluster (400), wildcards among them, a
+    catch-all last."""
+    services = [{"name": n, "endpoints": [nginx.addr(n)]} for n in ("a", "b", "e1", "e2", "e3")]
+    routes = []
+    for i in range(400):
+        routes.append({"name": f"svc-{i}", "match": {"authority": f"svc-{i}.ns.svc.cluster.local"},
+                       "service": ("a", "b")[i % 2]})
+        if i == 200:
+            routes.append({"name": "wild-ns", "match": {"authority": "*.ns.svc.cluster.local"}, "service": "e1"})
+    routes.insert(100, {"name": "svc-300-posts", "match": {"authority": "svc-300.ns.svc.cluster.local",
+                                                             "method": "POST"}, "service": "e3"})
+    routes.append({"name": "rest", "match": {}, "service": "e2"})
+    return start_meshd_module(base_config(services=services, routes=routes), name="routing-many")
+
+
+@pytest.mark.parametrize("method,host,want", [
+    ("GET", "svc-0.ns.svc.cluster.local", "a"),
+    ("GET", "SVC-199.NS.svc.cluster.local:8080", "b"),
+    ("GET", "svc-399.ns.svc.cluster.local", "wild-ns"),  # after the wildcard: the wildcard wins
+    ("GET", "svc-300.ns.svc.cluster.local", "wild-ns"),  # the wildcard comes before svc-300's route
+    ("POST", "svc-300.ns.svc.cluster.local", "svc-300-posts"),  # a method route earlier still
+    ("GET", "svc-150.ns.svc.cluster.local", "a"),
+    ("GET", "new.ns.svc.cluster.local", "wild-ns"),
+    ("GET", "ns.svc.cluster.local", "rest"),
+    ("GET", "elsewhere", "rest"),
+])
+def test_hundreds_of_routes_first_match_wins(many, method, host, want):
+    want = {"wild-ns": "e1", "svc-300-posts": "e3", "rest": "e2"}.get(want, want)
+    assert body(many, method, "/", host)[:2] == (200, want)

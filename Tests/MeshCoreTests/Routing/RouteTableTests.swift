@@ -50,6 +50,65 @@ struct RouteTableTests {
         #expect(match(s, host: "payments") == nil)
     }
 
+    @Test func indexedRoutesKeepConfigurationOrderAcrossExactWildcardAndAny() throws {
+        let s = try table(
+            """
+            services: [ { name: a, endpoints: [] } ]
+            routes:
+              - { name: api-get, match: { authority: api.example.com, method: GET }, service: a }
+              - { name: deep-wild, match: { authority: "*.eu.example.com" }, service: a }
+              - { name: wild, match: { authority: "*.example.com", pathPrefix: /w }, service: a }
+              - { name: api, match: { authority: API.Example.com }, service: a }
+              - { name: catch-v2, match: { pathPrefix: /v2 }, service: a }
+              - { name: wild-all, match: { authority: "*.example.com" }, service: a }
+              - { name: ip, match: { authority: "[::1]:8080" }, service: a }
+              - { name: any, match: { }, service: a }
+            """)
+        #expect(match(s, host: "api.example.com") == "api-get")
+        #expect(match(s, host: "API.EXAMPLE.COM:443", method: "POST") == "api")
+        #expect(match(s, host: "api.example.com", path: "/w", method: "POST") == "wild")
+        #expect(match(s, host: "x.eu.example.com", path: "/w") == "deep-wild")
+        #expect(match(s, host: "a.b.c.example.com", path: "/v2") == "catch-v2")
+        #expect(match(s, host: "a.b.c.example.com") == "wild-all")
+        #expect(match(s, host: "eu.example.com") == "wild-all")
+        #expect(match(s, host: "example.com") == "any")
+        #expect(match(s, host: ".example.com") == "any")
+        #expect(match(s, host: "[::1]:80") == "ip")
+        #expect(match(s, host: "") == "any")
+        // Thousands of labels: one pass over the host.
+        #expect(match(s, host: String(repeating: "a.", count: 4000) + "example.com") == "wild-all")
+        #expect(match(s, host: String(repeating: ".", count: 8000)) == "any")
+    }
+
+    /// The index against the definition (the first route, in order, whose matchers all hold), over
+    /// seeded random tables and requests.
+    @Test func indexedMatchAgreesWithALinearScan() throws {
+        var rng = SplitMix64(seed: 11)
+        let hosts = ["a", "b.a", "c.b.a", "A", "B.A", "x.y", "y", "orders", "ORDERS", "o.orders", ".a", "a."]
+        let authorities = ["a", "b.a", "*.a", "*.b.a", "*.y", "orders", "*", "", "*.orders", "Y", "*.A"]
+        for _ in 0..<200 {
+            var yaml = "services: [ { name: s, endpoints: [] } ]\nroutes:\n"
+            let count = Int.random(in: 1...12, using: &rng)
+            for i in 0..<count {
+                var match: [String] = []
+                let authority = authorities[Int.random(in: 0..<authorities.count, using: &rng)]
+                if !authority.isEmpty { match.append("authority: \"\(authority)\"") }
+                if Bool.random(using: &rng) && Bool.random(using: &rng) { match.append("pathPrefix: /p") }
+                if Bool.random(using: &rng) && Bool.random(using: &rng) { match.append("method: POST") }
+                yaml += "  - { name: r\(i), match: { \(match.joined(separator: ", ")) }, service: s }\n"
+            }
+            let s = try table(yaml)
+            for host in hosts {
+                for (path, method) in [("/", "GET"), ("/p/1", "POST"), ("/p", "GET")] {
+                    let expected = s.routes.routes.first {
+                        $0.matches(host: Substring(host), path: Substring(path), method: method, header: { _ in nil })
+                    }
+                    #expect(match(s, host: host, path: path, method: method) == expected?.name, "\(yaml) \(host) \(method) \(path)")
+                }
+            }
+        }
+    }
+
     @Test func hostWithoutPort() {
         #expect(RouteTable.hostWithoutPort("orders:8080") == "orders")
         #expect(RouteTable.hostWithoutPort("orders") == "orders")
