@@ -78,9 +78,16 @@ extension HTTPProxyHandler {
         // checks each name for ASCII byte by byte; these are meshd's own names).
         var added: [(String, String)] = []
         added.reserveCapacity(6)
+        // Names (lowercase) of client fields that do not go on (removed, or replaced by one in
+        // `added`): left out when the list is rebuilt below, rather than removed at once —
+        // `HTTPHeaders.remove` copies the client's list (it is shared with `head`) and compares every
+        // name, for each field removed (3.5 k instructions for an `x-forwarded-for` in a request of 16
+        // fields).
+        var dropped: [String] = []
+        func drop(_ name: String) { dropped.append(name) }
         func add(_ name: String, _ value: String) { added.append((name, value)) }
         func replaceOrAdd(_ name: String, _ value: String) {
-            outHead.headers.remove(name: name)
+            dropped.append(name)
             added.append((name, value))
         }
         if rewroteURI {
@@ -154,10 +161,10 @@ extension HTTPProxyHandler {
                     add(HeaderPolicy.destinationHeader, endpoint.destinationHeader)
                 }
             } else if scan.destination {
-                outHead.headers.remove(name: HeaderPolicy.destinationHeader)
+                drop(HeaderPolicy.destinationHeader)
             }
             // An identity is never taken from the application: the next meshd sets it from mTLS.
-            if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }
+            if scan.clientCert { drop(HeaderPolicy.clientCertHeader) }
         case .inbound:
             var destinationIdentity: SpiffeID?
             req.service = loop.inboundService
@@ -206,15 +213,15 @@ extension HTTPProxyHandler {
                 }
             }
             if let tls = connectionGuard.tls {
-                if scan.clientCert { outHead.headers.remove(name: HeaderPolicy.clientCertHeader) }
+                if scan.clientCert { drop(HeaderPolicy.clientCertHeader) }
                 add(HeaderPolicy.clientCertHeader, tls.forwardedClientCert)
             } else if scan.clientCert {
-                outHead.headers.remove(name: HeaderPolicy.clientCertHeader)
+                drop(HeaderPolicy.clientCertHeader)
             }
-            if scan.destination { outHead.headers.remove(name: HeaderPolicy.destinationHeader) }
+            if scan.destination { drop(HeaderPolicy.destinationHeader) }
             if scan.originalProtocol {
                 // An HTTP/1.1 request that rode HTTP/2 between two meshd: HTTP/1.1 again to the app.
-                outHead.headers.remove(name: HeaderPolicy.originalProtocolHeader)
+                drop(HeaderPolicy.originalProtocolHeader)
                 if snapshot.config.inbound.appProtocol == .auto { req.upstreamH2 = false }
             }
         }
@@ -236,8 +243,8 @@ extension HTTPProxyHandler {
         }
         if hostHeader == nil && !rewroteURI { add("host", String(req.authority)) }
         if trace.dropMalformed {
-            outHead.headers.remove(name: "traceparent")
-            outHead.headers.remove(name: "tracestate")
+            drop("traceparent")
+            drop("tracestate")
         }
         if let id = trace.addRequestID { add("x-request-id", id) }
         if let tp = trace.setTraceparent { add("traceparent", tp) }
@@ -250,15 +257,22 @@ extension HTTPProxyHandler {
         }
         if scan.teTrailers && !req.upstreamH2 {
             // `TE: trailers` is kept for HTTP/2 (gRPC needs it); in HTTP/1.1 it is hop-by-hop.
-            outHead.headers.remove(name: "te")
+            drop("te")
         }
         if direction == .outbound && req.upstreamH2 && !multiplexed {
             replaceOrAdd(HeaderPolicy.originalProtocolHeader, "HTTP/1.1")
         }
-        if !added.isEmpty {
+        if !added.isEmpty || !dropped.isEmpty {
             var fields: [(String, String)] = []
             fields.reserveCapacity(outHead.headers.count + added.count)
-            for (name, value) in outHead.headers { fields.append((name, value)) }
+            if dropped.isEmpty {
+                for (name, value) in outHead.headers { fields.append((name, value)) }
+            } else {
+                for (name, value) in outHead.headers
+                where !dropped.contains(where: { HeaderPolicy.equalsIgnoringASCIICase(name, $0) }) {
+                    fields.append((name, value))
+                }
+            }
             fields.append(contentsOf: added)
             outHead.headers = HTTPHeaders(fields)
         }
