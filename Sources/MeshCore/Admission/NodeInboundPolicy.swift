@@ -43,19 +43,40 @@ public struct NodeInboundPolicy: Sendable, Equatable {
         self.init(podCIDRs: config.node.podCIDRs, listeners: listeners, nodeIP: config.nodeIP.flatMap { IPAddress($0) })
     }
 
+    /// A pod's address and port, as `x-meshd-dst` names it.
+    public struct Destination: Sendable, Equatable {
+        public let address: IPAddress
+        public let port: Int
+    }
+
     /// The destination for `header` (the value of `x-meshd-dst`), or why it is refused.
     public func destination(_ header: String?) -> Result<HostPort, Refusal> {
+        destinationAddress(header).map { HostPort(host: $0.address.description, port: $0.port) }
+    }
+
+    /// The same as an address, for every request a node proxy forwards: the header is read in place
+    /// (`IPAddress.parseEndpoint`) and no list or string is made. The general parsers this used before
+    /// (`HostPort.parse`, `IPAddress(_:)`, the address's text again) cost 22 k instructions per
+    /// request (callgrind, 2026-12-05).
+    public func destinationAddress(_ header: String?) -> Result<Destination, Refusal> {
         guard let header else { return .failure(.missing) }
-        guard case .success(let hp) = HostPort.parse(header), let ip = IPAddress(hp.host) else { return .failure(.malformed) }
+        guard let (ip, port) = IPAddress.parseEndpoint(header) else { return .failure(.malformed) }
         if ip.isUnspecified || ip.isMulticast { return .failure(.specialAddress) }
         guard !podCIDRs.isEmpty else { return .failure(.noPodCIDRs) }
-        let matching = podCIDRs.filter { $0.contains(ip) }
-        guard !matching.isEmpty else { return .failure(.notAPod) }
-        if let block = ip.specialBlock, !matching.contains(where: { block.containsBlock($0) }) {
-            return .failure(.specialAddress)
+        let block = ip.specialBlock
+        var inPod = false
+        var namedByPod = false
+        for cidr in podCIDRs where cidr.contains(ip) {
+            inPod = true
+            if let block, block.containsBlock(cidr) {
+                namedByPod = true
+                break
+            }
         }
-        if isOwnListener(ip: ip, port: hp.port) { return .failure(.ownListener) }
-        return .success(HostPort(host: ip.description, port: hp.port))
+        guard inPod else { return .failure(.notAPod) }
+        if block != nil && !namedByPod { return .failure(.specialAddress) }
+        if isOwnListener(ip: ip, port: port) { return .failure(.ownListener) }
+        return .success(Destination(address: ip, port: port))
     }
 
     func isOwnListener(ip: IPAddress, port: Int) -> Bool {

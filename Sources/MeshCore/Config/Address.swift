@@ -77,6 +77,59 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// `ADDR:PORT` or `[ADDR]:PORT` (an IP literal, a port 1…65535; SP and HTAB around it ignored) as
+    /// an address and a port, read from the bytes in place, as `HostPort.parse` and `IPAddress(_:)`
+    /// together read it: a node proxy parses one per request (`x-meshd-dst`). Nil when malformed.
+    public static func parseEndpoint(_ text: String) -> (IPAddress, Int)? {
+        var text = text
+        return text.withUTF8 { all -> (IPAddress, Int)? in
+            var start = 0
+            var end = all.count
+            while start < end && (all[start] == 0x20 || all[start] == 0x09) { start += 1 }
+            while end > start && (all[end - 1] == 0x20 || all[end - 1] == 0x09) { end -= 1 }
+            var colon = end - 1
+            while colon >= start && all[colon] != UInt8(ascii: ":") { colon -= 1 }
+            guard colon > start, end - colon - 1 >= 1, end - colon - 1 <= 5 else { return nil }
+            var port = 0
+            for c in all[(colon + 1)..<end] {
+                guard c &- 48 < 10 else { return nil }
+                port = port * 10 + Int(c &- 48)
+            }
+            guard port >= 1 && port <= 65535 else { return nil }
+            if all[start] == UInt8(ascii: "[") {
+                // IPv6 (rare in a pod address): the general parser on the bracketed text.
+                guard colon - start > 2, all[colon - 1] == UInt8(ascii: "]") else { return nil }
+                let inner = String(decoding: UnsafeBufferPointer(rebasing: all[(start + 1)..<(colon - 1)]), as: UTF8.self)
+                return IPAddress(inner).map { ($0, port) }
+            }
+            return parseV4(bytes: UnsafeBufferPointer(rebasing: all[start..<colon])).map { (.v4($0), port) }
+        }
+    }
+
+    /// Four decimal octets (one to three digits each, at most 255) separated by dots.
+    static func parseV4(bytes: UnsafeBufferPointer<UInt8>) -> UInt32? {
+        var value: UInt32 = 0
+        var octet: UInt32 = 0
+        var digits = 0
+        var parts = 0
+        for c in bytes {
+            if c == UInt8(ascii: ".") {
+                guard digits > 0, parts < 3 else { return nil }
+                value = value << 8 | octet
+                parts += 1
+                octet = 0
+                digits = 0
+            } else {
+                guard c &- 48 < 10, digits < 3 else { return nil }
+                octet = octet * 10 + UInt32(c &- 48)
+                guard octet <= 255 else { return nil }
+                digits += 1
+            }
+        }
+        guard digits > 0, parts == 3 else { return nil }
+        return value << 8 | octet
+    }
+
     static func parseV4(_ text: some StringProtocol) -> UInt32? {
         var value: UInt32 = 0
         var parts = 0

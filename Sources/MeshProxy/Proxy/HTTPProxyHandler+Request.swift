@@ -172,20 +172,16 @@ extension HTTPProxyHandler {
             req.upstreamH2 = snapshot.config.inbound.appProtocol.usesHTTP2(downstreamHTTP2: multiplexed)
             if snapshot.config.mode == .node {
                 // A node proxy forwards to the pod the calling meshd picked, if it is one of this node's.
-                let dst: HostPort
-                switch loop.nodeInbound.destination(head.headers.first(name: HeaderPolicy.destinationHeader)) {
+                let dst: NodeInboundPolicy.Destination
+                switch loop.nodeInbound.destinationAddress(head.headers.first(name: HeaderPolicy.destinationHeader)) {
                 case .success(let d): dst = d
                 case .failure(let refusal):
                     reply(.destinationNotAllowed, context: context, detail: refusal.rawValue)
                     return
                 }
-                guard let addr = try? SocketAddress(ipAddress: dst.host, port: dst.port) else {
-                    reply(.destinationNotAllowed, context: context, detail: NodeInboundPolicy.Refusal.malformed.rawValue)
-                    return
-                }
+                let addr = SocketAddress(dst.address, port: dst.port)
                 if let identity = loop.identity {
-                    let pod = IPAddress(dst.host)
-                    let podWorkload = pod.flatMap { identity.podWorkload[$0] }
+                    let podWorkload = identity.podWorkload[dst.address]
                     if let tls = connectionGuard.tls, let presented = tls.workload, podWorkload != presented {
                         // The connection was opened for one workload's identity: only its pods are reachable.
                         reply(

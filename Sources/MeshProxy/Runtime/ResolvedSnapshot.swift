@@ -1,6 +1,12 @@
 import MeshCore
 import NIOCore
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
 /// A `MeshSnapshot` plus the socket addresses of its endpoints, resolved once on the control side
 /// (never on an event loop) when the snapshot is built.
 final class ResolvedSnapshot: Sendable {
@@ -80,5 +86,29 @@ final class ResolvedSnapshot: Sendable {
             return try SocketAddress(ipAddress: hp.host, port: hp.port)
         }
         return try SocketAddress.makeAddressResolvingHost(hp.host, port: hp.port)
+    }
+}
+
+extension SocketAddress {
+    /// The socket address of an IP literal MeshCore parsed, built from its numbers (no text is parsed
+    /// again, no `inet_pton`): a node proxy makes one per request, from `x-meshd-dst`.
+    init(_ address: IPAddress, port: Int) {
+        switch address {
+        case .v4(let bits):
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = in_port_t(UInt16(truncatingIfNeeded: port)).bigEndian
+            sin.sin_addr.s_addr = bits.bigEndian
+            self.init(sin, host: "")
+        case .v6(let hi, let lo):
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = in_port_t(UInt16(truncatingIfNeeded: port)).bigEndian
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { raw in
+                withUnsafeBytes(of: hi.bigEndian) { raw.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+                withUnsafeBytes(of: lo.bigEndian) { (raw.baseAddress! + 8).copyMemory(from: $0.baseAddress!, byteCount: 8) }
+            }
+            self.init(sin6, host: "")
+        }
     }
 }

@@ -16,6 +16,9 @@ struct NodeInboundPolicyTests {
     @Test func aPodOfTheNodeIsForwarded() throws {
         #expect(try policy.destination("10.42.1.7:8080").get() == HostPort(host: "10.42.1.7", port: 8080))
         #expect(try policy.destination(" 10.42.1.7:4191 ").get().port == 4191)  // a pod's own port 4191
+        #expect(try policy.destinationAddress("10.42.1.7:8080").get() == .init(address: .v4(0x0A2A_0107), port: 8080))
+        let v6 = NodeInboundPolicy(podCIDRs: [CIDR("fd00:42::/64")!], listeners: [], nodeIP: nil)
+        #expect(try v6.destination("[fd00:42::7]:80").get() == HostPort(host: "fd00:42:0:0:0:0:0:7", port: 80))
     }
 
     @Test func missingOrMalformed() {

@@ -17,6 +17,36 @@ struct AddressTests {
         #expect(HostPort(host: "127.0.0.2", port: 1).isLoopback)
     }
 
+    /// The per-request parser of `x-meshd-dst` against the two general ones it stands for
+    /// (`HostPort.parse`, then `IPAddress(_:)` on the host), over literals, near misses and seeded
+    /// random strings of the characters that matter.
+    @Test func endpointParserAgreesWithTheGeneralParsers() {
+        func general(_ s: String) -> (IPAddress, Int)? {
+            guard case .success(let hp) = HostPort.parse(s), let ip = IPAddress(hp.host) else { return nil }
+            return (ip, hp.port)
+        }
+        func same(_ s: String) -> Bool {
+            let a = IPAddress.parseEndpoint(s)
+            let b = general(s)
+            return a?.0 == b?.0 && a?.1 == b?.1
+        }
+        let cases = [
+            "10.0.0.7:4143", "10.0.0.7:0", "10.0.0.7:65535", "10.0.0.7:65536", "10.0.0.7:080", "10.0.0.7:",
+            ":80", "10.0.0.7", "10.0.0:80", "10.0.0.7.1:80", "256.0.0.1:80", "1.2.3.0255:80", "01.002.3.4:80",
+            " 10.0.0.7:80\t", "10.0.0.7 :80", "10..0.7:80", ".10.0.7:80", "10.0.0.7.:80", "a.b.c.d:80",
+            "[::1]:80", "[::1]", "[::1]:", "::1:80", "[fd00::7]:8080", "[::ffff:10.0.0.1]:80", "[10.0.0.1]:80",
+            "[]:80", "[:80", "]:80", "[::1]x:80", "localhost:80", "", ":", "10.0.0.7:8a", "10.0.0.7:123456",
+        ]
+        for s in cases { #expect(same(s), "\(s)") }
+        var rng = SplitMix64(seed: 5)
+        let alphabet = Array("0123456789.:[]af ")
+        for _ in 0..<20_000 {
+            let s = String((0..<Int.random(in: 0...14, using: &rng)).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] })
+            #expect(same(s), "\(s)")
+        }
+        #expect(IPAddress.parseEndpoint("10.0.0.7:4143")! == (.v4(0x0A00_0007), 4143))
+    }
+
     @Test func ipAddresses() {
         #expect(IPAddress("10.1.2.3") == .v4(0x0A01_0203))
         #expect(IPAddress("256.1.1.1") == nil)
