@@ -15,8 +15,8 @@ enum AccessLog {
     struct Entry {
         var direction: String
         var method: String
-        var authority: String
-        var path: String
+        var authority: Substring
+        var path: Substring
         var status: Int
         var grpcStatus: Int?
         var durationNanos: Int64
@@ -33,20 +33,68 @@ enum AccessLog {
         var error: String?
     }
 
+    /// The line as text (the tap's event, tests).
     static func line(_ e: Entry) -> String {
-        var s = "{\"ts_ms\":\(wallClockMillis())"
-        s += ",\"direction\":\"\(e.direction)\",\"method\":\(quote(e.method)),\"authority\":\(quote(e.authority))"
-        s += ",\"path\":\(quote(e.path)),\"status\":\(e.status)"
-        if let g = e.grpcStatus { s += ",\"grpc_status\":\(g)" }
-        s += ",\"duration_ms\":\(Double(e.durationNanos) / 1e6),\"client\":\(quote(e.client))"
-        if let identity = e.identity { s += ",\"identity\":\(quote(identity))" }
-        if let service = e.service { s += ",\"service\":\(quote(service))" }
-        if let route = e.route { s += ",\"route\":\(quote(route))" }
-        if let upstream = e.upstream { s += ",\"upstream\":\(quote(upstream))" }
-        s += ",\"attempts\":\(e.attempts),\"bytes_in\":\(e.bytesIn),\"bytes_out\":\(e.bytesOut)"
-        s += ",\"request_id\":\(quote(e.requestID)),\"trace_id\":\"\(e.traceID)\""
-        if let error = e.error { s += ",\"error\":\(quote(error))" }
-        return s + "}"
+        var bytes: [UInt8] = []
+        write(e, into: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the line (without its newline) to `out`, byte by byte: no `String` is built per field.
+    static func write(_ e: Entry, into out: inout [UInt8]) {
+        typealias J = JSONBytes
+        J.appendRaw("{\"ts_ms\":", to: &out)
+        J.appendDecimal(wallClockMillis(), to: &out)
+        J.appendRaw(",\"direction\":\"", to: &out)
+        J.appendRaw(e.direction, to: &out)
+        J.appendRaw("\",\"method\":", to: &out)
+        J.appendQuoted(e.method, to: &out)
+        J.appendRaw(",\"authority\":", to: &out)
+        J.appendQuoted(e.authority, to: &out)
+        J.appendRaw(",\"path\":", to: &out)
+        J.appendQuoted(e.path, to: &out)
+        J.appendRaw(",\"status\":", to: &out)
+        J.appendDecimal(e.status, to: &out)
+        if let g = e.grpcStatus {
+            J.appendRaw(",\"grpc_status\":", to: &out)
+            J.appendDecimal(g, to: &out)
+        }
+        J.appendRaw(",\"duration_ms\":", to: &out)
+        J.appendMilliseconds(nanoseconds: e.durationNanos, to: &out)
+        J.appendRaw(",\"client\":", to: &out)
+        J.appendQuoted(e.client, to: &out)
+        if let identity = e.identity {
+            J.appendRaw(",\"identity\":", to: &out)
+            J.appendQuoted(identity, to: &out)
+        }
+        if let service = e.service {
+            J.appendRaw(",\"service\":", to: &out)
+            J.appendQuoted(service, to: &out)
+        }
+        if let route = e.route {
+            J.appendRaw(",\"route\":", to: &out)
+            J.appendQuoted(route, to: &out)
+        }
+        if let upstream = e.upstream {
+            J.appendRaw(",\"upstream\":", to: &out)
+            J.appendQuoted(upstream, to: &out)
+        }
+        J.appendRaw(",\"attempts\":", to: &out)
+        J.appendDecimal(e.attempts, to: &out)
+        J.appendRaw(",\"bytes_in\":", to: &out)
+        J.appendDecimal(e.bytesIn, to: &out)
+        J.appendRaw(",\"bytes_out\":", to: &out)
+        J.appendDecimal(e.bytesOut, to: &out)
+        J.appendRaw(",\"request_id\":", to: &out)
+        J.appendQuoted(e.requestID, to: &out)
+        J.appendRaw(",\"trace_id\":\"", to: &out)
+        J.appendRaw(e.traceID, to: &out)
+        J.appendRaw("\"", to: &out)
+        if let error = e.error {
+            J.appendRaw(",\"error\":", to: &out)
+            J.appendQuoted(error, to: &out)
+        }
+        J.appendRaw("}", to: &out)
     }
 
     static func wallClockMillis() -> Int64 {
@@ -76,6 +124,16 @@ struct AccessLogBuffer {
 
     mutating func append(_ line: String) {
         buffer.append(contentsOf: line.utf8)
+        endLine()
+    }
+
+    /// The entry's line, written into the buffer in place.
+    mutating func append(_ entry: AccessLog.Entry) {
+        AccessLog.write(entry, into: &buffer)
+        endLine()
+    }
+
+    private mutating func endLine() {
         buffer.append(UInt8(ascii: "\n"))
         lines += 1
         if buffer.count >= 64 * 1024 { flush() }

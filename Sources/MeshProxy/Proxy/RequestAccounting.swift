@@ -49,15 +49,15 @@ extension HTTPProxyHandler {
         let tapping = loop.shared.tap.active.load(ordering: .relaxed) > 0
         if logging || tapping {
             let route = req.routeState?.name
-            let line = AccessLog.line(
-                .init(
-                    direction: direction.label, method: req.method.rawValue, authority: String(req.authority),
-                    path: String(req.path), status: status, grpcStatus: grpcCode, durationNanos: elapsed.nanoseconds,
-                    client: clientIP, identity: connectionGuard.tls?.peer.description, service: service?.name, route: route,
-                    upstream: req.target.map(MeshRuntime.hostPort), attempts: req.exchange.attempts, bytesIn: req.bytesIn,
-                    bytesOut: req.bytesOut, requestID: req.requestID, traceID: req.traceID, error: error?.rawValue))
-            if logging { loop.accessLog.append(line) }
+            let entry = AccessLog.Entry(
+                direction: direction.label, method: req.method.rawValue, authority: req.authority,
+                path: req.path, status: status, grpcStatus: grpcCode, durationNanos: elapsed.nanoseconds,
+                client: clientIP, identity: connectionGuard.tls?.peer.description, service: service?.name, route: route,
+                upstream: req.target.map(loop.addressText), attempts: req.exchange.attempts, bytesIn: req.bytesIn,
+                bytesOut: req.bytesOut, requestID: req.requestID, traceID: req.traceID, error: error?.rawValue)
+            if logging { loop.accessLog.append(entry) }
             if tapping {
+                let line = AccessLog.line(entry)
                 loop.tap(TapEvent(direction: direction.label, service: service?.name, route: route, status: status, line: line))
             }
         }

@@ -48,6 +48,19 @@ final class LoopContext: @unchecked Sendable {
 
     /// Flushes held while a read is in progress on this loop (`FlushBatch`).
     let flushes: FlushBatch
+    /// `IP:PORT` texts of upstream addresses for the access log, which names every request's upstream
+    /// (making the text is `inet_ntop` and an interpolation, about 3 k instructions). Bound: at most
+    /// `maxAddressTexts`; full, it starts over.
+    private var addressTexts: [SocketAddress: String] = [:]
+    static let maxAddressTexts = 4096
+
+    func addressText(_ address: SocketAddress) -> String {
+        if let text = addressTexts[address] { return text }
+        if addressTexts.count >= Self.maxAddressTexts { addressTexts.removeAll(keepingCapacity: true) }
+        let text = MeshRuntime.hostPort(address)
+        addressTexts[address] = text
+        return text
+    }
 
     func countSource(_ source: String) {
         sourceTotal &+= 1

@@ -188,7 +188,9 @@ final class MeshRuntime: Sendable {
     /// `127.0.0.1:4140` / `[::1]:4140`.
     static func hostPort(_ a: SocketAddress) -> String {
         let ip = a.ipAddress ?? "?"
-        return ip.contains(":") ? "[\(ip)]:\(a.port ?? 0)" : "\(ip):\(a.port ?? 0)"
+        // On the bytes: `String.contains(String)` is Foundation's search, 4.5 k instructions (the
+        // access log names every request's upstream).
+        return ip.utf8.contains(UInt8(ascii: ":")) ? "[\(ip)]:\(a.port ?? 0)" : "\(ip):\(a.port ?? 0)"
     }
 
     /// Bound addresses by listener name (`outbound`, `inbound`, `admin`).
