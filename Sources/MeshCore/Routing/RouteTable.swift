@@ -92,6 +92,9 @@ public struct RouteTable: Sendable {
     /// (`.example.com`), and the suffixes' lengths in bytes (only suffixes of those lengths are looked up).
     private let suffixes: [UInt64: [Int]]
     private let suffixLengths: Set<Int>
+    /// The longest of them: a host's dots further from its end are not looked up (a host made of
+    /// thousands of dots costs one pass, not a set lookup per dot).
+    private let maxSuffixLength: Int
     /// Indexes (ascending) of the routes for any authority.
     private let anyAuthority: [Int]
 
@@ -133,6 +136,7 @@ public struct RouteTable: Sendable {
         self.exact = exact
         self.suffixes = suffixes
         self.suffixLengths = suffixLengths
+        self.maxSuffixLength = suffixLengths.max() ?? 0
         self.anyAuthority = anyAuthority
     }
 
@@ -191,7 +195,8 @@ public struct RouteTable: Sendable {
                     i -= 1
                     let byte = bytes[i]
                     key.prepend(byte)
-                    if wildcards, byte == UInt8(ascii: "."), i > 0, suffixLengths.contains(bytes.count - i),
+                    if wildcards, byte == UInt8(ascii: "."), i > 0, bytes.count - i <= maxSuffixLength,
+                        suffixLengths.contains(bytes.count - i),
                         let candidates = suffixes[key.value]
                     {
                         found.append(contentsOf: candidates)

@@ -87,9 +87,8 @@ enum AccessLog {
         J.appendDecimal(e.bytesOut, to: &out)
         J.appendRaw(",\"request_id\":", to: &out)
         J.appendQuoted(e.requestID, to: &out)
-        J.appendRaw(",\"trace_id\":\"", to: &out)
-        J.appendRaw(e.traceID, to: &out)
-        J.appendRaw("\"", to: &out)
+        J.appendRaw(",\"trace_id\":", to: &out)
+        J.appendQuoted(e.traceID, to: &out)
         if let error = e.error {
             J.appendRaw(",\"error\":", to: &out)
             J.appendQuoted(error, to: &out)
