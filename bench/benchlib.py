@@ -99,6 +99,22 @@ http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{
     return port
 
 
+GRPC_PATH = "/grpc.bench.Bench/Unary"
+
+
+def grpc_locations(directory: Path) -> str:
+    """nginx locations (for `start_backend`) that answer a gRPC-shaped unary call at GRPC_PATH like a
+    gRPC server: the whole request read first (mirror_request_body), then a 9-byte gRPC-framed message
+    and the trailers grpc-status 0, grpc-message OK (the static module refuses POST; error_page turns
+    that into a 200 with the file). The reply is written to `directory`."""
+    (directory / "grpc-response.bin").write_bytes(b"\x00\x00\x00\x00\x04\x0a\x02ok")  # 9 bytes
+    return f"""
+location = {GRPC_PATH} {{ mirror /_read_body; mirror_request_body on; default_type application/grpc; etag off;
+    add_trailer grpc-status 0 always; add_trailer grpc-message OK always; alias {directory}/grpc-response.bin;
+    error_page 405 =200 $uri; }}
+location = /_read_body {{ internal; return 204; }}"""
+
+
 def start_haproxy(config: Path, backend: int, threads: int = 1, cpu: int | None = None):
     """HAProxy as the proxy under test: `threads` threads, keep-alive to the backend on port
     `backend` (connections reused across clients); its config written to `config`. → (process, port),

@@ -34,7 +34,9 @@ from pathlib import Path
 from benchlib import (
     cpu_seconds,
     family,
+    GRPC_PATH,
     free_port,
+    grpc_locations,
     require,
     start,
     start_backend,
@@ -61,7 +63,6 @@ def build_h2floor() -> Path:
     return SCRATCH / "release/h2floor"
 
 
-GRPC_PATH = "/grpc.bench.Bench/Unary"
 SCENARIOS = ("h2", "grpc")
 # Set by main: the gRPC request body's file.
 grpc_body = Path()
@@ -146,14 +147,7 @@ def main():
     try:
         grpc_body = tmp / "grpc-request.bin"
         grpc_body.write_bytes(b"\x00\x00\x00\x00\x07\x0a\x05hello")  # 12 bytes
-        (tmp / "grpc-response.bin").write_bytes(b"\x00\x00\x00\x00\x04\x0a\x02ok")  # 9 bytes
-        # Like a gRPC server, the reply comes after the whole request was read (mirror_request_body);
-        # the static module refuses POST, which error_page turns into a 200 with the file.
-        backend = start_backend(tmp / "b", cpu=1, h2c=True, locations=f"""
-location = {GRPC_PATH} {{ mirror /_read_body; mirror_request_body on; default_type application/grpc; etag off;
-    add_trailer grpc-status 0 always; add_trailer grpc-message OK always; alias {tmp}/grpc-response.bin;
-    error_page 405 =200 $uri; }}
-location = /_read_body {{ internal; return 204; }}""")
+        backend = start_backend(tmp / "b", cpu=1, h2c=True, locations=grpc_locations(tmp))
         ports = {name: free_port() for name in ("meshd", "HAProxy", "frame", "child")}
         admin = free_port()
         (tmp / "meshd.yaml").write_text(f"""mode: sidecar

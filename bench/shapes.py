@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import h2design
-from benchlib import free_port, require, start, start_backend, stop, stop_all, update_doc_section, wait_port
+from benchlib import free_port, grpc_locations, require, start, start_backend, stop, stop_all, update_doc_section, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
@@ -134,15 +134,10 @@ def main():
     try:
         h2design.grpc_body = tmp / "grpc-request.bin"
         h2design.grpc_body.write_bytes(b"\x00\x00\x00\x00\x07\x0a\x05hello")
-        (tmp / "grpc-response.bin").write_bytes(b"\x00\x00\x00\x00\x04\x0a\x02ok")
         json_body = tmp / "body.json"
         json_body.write_bytes(b'{"name":"meshd","n":1}')
         backend = start_backend(tmp / "b", cpu=1)
-        h2backend = start_backend(tmp / "b2", cpu=1, h2c=True, locations=f"""
-location = {h2design.GRPC_PATH} {{ mirror /_read_body; mirror_request_body on; default_type application/grpc; etag off;
-    add_trailer grpc-status 0 always; add_trailer grpc-message OK always; alias {tmp}/grpc-response.bin;
-    error_page 405 =200 $uri; }}
-location = /_read_body {{ internal; return 204; }}""")
+        h2backend = start_backend(tmp / "b2", cpu=1, h2c=True, locations=grpc_locations(tmp))
         routes = "".join(f"  - {{ match: {{ authority: svc-{i}.ns.svc.cluster.local }}, service: bench }}\n"
                          for i in range(200)) + "  - { match: { }, service: bench }"
         post = ["content-type: application/json"]

@@ -184,27 +184,24 @@ public struct RouteTable: Sendable {
         }
         if !exact.isEmpty || !suffixes.isEmpty {
             var bytes = host
-            let (key, suffixMatches) = bytes.withUTF8 { bytes in
+            let key = bytes.withUTF8 { bytes in
                 var key = HostKey()
-                // Keys of the suffixes that start with a dot and have more before it (`*.example.com`
-                // matches `a.example.com`, not `example.com`) and that some route has; few.
-                var found: [Int] = []
                 let wildcards = !suffixes.isEmpty
                 var i = bytes.count
                 while i > 0 {
                     i -= 1
                     let byte = bytes[i]
                     key.prepend(byte)
+                    // `*.example.com` matches a host that ends with `.example.com` and has more before
+                    // it; only lengths some wildcard has are looked up.
                     if wildcards, byte == UInt8(ascii: "."), i > 0, bytes.count - i <= maxSuffixLength,
-                        suffixLengths.contains(bytes.count - i),
-                        let candidates = suffixes[key.value]
+                        suffixLengths.contains(bytes.count - i), let candidates = suffixes[key.value]
                     {
-                        found.append(contentsOf: candidates)
+                        scan(candidates)
                     }
                 }
-                return (key.value, found)
+                return key.value
             }
-            if !suffixMatches.isEmpty { scan(suffixMatches.sorted()) }
             if let candidates = exact[key] { scan(candidates) }
         }
         scan(anyAuthority)

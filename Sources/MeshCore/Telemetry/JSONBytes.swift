@@ -4,7 +4,7 @@
 /// 2026-12-05 — more than proxying the request.)
 public enum JSONBytes {
     /// `s` as a JSON string literal: `"`, `\` and the control characters escaped (`\n`, `\r`, `\t`,
-    /// else `\u00XX`), every other byte of its UTF-8 as it is (the same text as `JSONValue.quote`).
+    /// else `\u00XX`), every other byte of its UTF-8 as it is (`JSONValue.quote` uses it).
     public static func appendQuoted(_ s: String, to out: inout [UInt8]) {
         var s = s
         s.withUTF8 { appendQuoted(bytes: $0, to: &out) }
