@@ -12,6 +12,8 @@ sidecar's outbound listener (`threads: 1`) to one nginx worker unless it says ot
 counted):
 
 - `get`: `GET /` — the benchmarks' shape, for reference;
+- `traced`: a REST `GET` (`/api/v1/users/12345/orders?limit=10&offset=20`) carrying `traceparent`
+  and `x-request-id`, as every request between two meshd and every traced request does;
 - `post-json`: `POST /` with `content-type: application/json` and a 22-byte body;
 - `browser`: `GET /` with the 12 fields a browser behind an ingress sends (user-agent, accept,
   accept-language, accept-encoding, cookie, referer, authorization, x-forwarded-for...);
@@ -22,8 +24,8 @@ counted):
 - `grpc`: a gRPC-shaped unary call over h2c (`bench/h2design.py`'s: h2load 10 connections × 10
   streams, one upstream connection).
 
-HAProxy (nbthread 1, one server, keep-alive) runs the three shapes it can serve alike (`get`,
-`post-json`, `browser`) under the same client, for scale."""
+HAProxy (nbthread 1, one server, keep-alive) runs the four shapes it can serve alike (`get`,
+`traced`, `post-json`, `browser`) under the same client, for scale."""
 
 import os
 import subprocess
@@ -54,6 +56,12 @@ BROWSER = [
     "sec-fetch-mode: navigate",
 ]
 ROUTE_HOST = "svc-199.ns.svc.cluster.local"
+TRACED_PATH = "/api/v1/users/12345/orders?limit=10&offset=20"
+TRACED = [
+    "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "x-request-id: 3f0d5a8e-6c1b-4a57-9e2d-8b7c4f1a2e90",
+    "accept: application/json",
+]
 
 
 def callgrind(cmd: list[str], port: int, tmp: Path, name: str, load) -> float:
@@ -86,14 +94,14 @@ def callgrind(cmd: list[str], port: int, tmp: Path, name: str, load) -> float:
     return total / N
 
 
-def h1_load(port: int, host: str = "bench", headers: list[str] = (), body: Path | None = None):
+def h1_load(port: int, host: str = "bench", headers: list[str] = (), body: Path | None = None, path: str = "/"):
     def load(n: int) -> int:
         args = ["h2load", "--h1", "-c", "10", "-m", "1", "-n", str(n), "--connect-to", f"127.0.0.1:{port}"]
         for h in headers:
             args += ["-H", h]
         if body:
             args += ["-d", str(body)]
-        out = subprocess.run(args + [f"http://{host}/"], capture_output=True, text=True, timeout=1200).stdout
+        out = subprocess.run(args + [f"http://{host}{path}"], capture_output=True, text=True, timeout=1200).stdout
         for line in out.splitlines():
             if line.startswith("status codes:"):
                 return int(line.split()[2])  # 2xx
@@ -143,6 +151,7 @@ def main():
         post = ["content-type: application/json"]
         shapes = {
             "get": ("", None, False, h1_load),
+            "traced": ("", None, False, lambda p: h1_load(p, headers=TRACED, path=TRACED_PATH)),
             "post-json": ("", None, False, lambda p: h1_load(p, headers=post, body=json_body)),
             "browser": ("", None, False, lambda p: h1_load(p, headers=BROWSER)),
             "routes-200": ("", routes, False, lambda p: h1_load(p, host=ROUTE_HOST)),
@@ -175,7 +184,7 @@ routes:
         print(f"meshd grpc: {meshd['grpc']:,.0f} instructions per call", file=sys.stderr)
 
         hap = {}
-        for name in ("get", "post-json", "browser"):
+        for name in ("get", "traced", "post-json", "browser"):
             port = free_port()
             (tmp / f"haproxy.{name}.cfg").write_text(f"""global
     nbthread 1
@@ -198,6 +207,7 @@ backend b
 
         labels = {
             "get": "`GET /` (the throughput benchmarks' shape)",
+            "traced": "REST `GET` with a query, `traceparent` and `x-request-id` (every request between meshd)",
             "post-json": "`POST /`, `content-type: application/json`, 22-byte body",
             "browser": "`GET /` with 12 browser and ingress fields (cookie, authorization, x-forwarded-for…)",
             "routes-200": "`GET /` for the last of 200 routes (a node proxy's table)",

@@ -34,7 +34,8 @@ public struct AuthorizationPolicy: Sendable, Equatable {
             if let to {
                 guard let destination, to.matches(destination) else { return false }
             }
-            if let pathPrefix, !path.hasPrefix(pathPrefix) { return false }
+            // Bytes, as routes compare them (and no `Character`-level comparison per request).
+            if let pathPrefix, !path.utf8.starts(with: pathPrefix.utf8) { return false }
             return true
         }
     }

@@ -86,7 +86,11 @@ public enum IdentityPattern: Hashable, Sendable, CustomStringConvertible {
         case .exact(let want): return want == id
         case .prefix(let domain, let prefix):
             guard id.trustDomain == domain else { return false }
-            return prefix.isEmpty ? !id.path.isEmpty : id.path.hasPrefix(prefix + "/")
+            // `prefix` then `/`, on the bytes (it runs per request, for each rule's callers).
+            let path = id.path.utf8
+            let n = prefix.utf8.count
+            guard path.count > n, path.starts(with: prefix.utf8) else { return false }
+            return path[path.index(path.startIndex, offsetBy: n)] == UInt8(ascii: "/")
         }
     }
 

@@ -24,7 +24,7 @@ extension HTTPProxyHandler {
             if req.upgrade != nil { conn.reusable = false }
             let status = Int(head.status.code)
             let grpcStatus = head.headers.first(name: "grpc-status").flatMap { Int($0) }
-            let isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") == true
+            let isGRPC = head.headers.first(name: "content-type").map { GRPC.isGRPC(contentType: $0) } == true
             var admission = retryAdmission
             let action = req.exchange.responseHead(
                 status: status, grpcStatus: grpcStatus, grpcContentType: isGRPC, now: now, admission: &admission, rng: &loop.rng)

@@ -58,7 +58,7 @@ extension HTTPHeaders {
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
                 scan.grpcTimeout = value
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-request-id"):
-                if scan.trace.requestID == nil { scan.trace.requestID = Substring(value) }
+                if scan.trace.requestID == nil { scan.trace.requestID = value }
             case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, "traceparent"):
                 if scan.trace.traceparent == nil { scan.trace.traceparent = Substring(value) }
             case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.destinationHeader):

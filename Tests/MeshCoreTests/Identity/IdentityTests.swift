@@ -37,6 +37,10 @@ import Testing
         #expect(IdentityPattern("spiffe://cluster.local/ns/shop/*")?.matches(shopOps) == false)
         #expect(IdentityPattern("spiffe://cluster.local/ns/shop/*")?.matches(other) == false)
         #expect(IdentityPattern("spiffe://cluster.local/*")?.matches(web) == true)
+        // Only IDs under the prefix: not the prefix's own ID, nor the trust domain's.
+        #expect(
+            IdentityPattern("spiffe://cluster.local/ns/shop/*")?.matches(try #require(SpiffeID("spiffe://cluster.local/ns/shop"))) == false)
+        #expect(IdentityPattern("spiffe://cluster.local/*")?.matches(try #require(SpiffeID("spiffe://cluster.local"))) == false)
         #expect(IdentityPattern("*")?.matches(other) == true)
         #expect(IdentityPattern("spiffe://cluster.local/ns/*/sa/web") == nil)
         #expect(IdentityPattern("web") == nil)

@@ -75,7 +75,7 @@ struct TraceContextTests {
 
     @Test func anOversizedRequestIDIsReplaced() {
         var rng = SplitMix64(seed: 5)
-        let long = Substring(String(repeating: "x", count: TraceDecision.maxRequestIDBytes + 1))
+        let long = String(repeating: "x", count: TraceDecision.maxRequestIDBytes + 1)
         let d = TraceDecision.decide(.init(requestID: long), rng: &rng)
         #expect(d.addRequestID != nil && d.requestID.count == 36)
     }
@@ -100,5 +100,97 @@ struct AccessLogConfigTests {
         #expect(o.samples(errorReply: true, draw: 0.5))  // meshd's own error replies always
         o.sampleRatio = 0
         #expect(!o.samples(errorReply: false, draw: 0))
+    }
+}
+
+/// The byte-level `Traceparent` and `B3` parsers against the definitions they replaced (`Character`
+/// splits, `lowercased()`), on seeded mutations of valid values.
+@Suite("Trace header parsing on bytes")
+struct TraceHeaderParsingTests {
+    /// The former parser: split on `-`, each part checked.
+    static func referenceTraceparent(_ value: Substring) -> [Substring]? {
+        guard value.utf8.count >= 55 else { return nil }
+        let parts = value.split(separator: "-", maxSplits: 4, omittingEmptySubsequences: false)
+        guard parts.count >= 4 else { return nil }
+        let (version, trace, parent, flags) = (parts[0], parts[1], parts[2], parts[3])
+        func hex(_ s: Substring) -> Bool { s.allSatisfy { "0123456789abcdef".contains($0) } }
+        guard version.utf8.count == 2, hex(version), version != "ff" else { return nil }
+        if version == "00" && (parts.count != 4 || value.utf8.count != 55) { return nil }
+        guard trace.utf8.count == 32, hex(trace), trace.contains(where: { $0 != "0" }) else { return nil }
+        guard parent.utf8.count == 16, hex(parent), parent.contains(where: { $0 != "0" }) else { return nil }
+        guard flags.utf8.count == 2, hex(flags) else { return nil }
+        return [version, trace, parent, flags]
+    }
+
+    /// The former B3 parsers.
+    static func referenceB3TraceID(_ s: Substring) -> String? {
+        let lower = s.lowercased()
+        guard lower.utf8.count == 16 || lower.utf8.count == 32, lower.allSatisfy({ "0123456789abcdef".contains($0) }),
+            lower.contains(where: { $0 != "0" })
+        else { return nil }
+        return lower.utf8.count == 16 ? String(repeating: "0", count: 16) + lower : lower
+    }
+
+    static func referenceB3Single(_ value: Substring) -> B3.Found? {
+        let parts = value.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count >= 2, let trace = referenceB3TraceID(parts[0]), parts[1].utf8.count == 16,
+            parts[1].allSatisfy({ "0123456789abcdef".contains($0) })
+        else { return nil }
+        return B3.Found(traceID: trace, sampled: parts.count >= 3 ? B3.sampled(parts[2]) : nil)
+    }
+
+    /// A valid value with a few bytes replaced, inserted or removed (ASCII: the formats are ASCII, and
+    /// `Character` and byte splits differ only where a combining scalar follows a dash).
+    static func mutate(_ base: String, rng: inout SplitMix64) -> String {
+        let alphabet = Array("0123456789abcdefABCDEFxyz-ff00 \u{10}\u{7f}".utf8)
+        var bytes = Array(base.utf8)
+        for _ in 0..<Int(rng.next() % 3) {
+            let pick = alphabet[Int(rng.next() % UInt64(alphabet.count))]
+            let at = Int(rng.next() % UInt64(bytes.count + 1))
+            switch rng.next() % 4 {
+            case 0 where at < bytes.count: bytes[at] = pick
+            case 1: bytes.insert(pick, at: at)
+            case 2 where at < bytes.count: bytes.remove(at: at)
+            default: break
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    @Test func traceparentMatchesTheSplitDefinition() {
+        var rng = SplitMix64(seed: 11)
+        let bases = [
+            TraceContextTests.valid, "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more",
+            "00-00000000000000000000000000000001-0000000000000001-00", "fe-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+        ]
+        var accepted = 0
+        for i in 0..<20_000 {
+            let text = Self.mutate(bases[i % bases.count], rng: &rng)
+            // A slice inside a larger string too: offsets are relative to the value's start.
+            let value = i % 2 == 0 ? Substring(text) : Substring("x: " + text).dropFirst(3)
+            let parsed = Traceparent(value)
+            let reference = Self.referenceTraceparent(value)
+            #expect(parsed.map { [$0.version, $0.traceID, $0.parentID, $0.flags] } == reference, "\(text)")
+            if parsed != nil { accepted += 1 }
+        }
+        #expect(accepted > 2_000 && accepted < 18_000)  // both outcomes well covered
+    }
+
+    @Test func b3MatchesTheSplitDefinition() {
+        var rng = SplitMix64(seed: 12)
+        let bases = [
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1", "463AC35C9F6413AD-e457b5a2e4d86bd1-d-05e3ac9a4f6e3b90",
+            "80f198ee56343ba8-e457b5a2e4d86bd1", "0000000000000000-e457b5a2e4d86bd1-0",
+        ]
+        var accepted = 0
+        for i in 0..<20_000 {
+            let value = Substring(Self.mutate(bases[i % bases.count], rng: &rng))
+            let found = B3.single(value)
+            #expect(found == Self.referenceB3Single(value), "\(value)")
+            let id = value.prefix(32)
+            #expect(B3.traceID(id) == Self.referenceB3TraceID(id), "\(id)")
+            if found != nil { accepted += 1 }
+        }
+        #expect(accepted > 2_000 && accepted < 18_000)
     }
 }
