@@ -102,28 +102,13 @@ let package = Package(
             ],
             swiftSettings: releaseSettings
         ),
-        // Test helpers shared by test targets: an EmbeddedChannel harness around the proxy pipeline and
-        // a manual clock (built for tests only; it imports MeshProxy's internals).
-        .target(
-            name: "MeshTesting",
+        .testTarget(
+            name: "MeshProxyTests",
             dependencies: [
                 "MeshProxy",
                 "MeshCore",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-            ],
-            path: "Tests/MeshTesting",
-            swiftSettings: releaseSettings
-        ),
-        .testTarget(
-            name: "MeshProxyTests",
-            dependencies: [
-                "MeshProxy",
-                "MeshTesting",
-                "MeshCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Builds the shipped meshd and meshctl: release mode, Swift runtime and Foundation linked statically,
-# non-PIE. Measured on the HTTP/1.1 benchmark (docs/performance.md): idle RSS 28.5 MB -> 18.8 MB and
-# fewer indirect calls into the runtime than the default dynamic build. Output: .build/release/.
+# Builds the shipped meshd and meshctl: release mode, whole-program optimisation (LLVM full LTO: meshd,
+# NIO and every other dependency optimised together at link time), Swift runtime and Foundation linked
+# statically, non-PIE, no run-time exclusivity checks in the dependencies either. Measured
+# (docs/performance.md): static linking took idle RSS from 28.5 MB to 18.8 MB; LTO cut a proxied
+# request's instructions by 11 % (HTTP/1.1, h2c and gRPC alike). Output: .build/release/.
+#
+# Both products build in one `swift build`, so their link steps (where LTO optimises, about 3.5 min
+# each on 2 cores) run side by side. MESHD_LTO=0 builds without LTO (links in seconds, for iterating;
+# not the shipped build; switching rebuilds everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flags=(-c release --static-swift-stdlib -Xswiftc -Xclang-linker -Xswiftc -no-pie -Xswiftc -enforce-exclusivity=unchecked)
-swift build "${flags[@]}" --product meshd "$@"
-swift build "${flags[@]}" --product meshctl "$@"
+[[ ${MESHD_LTO:-1} == 0 ]] || flags+=(--experimental-lto-mode=full)
+swift build "${flags[@]}" "$@"
 # The shipped binaries, stripped, go to .build/dist/ with their debug information (and symbol table)
 # beside them in *.debug, found by gdb and perf through a .gnu_debuglink. .build/release/ keeps the
 # unstripped ones (for profiling: valgrind and perf read their symbols directly).

@@ -8,7 +8,6 @@ import NIOHTTP2
 import Testing
 
 @testable import MeshProxy
-@testable import MeshTesting
 
 /// `HTTP2DownstreamConnection` at frame level on an EmbeddedChannel, without NIO's HTTP/2 handler:
 /// the test plays the client's frames (as NIO would deliver them: framing and stream states checked,

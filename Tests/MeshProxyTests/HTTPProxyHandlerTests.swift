@@ -7,7 +7,6 @@ import NIOHTTP1
 import Testing
 
 @testable import MeshProxy
-@testable import MeshTesting
 
 /// The downstream handler's local decisions, driven through a real NIO HTTP pipeline on an
 /// EmbeddedChannel (no sockets): routing misses, malformed input, limits and timeouts.
