@@ -110,6 +110,17 @@ struct UpstreamPoolTests {
         #expect(pool.lease(a) === recent)
     }
 
+    @Test func aConnectionReleasedToAnotherPoolJoinsThatPoolsList() throws {
+        let (conn, _) = try connection(to: a)
+        pool.release(conn)
+        #expect(pool.lease(a) === conn)
+        let other = UpstreamPool(eventLoop: loop, shared: shared)
+        other.release(conn)
+        #expect(pool.idleCount == 0 && other.idleCount == 1)
+        #expect(pool.lease(a) == nil)
+        #expect(other.lease(a) === conn)
+    }
+
     @Test func closeIdleAndCloseAllEmptyThePool() throws {
         let (c1, ch1) = try connection(to: a)
         let (c2, ch2) = try connection(to: b)

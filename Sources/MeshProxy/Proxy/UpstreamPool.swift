@@ -12,6 +12,10 @@ final class IdleList {
     var conns: [UpstreamConnection] = []
     /// Whether the pool still holds this list for its address (empty lists leave at the next sweep).
     var pooled = true
+    /// The pool that holds it (a connection released to another pool finds that pool's list).
+    let owner: ObjectIdentifier
+
+    init(owner: UpstreamPool) { self.owner = ObjectIdentifier(owner) }
 }
 
 /// Keep-alive HTTP/1.1 connections to endpoints, owned by one event loop: the connections it holds
@@ -72,13 +76,13 @@ final class UpstreamPool {
             return
         }
         let list: IdleList
-        if let known = conn.idleList, known.pooled {
+        if let known = conn.idleList, known.pooled, known.owner == ObjectIdentifier(self) {
             list = known
         } else if let held = idle[conn.address] {
             list = held
             conn.idleList = held
         } else {
-            list = IdleList()
+            list = IdleList(owner: self)
             idle[conn.address] = list
             conn.idleList = list
         }
@@ -93,7 +97,9 @@ final class UpstreamPool {
 
     /// An idle connection closed by its peer leaves the pool.
     func remove(_ conn: UpstreamConnection) {
-        guard let list = conn.idleList, list.pooled, let i = list.conns.firstIndex(where: { $0 === conn }) else { return }
+        guard let list = conn.idleList, list.pooled, list.owner == ObjectIdentifier(self),
+            let i = list.conns.firstIndex(where: { $0 === conn })
+        else { return }
         list.conns.remove(at: i)
         idleCount -= 1
     }
