@@ -54,7 +54,8 @@ INSTRUCTIONS = os.environ.get("INSTRUCTIONS", "0") == "1"
 SCRATCH = ROOT / ".build-h2floor"
 # meshd's release flags (scripts/build-release.sh), so the harness's NIO is built like meshd's.
 FLAGS = ["-c", "release", "--static-swift-stdlib", "-Xswiftc", "-Xclang-linker", "-Xswiftc", "-no-pie",
-         "-Xswiftc", "-enforce-exclusivity=unchecked", "--experimental-lto-mode=full"]
+         "-Xswiftc", "-enforce-exclusivity=unchecked", "-Xswiftc", "-cross-module-optimization",
+         "--experimental-lto-mode=full"]
 
 
 def build_h2floor() -> Path:

@@ -88,7 +88,7 @@ enum HTTP2Conversion {
             case .drop: continue
             case .keep: out.add(name: name, value: value, indexing: indexing(name, value, primeNames: primeNames))
             case .lowercase:
-                let lower = name.lowercased()
+                let lower = HeaderPolicy.asciiLowercased(name)
                 out.add(name: lower, value: value, indexing: indexing(lower, value, primeNames: primeNames))
             }
         }

@@ -32,7 +32,7 @@ extension HTTPProxyHandler {
             if let encoder = try? sync.context(handlerType: HTTPResponseEncoder.self) {
                 sync.removeHandler(context: encoder, promise: nil)
             }
-            if let decoder = try? sync.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+            if let decoder = try? sync.context(handlerType: HTTPRequestDecoderHandler.self) {
                 sync.removeHandler(context: decoder, promise: nil)
             }
             // Bytes either decoder held reach the glue when its removal completes (after this read

@@ -179,9 +179,9 @@ final class UpstreamPool {
                     if let tls {
                         verification.value = try tls.addHandlers(to: channel, http2: false, shared: shared).verified.futureResult
                     }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false,
-                        decoderLimitConfiguration: limits)
+                    try channel.pipeline.syncOperations.addHandler(HTTPRequestEncoder(configuration: .init()))
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPResponseDecoderHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)))
                     try channel.pipeline.syncOperations.addHandler(
                         UpstreamConnection(address: address, shared: shared, counters: counters))
                 }
@@ -408,7 +408,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
         try sync.addHandler(glue)
         sync.removeHandler(context: context, promise: nil)
         if let encoder = try? sync.context(handlerType: HTTPRequestEncoder.self) { sync.removeHandler(context: encoder, promise: nil) }
-        if let decoder = try? sync.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self) {
+        if let decoder = try? sync.context(handlerType: HTTPResponseDecoderHandler.self) {
             sync.removeHandler(context: decoder, promise: nil)
         }
     }

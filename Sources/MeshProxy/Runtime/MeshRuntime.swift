@@ -241,13 +241,13 @@ final class MeshRuntime: Sendable {
                     try sync.addHandler(guardHandler)
                     let proto = direction == .outbound ? loop.snapshot.config.outbound.protocol : loop.snapshot.config.inbound.protocol
                     func addHTTP() throws {
-                        // An upgrade configuration without upgraders only makes the request decoder keep
-                        // (not drop) the bytes after an Upgrade request; its handler leaves after the
-                        // first request. meshd itself switches upgraded connections to a byte pipe.
-                        try sync.configureHTTPServerPipeline(
-                            withPipeliningAssistance: false, withServerUpgrade: ([], { _ in }), withErrorHandling: false,
-                            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
-                            withDecoderLimitConfiguration: limits)
+                        // NIO's server pipeline without its optional handlers: no pipelining assistance, error
+                        // handling or header validation (HTTPProxyHandler does each). The decoder keeps (does
+                        // not drop) the bytes after an Upgrade request: meshd switches upgraded connections
+                        // to a byte pipe itself.
+                        try sync.addHandler(HTTPResponseEncoder(configuration: .init()))
+                        try sync.addHandler(
+                            HTTPRequestDecoderHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)))
                         try sync.addHandler(HTTPProxyHandler(direction: direction, loop: loop, connectionGuard: guardHandler))
                     }
                     func addHTTP2() throws {

@@ -32,6 +32,20 @@ struct HeaderPolicyTests {
         #expect(HeaderPolicy.statusClass(204) == "2xx" && HeaderPolicy.statusClass(503) == "5xx")
     }
 
+    @Test func asciiLowercasingMatchesFoundationOnTokens() {
+        // Every byte a field name (an RFC 9110 token) may hold, in every case, small and large strings.
+        let token = Array("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        var rng = SplitMix64(seed: 7)
+        for _ in 0..<2000 {
+            let count = Int.random(in: 0...40, using: &rng)
+            let name = String(decoding: (0..<count).map { _ in token.randomElement(using: &rng)! }, as: UTF8.self)
+            #expect(HeaderPolicy.asciiLowercased(name) == name.lowercased())
+        }
+        // Only A–Z change: the bytes next to them (`@`, `[`, `` ` ``, `{`) and non-ASCII stay.
+        #expect(HeaderPolicy.asciiLowercased("@AZ[`az{") == "@az[`az{")
+        #expect(HeaderPolicy.asciiLowercased("X-Ä") == "x-Ä")
+    }
+
     @Test func caseInsensitiveEqualityOnlyFoldsASCIILetters() {
         #expect(HeaderPolicy.equalsIgnoringASCIICase("Content-Length", "content-length"))
         #expect(
