@@ -183,29 +183,57 @@ long cmesh_receive_with_fds(int socket, void *bytes, size_t capacity, int *fds, 
 #include <stdio.h>
 #include <sys/mman.h>
 
+// A mapping of the executable `cmesh_release_code_pages` may drop: code (r-xp), or read-only data
+// (r--p: constants, Swift type metadata records, unwind tables) none of whose pages was ever written.
+// A RELRO mapping is r--p too, but the loader wrote its relocations before protecting it: its written
+// pages are private copies (smaps `Anonymous`, or `Swap` once swapped out), and dropping them would
+// lose those writes.
+static int cmesh_droppable(const char *perms, unsigned long written_kb) {
+    if (strcmp(perms, "r-xp") == 0) return 1;
+    return strcmp(perms, "r--p") == 0 && written_kb == 0;
+}
+
 long cmesh_release_code_pages(void) {
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return -errno;
     exe[n] = 0;
-    FILE *maps = fopen("/proc/self/maps", "re");
-    if (maps == NULL) return -errno;
+    // smaps, not maps: a mapping's `Anonymous:` and `Swap:` lines (its pages written since it was
+    // mapped) follow its header line; a candidate is decided at its last line, `VmFlags:`.
+    FILE *smaps = fopen("/proc/self/smaps", "re");
+    if (smaps == NULL) return -errno;
     char line[4096 + 256];
     long total = 0;
-    while (fgets(line, sizeof line, maps) != NULL) {
-        unsigned long start, end;
-        char perms[8];
+    unsigned long start = 0, end = 0;
+    char perms[8] = "";
+    int candidate = 0;
+    unsigned long written_kb = 0;
+    while (fgets(line, sizeof line, smaps) != NULL) {
+        unsigned long a, b;
+        char p[8];
         int path_at = 0;
-        if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &start, &end, perms, &path_at) < 3 || path_at == 0) continue;
-        // Only r-xp: executable code, never written. Not the data or RELRO mappings, whose pages
-        // may have been written (dropping those would lose the writes).
-        if (strcmp(perms, "r-xp") != 0) continue;
-        char *path = line + path_at;
-        size_t len = strlen(path);
-        if (len > 0 && path[len - 1] == '\n') path[len - 1] = 0;
-        if (strcmp(path, exe) != 0) continue;
-        if (madvise((void *)start, end - start, MADV_DONTNEED) == 0) total += (long)(end - start);
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &a, &b, p, &path_at) >= 3 && path_at > 0) {
+            // A mapping's header line: the executable's own mappings only.
+            char *path = line + path_at;
+            size_t len = strlen(path);
+            if (len > 0 && path[len - 1] == '\n') path[len - 1] = 0;
+            candidate = strcmp(path, exe) == 0 && (strcmp(p, "r-xp") == 0 || strcmp(p, "r--p") == 0);
+            start = a;
+            end = b;
+            memcpy(perms, p, sizeof perms);
+            written_kb = 0;
+            continue;
+        }
+        if (!candidate) continue;
+        unsigned long kb;
+        if (sscanf(line, "Anonymous: %lu kB", &kb) == 1 || sscanf(line, "Swap: %lu kB", &kb) == 1) {
+            written_kb += kb;
+        } else if (strncmp(line, "VmFlags:", 8) == 0) {
+            candidate = 0;
+            if (!cmesh_droppable(perms, written_kb)) continue;
+            if (madvise((void *)start, end - start, MADV_DONTNEED) == 0) total += (long)(end - start);
+        }
     }
-    fclose(maps);
+    fclose(smaps);
     return total;
 }

@@ -1,6 +1,7 @@
 """Process lifecycle: graceful drain on SIGTERM/SIGINT, the built-in default, JSON logs."""
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -193,3 +194,46 @@ def test_builtin_default_starts_and_shuts_down(start_meshd):
     status, _, body = mesh.admin_request("POST", "/shutdown")
     assert status == 200, body
     assert mesh.wait_exit(10) == 0
+
+
+def executable_mappings(pid):
+    """The executable's own mappings in /proc/PID/smaps: (perms, size kB, Rss kB, Anonymous kB)."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    maps, current = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+                current = None
+                if len(fields) >= 6 and fields[5] == exe:
+                    current = {"perms": fields[1]}
+                    maps.append(current)
+            elif current is not None and fields[0] in ("Size:", "Rss:", "Anonymous:"):
+                current[fields[0][:-1]] = int(fields[1])
+    return maps
+
+
+def test_code_and_readonly_data_leave_the_resident_set_after_ready(start_meshd, backend):
+    """A second after ready, meshd drops its executable's code and never-written read-only data from
+    its resident set (they stay in the page cache); its RELRO and data pages stay, and it serves on."""
+    mesh = start_meshd(slow_config(backend), args=["--log-level", "debug"])
+    # (the log line is the drop's; its "bytes" are the sizes of the mappings it advised)
+    released = wait_for(
+        lambda: next((r for r in mesh.log_lines() if r.get("msg", "").startswith("start-up code pages released")), None),
+        10, what="the code pages' release")
+    maps = executable_mappings(mesh.pid)
+    code = [m for m in maps if m["perms"] == "r-xp"]
+    readonly = [m for m in maps if m["perms"] == "r--p"]
+    assert code and readonly, maps
+    clean = [m for m in readonly if m["Anonymous"] == 0]
+    written = [m for m in readonly if m["Anonymous"] > 0]  # RELRO: relocated by the loader
+    assert int(released["bytes"]) == sum(m["Size"] for m in code + clean) * 1024, (released, maps)
+    # Idle: the code in use faults back in, a fraction of the whole; untouched constants stay out.
+    assert sum(m["Rss"] for m in code) < sum(m["Size"] for m in code) // 2, maps
+    assert sum(m["Rss"] for m in clean) < 1024, maps
+    assert all(m["Rss"] >= m["Anonymous"] > 0 for m in written), maps
+    # Everything dropped comes back from the file as it is used: requests, metrics.
+    for _ in range(3):
+        status, _, body = http_request(mesh.outbound, "GET", "/", headers={"Host": "py"})
+        assert status == 200, body
+    assert mesh.metric("meshd_requests_total", direction="outbound", status_class="2xx") == 3

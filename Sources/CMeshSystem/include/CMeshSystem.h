@@ -37,10 +37,12 @@ int cmesh_send_with_fds(int socket, const void *bytes, size_t length, const int 
 /// beyond are closed). Returns the byte count (0 at end of stream) and sets `*fd_count`, or -errno.
 long cmesh_receive_with_fds(int socket, void *bytes, size_t capacity, int *fds, int max_fds, int *fd_count);
 
-/// Drops this process's mappings of its own executable's code pages (the read-only, executable
-/// mappings of /proc/self/exe) with MADV_DONTNEED: the pages stay in the page cache, shared, and
-/// fault back in (minor faults) when run again, so the resident set becomes the code actually in
-/// use. Code pages are never written, so nothing is lost. Returns the bytes advised, or -errno.
+/// Drops this process's mappings of its own executable's code and read-only data pages (the
+/// read-only mappings of /proc/self/exe: executable ones, and the others none of whose pages was
+/// written, which leaves RELRO out) with MADV_DONTNEED: the pages stay in the page cache, shared, and
+/// fault back in (minor faults) when used again, so the resident set becomes the code and constants
+/// actually in use. Unwritten pages are the file's, so nothing is lost. Returns the bytes advised, or
+/// -errno.
 long cmesh_release_code_pages(void);
 
 #endif
