@@ -158,8 +158,9 @@ final class MeshRuntime: Sendable {
             }
         }
         // Start-up code (config parsing, YAML, certificates, argument parsing) is not run again: a
-        // second after ready, the executable's code pages leave the resident set (they stay in the
-        // page cache, shared by every meshd on the machine) and only the code in use faults back.
+        // second after ready, the executable's code pages and never-written read-only data pages leave
+        // the resident set (they stay in the page cache, shared by every meshd on the machine) and
+        // only what is in use faults back.
         let logger = shared.logger
         DispatchQueue.global().asyncAfter(deadline: .now() + 1) {
             let released = cmesh_release_code_pages()
