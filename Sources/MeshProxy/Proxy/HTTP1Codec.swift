@@ -11,6 +11,9 @@ import NIOHTTP1
 // dependencies' bodies are visible to it (the release build's cross-module optimisation,
 // `scripts/build-release.sh`). Behaviour is the wrapped handler's: every event it handles is passed
 // to it with this handler's context, the others pass by as they would past it.
+//
+// Two classes with the same forwarding, not one generic over the decoder: the pipeline would call a
+// generic handler through an existential too, and its code would run unspecialised again.
 
 /// The server side: requests in, as NIO's `configureHTTPServerPipeline` adds it.
 final class HTTPRequestDecoderHandler: ChannelInboundHandler, RemovableChannelHandler {
