@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The two candidate designs for meshd's h2 → h2 passthrough, measured before one is built
-(bench/README.md, bench/h2floor/).
+(bench/README.md, bench/floor/).
 
     bench/h2design.py [--update-docs]     (ROUNDS=3 SECONDS=6 INSTRUCTIONS=0; MESHD_BIN default
                                            .build/release/meshd)
 
-bench/h2floor is each design's forwarding core and nothing else, on NIO's HTTP/2 handler, built with
+bench/floor's h2floor is each design's forwarding core and nothing else, on NIO's HTTP/2 handler, built with
 meshd's release flags: `frame` (no multiplexer: one handler per connection forwards frames by stream
 id) and `child` (NIO's multiplexer: a child channel per stream on each side, frame payloads passed
 between them: today's meshd path without the HTTP/1 codec and the proxy handler). In one run, beside
@@ -51,17 +51,18 @@ MESHD = os.environ.get("MESHD_BIN", str(ROOT / ".build/release/meshd"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 SECONDS = int(os.environ.get("SECONDS", "6"))
 INSTRUCTIONS = os.environ.get("INSTRUCTIONS", "0") == "1"
-SCRATCH = ROOT / ".build-h2floor"
+SCRATCH = ROOT / ".build-floor"
 # meshd's release flags (scripts/build-release.sh), so the harness's NIO is built like meshd's.
 FLAGS = ["-c", "release", "--static-swift-stdlib", "-Xswiftc", "-Xclang-linker", "-Xswiftc", "-no-pie",
          "-Xswiftc", "-enforce-exclusivity=unchecked", "-Xswiftc", "-cross-module-optimization",
          "--experimental-lto-mode=full"]
 
 
-def build_h2floor() -> Path:
-    subprocess.run(["swift", "build", *FLAGS, "--scratch-path", str(SCRATCH)], cwd=ROOT / "bench/h2floor", check=True,
-                   stdout=subprocess.DEVNULL)
-    return SCRATCH / "release/h2floor"
+def build_floor(product: str) -> Path:
+    """One of bench/floor's harnesses, built with meshd's release flags; → its executable."""
+    subprocess.run(["swift", "build", *FLAGS, "--scratch-path", str(SCRATCH), "--product", product],
+                   cwd=ROOT / "bench/floor", check=True, stdout=subprocess.DEVNULL)
+    return SCRATCH / "release" / product
 
 
 SCENARIOS = ("h2", "grpc")
@@ -142,7 +143,7 @@ def main():
     require("h2design.py", ("nginx", "haproxy", "h2load", "nghttp", "curl", "taskset", "swift")
             + (("valgrind", "callgrind_control") if INSTRUCTIONS else ()))
     global grpc_body
-    h2floor = build_h2floor()
+    h2floor = build_floor("h2floor")
     tmp = Path(tempfile.mkdtemp(prefix="meshd-bench-h2design."))
     os.chmod(tmp, 0o755)  # nginx's worker (nobody) reads the gRPC reply from it
     try:

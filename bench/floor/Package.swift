@@ -1,10 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// A measuring harness, not part of meshd: the two candidate designs for an h2 → h2 passthrough
-// reduced to their forwarding core (see README.md here and docs/performance.md).
+// Measuring harnesses, not part of meshd: forwarding cores reduced to what NIO itself costs (see
+// README.md here and docs/performance.md). `h2floor`: the two candidate designs for an h2 → h2
+// passthrough. `h1floor`: an HTTP/1.1 proxy on NIO's HTTP/1 codec, and a byte pipe on NIO's sockets.
 let package = Package(
-    name: "h2floor",
+    name: "floor",
     platforms: [.macOS(.v14)],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -20,6 +21,15 @@ let package = Package(
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
-        )
+        ),
+        .executableTarget(
+            name: "h1floor",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+        ),
     ]
 )
