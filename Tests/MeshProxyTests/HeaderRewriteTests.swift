@@ -54,4 +54,19 @@ struct HeaderRewriteTests {
         upgrade.meshStripHopByHop(upgrade.meshScan(), removeExpect: false)
         #expect(pairs(upgrade) == ["host: bench"])
     }
+
+    @Test func aResponseScanReadsTheFirstGRPCStatusAndContentTypeInOnePass() {
+        let cases: [HTTPHeaders] = [
+            ["Server": "nginx", "Content-Type": "text/plain", "Content-Length": "3", "Connection": "keep-alive"],
+            ["content-type": "application/grpc", "grpc-status": "0", "Grpc-Status": "13", "Transfer-Encoding": "chunked"],
+            ["Content-Type": "text/html", "content-type": "text/plain", "GRPC-STATUS": "14"],
+            ["grpc-statuses": "0", "content-types": "x", "date": "Sat, 05 Dec 2026 01:13:36 GMT"],
+            [:],
+        ]
+        for headers in cases {
+            let scan = headers.meshResponseScan()
+            #expect(scan.grpcStatus == headers.first(name: "grpc-status"), "\(headers)")
+            #expect(scan.contentType == headers.first(name: "content-type"), "\(headers)")
+        }
+    }
 }

@@ -15,8 +15,7 @@ public enum GRPC {
     /// about 15 k instructions a call (callgrind, 2026-12-05).
     @inlinable
     public static func isGRPC(contentType: String) -> Bool {
-        var value = contentType
-        return value.withUTF8 { isGRPC(contentTypeBytes: $0) }
+        contentType.meshWithUTF8 { isGRPC(contentTypeBytes: $0) }
     }
 
     @inlinable
@@ -35,8 +34,7 @@ public enum GRPC {
     /// header is then ignored, as gRPC servers do).
     /// Concrete and allocation-free (bytes read in place): it runs for every gRPC call with a deadline.
     public static func parseTimeout(_ value: String) -> MeshDuration? {
-        var value = value
-        return value.withUTF8 { bytes in
+        return value.meshWithUTF8 { bytes in
             guard bytes.count >= 2, bytes.count <= 9 else { return nil }
             var amount: Int64 = 0
             for b in bytes[..<(bytes.count - 1)] {

@@ -119,8 +119,7 @@ public struct HTTP2FieldCheck: Sendable {
         }
         if seen & p.rawValue != 0 { throw .repeatedPseudoHeader(name) }
         seen |= p.rawValue
-        var value = value
-        let clean = value.withUTF8 { bytes in
+        let clean = value.meshWithUTF8 { bytes in
             for c in bytes where c <= 0x20 || c == 0x7F { return false }
             return true
         }
@@ -132,8 +131,7 @@ public struct HTTP2FieldCheck: Sendable {
     /// or LF. Both loops run on the strings' contiguous UTF-8 (`withUTF8`), not on `String.UTF8View`'s
     /// iterator: this runs for every field of every block received.
     private static func checkRegular(name: String, value: String) throws(Problem) {
-        var name = name
-        let n = name.withUTF8 { bytes -> Int in
+        let n = name.meshWithUTF8 { bytes -> Int in
             for c in bytes {
                 // The lowercase `tchar`s as two 64-bit masks: 0x21, 0x23-0x27, 0x2A, 0x2B, 0x2D, 0x2E,
                 // 0x30-0x39, 0x5E-0x7A, 0x7C, 0x7E.
@@ -153,8 +151,7 @@ public struct HTTP2FieldCheck: Sendable {
             throw .connectionSpecificField(name)
         default: break
         }
-        var value = value
-        let clean = value.withUTF8 { bytes in
+        let clean = value.meshWithUTF8 { bytes in
             for c in bytes where c == 0 || c == 0x0A || c == 0x0D { return false }
             return true
         }

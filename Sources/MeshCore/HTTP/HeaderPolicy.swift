@@ -65,31 +65,26 @@ extension HeaderPolicy {
 
     /// ASCII case-insensitive equality; `lowercase` must already be lowercase. Concrete (not
     /// generic) and inlinable: it runs for every header of every message.
-    /// Compares the strings' UTF-8 bytes in place (`withUTF8`: no copy for native strings, a stack
-    /// copy for small ones), not through `String.UTF8View`'s iterator — 5 % of the instructions of a
-    /// proxied HTTP/1.1 request went to that iterator (callgrind).
+    /// Compares the strings' UTF-8 bytes in place (`meshWithUTF8`), not through `String.UTF8View`'s
+    /// iterator — 5 % of the instructions of a proxied HTTP/1.1 request went to that iterator
+    /// (callgrind).
     @inlinable
     public static func equalsIgnoringASCIICase(_ s: String, _ lowercase: String) -> Bool {
         guard s.utf8.count == lowercase.utf8.count else { return false }
-        var s = s
-        var lowercase = lowercase
-        return s.withUTF8 { a in lowercase.withUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
+        return s.meshWithUTF8 { a in lowercase.meshWithUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
     }
 
     @inlinable
     public static func equalsIgnoringASCIICase(_ s: Substring, _ lowercase: String) -> Bool {
         guard s.utf8.count == lowercase.utf8.count else { return false }
-        var s = s
-        var lowercase = lowercase
-        return s.withUTF8 { a in lowercase.withUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
+        return s.meshWithUTF8 { a in lowercase.meshWithUTF8 { b in equalsIgnoringASCIICase(bytes: a, b) } }
     }
 
     /// `s` with its ASCII capitals lowered and every other byte kept (field names are ASCII tokens;
     /// RFC 9113 §8.2.1 wants them lower-case on HTTP/2). One allocation at most, no Unicode case
     /// mapping: `String.lowercased()` cost about 700 instructions per field name.
     public static func asciiLowercased(_ s: String) -> String {
-        var s = s
-        return s.withUTF8 { bytes in
+        s.meshWithUTF8 { bytes in
             String(unsafeUninitializedCapacity: bytes.count) { out in
                 for i in 0..<bytes.count {
                     let c = bytes[i]
@@ -106,8 +101,7 @@ extension HeaderPolicy {
         let n = lowercase.utf8CodeUnitCount
         guard s.utf8.count == n else { return false }
         let b = UnsafeBufferPointer(start: lowercase.utf8Start, count: n)
-        var s = s
-        return s.withUTF8 { a in equalsIgnoringASCIICase(bytes: a, b) }
+        return s.meshWithUTF8 { a in equalsIgnoringASCIICase(bytes: a, b) }
     }
 
     @inlinable
@@ -147,8 +141,7 @@ extension HeaderPolicy {
     public static func forEachListItem(_ value: String, _ body: (Substring) -> Void) {
         var items: (count: Int, ranges: [(Int, Int)]) = (0, [])
         var single: (Int, Int) = (0, 0)
-        var copy = value
-        copy.withUTF8 { bytes in
+        value.meshWithUTF8 { bytes in
             var i = 0
             while i <= bytes.count {
                 var start = i

@@ -6,13 +6,11 @@ public enum JSONBytes {
     /// `s` as a JSON string literal: `"`, `\` and the control characters escaped (`\n`, `\r`, `\t`,
     /// else `\u00XX`), every other byte of its UTF-8 as it is (`JSONValue.quote` uses it).
     public static func appendQuoted(_ s: String, to out: inout [UInt8]) {
-        var s = s
-        s.withUTF8 { appendQuoted(bytes: $0, to: &out) }
+        s.meshWithUTF8 { appendQuoted(bytes: $0, to: &out) }
     }
 
     public static func appendQuoted(_ s: Substring, to out: inout [UInt8]) {
-        var s = s
-        s.withUTF8 { appendQuoted(bytes: $0, to: &out) }
+        s.meshWithUTF8 { appendQuoted(bytes: $0, to: &out) }
     }
 
     public static func appendQuoted(bytes: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {

@@ -12,8 +12,9 @@
 public struct TraceDecision: Sendable, Equatable {
     /// The request id of the request (the client's, or the one meshd adds).
     public var requestID: String
-    /// The 32-hex trace id of the request's `traceparent` (the client's, or the one meshd adds).
-    public var traceID: String
+    /// The 32-hex trace id of the request's `traceparent` (the client's, or the one meshd adds): a
+    /// slice of that field's value, not a copy of its bytes.
+    public var traceID: Substring
     /// Set when meshd adds an `x-request-id` header.
     public var addRequestID: String?
     /// Set when meshd adds (or, for a malformed one, replaces) the `traceparent` header.
@@ -58,13 +59,24 @@ public struct TraceDecision: Sendable, Equatable {
         }
         if let tp = incoming.traceparent, let parsed = Traceparent(tp) {
             return TraceDecision(
-                requestID: requestID, traceID: String(parsed.traceID), addRequestID: addRequestID, setTraceparent: nil,
+                requestID: requestID, traceID: parsed.traceID, addRequestID: addRequestID, setTraceparent: nil,
                 dropMalformed: false)
         }
         let b3 = incoming.b3.flatMap(B3.single) ?? incoming.b3TraceID.flatMap { B3.multi(traceID: $0, sampled: incoming.b3Sampled) }
-        let traceID = b3?.traceID ?? hex(rng.next(), rng.next())
         let flags: StaticString = (b3?.sampled ?? false) ? "01" : "00"
-        let header = traceparent(traceID: traceID, parentID: rng.next() | 1, flags: flags)
+        let header: String
+        var idCount = 32
+        if let b3 {
+            header = traceparent(traceID: b3.traceID, parentID: rng.next() | 1, flags: flags)
+            idCount = b3.traceID.utf8.count
+        } else {
+            let high = rng.next()
+            let low = rng.next()
+            header = traceparent(traceID: (high, low), parentID: rng.next() | 1, flags: flags)
+        }
+        // The trace id as a slice of the new header, after `00-`.
+        let utf8 = header.utf8
+        let traceID = header[utf8.index(utf8.startIndex, offsetBy: 3)..<utf8.index(utf8.startIndex, offsetBy: 3 + idCount)]
         return TraceDecision(
             requestID: requestID, traceID: traceID, addRequestID: addRequestID, setTraceparent: header,
             dropMalformed: incoming.traceparent != nil)
@@ -104,35 +116,53 @@ public struct TraceDecision: Sendable, Equatable {
 
     /// `00-TRACEID-PARENTID-FLAGS` in one allocation; the trace id's bytes copied in place.
     static func traceparent(traceID: String, parentID: UInt64, flags: StaticString) -> String {
-        var id = traceID
-        return id.withUTF8 { idBytes in
-            String(unsafeUninitializedCapacity: 3 + idBytes.count + 18 + flags.utf8CodeUnitCount) { out in
-                out[0] = UInt8(ascii: "0")
-                out[1] = UInt8(ascii: "0")
-                out[2] = UInt8(ascii: "-")
-                var i = 3
-                for b in idBytes {
+        traceID.meshWithUTF8 { idBytes in
+            traceparent(idCount: idBytes.count, parentID: parentID, flags: flags) { out in
+                for (i, b) in idBytes.enumerated() { out[3 + i] = b }
+            }
+        }
+    }
+
+    /// The same with a new trace id, `high` then `low` as 32 hex digits written in place.
+    static func traceparent(traceID: (high: UInt64, low: UInt64), parentID: UInt64, flags: StaticString) -> String {
+        traceparent(idCount: 32, parentID: parentID, flags: flags) { out in
+            var shift: UInt64 = 60
+            for i in 0..<16 {
+                out[3 + i] = hexDigit(traceID.high >> shift)
+                out[19 + i] = hexDigit(traceID.low >> shift)
+                shift &-= 4
+            }
+        }
+    }
+
+    /// `00-`, `idCount` bytes that `writeID` puts at offsets 3..., `-PARENTID-FLAGS`.
+    @inline(__always)
+    static func traceparent(
+        idCount: Int, parentID: UInt64, flags: StaticString, writeID: (UnsafeMutableBufferPointer<UInt8>) -> Void
+    ) -> String {
+        String(unsafeUninitializedCapacity: 3 + idCount + 18 + flags.utf8CodeUnitCount) { out in
+            out[0] = UInt8(ascii: "0")
+            out[1] = UInt8(ascii: "0")
+            out[2] = UInt8(ascii: "-")
+            writeID(out)
+            var i = 3 + idCount
+            out[i] = UInt8(ascii: "-")
+            i += 1
+            var shift: UInt64 = 60
+            for _ in 0..<16 {
+                out[i] = hexDigit(parentID >> shift)
+                shift &-= 4
+                i += 1
+            }
+            out[i] = UInt8(ascii: "-")
+            i += 1
+            flags.withUTF8Buffer { bytes in
+                for b in bytes {
                     out[i] = b
                     i += 1
                 }
-                out[i] = UInt8(ascii: "-")
-                i += 1
-                var shift: UInt64 = 60
-                for _ in 0..<16 {
-                    out[i] = hexDigit(parentID >> shift)
-                    shift &-= 4
-                    i += 1
-                }
-                out[i] = UInt8(ascii: "-")
-                i += 1
-                flags.withUTF8Buffer { bytes in
-                    for b in bytes {
-                        out[i] = b
-                        i += 1
-                    }
-                }
-                return i
             }
+            return i
         }
     }
 
@@ -142,20 +172,6 @@ public struct TraceDecision: Sendable, Equatable {
     static func hexDigit(_ value: UInt64) -> UInt8 {
         let d = UInt8(truncatingIfNeeded: value & 0xF)
         return d < 10 ? 0x30 + d : 0x57 + d
-    }
-
-    /// Each word as 16 lower-case hex digits.
-    static func hex(_ words: UInt64...) -> String {
-        String(unsafeUninitializedCapacity: words.count * 16) { out in
-            var i = 0
-            for w in words {
-                for n in 0..<16 {
-                    out[i] = hexDigit(w >> UInt64(60 - 4 * n))
-                    i += 1
-                }
-            }
-            return i
-        }
     }
 }
 

@@ -29,7 +29,7 @@ enum AccessLog {
         var bytesIn: Int
         var bytesOut: Int
         var requestID: String
-        var traceID: String
+        var traceID: Substring
         var error: String?
     }
 

@@ -98,8 +98,7 @@ enum HTTP2Conversion {
 
     /// What becomes of an HTTP/1 field in an HTTP/2 block.
     static func fieldKind(_ name: String, value: String) -> FieldKind {
-        var copy = name
-        let upper = copy.withUTF8 { bytes in
+        let upper = name.meshWithUTF8 { bytes in
             for c in bytes where c &- UInt8(ascii: "A") < 26 { return true }
             return false
         }

@@ -63,8 +63,7 @@ extension HTTPProxyHandler {
             reply(.badRequest, context: context, detail: "more than one Host header")
             return
         }
-        let hostHeader = head.headers.first(name: "host")
-        if authority == nil, let hostHeader { authority = Substring(hostHeader) }
+        if authority == nil, let host = scan.host { authority = Substring(host) }
         guard let authority, !authority.isEmpty else {
             reply(.badRequest, context: context, detail: "request has no Host header")
             return
@@ -97,7 +96,9 @@ extension HTTPProxyHandler {
             outHead.uri = String(uri)
             replaceOrAdd("host", String(authority))
         }
-        outHead.version = .http1_1
+        // (Set only when it differs: the head's method, target and version share one copy-on-write
+        // box with `head`'s, and a write copies it — an allocation per request.)
+        if outHead.version != .http1_1 { outHead.version = .http1_1 }
 
         var deadline = Int64.max
         switch direction {
@@ -238,7 +239,7 @@ extension HTTPProxyHandler {
         } else {
             add("x-forwarded-for", clientIP)
         }
-        if hostHeader == nil && !rewroteURI { add("host", String(req.authority)) }
+        if scan.host == nil && !rewroteURI { add("host", String(req.authority)) }
         if trace.dropMalformed {
             drop("traceparent")
             drop("tracestate")

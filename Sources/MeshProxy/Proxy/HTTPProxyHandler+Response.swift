@@ -23,8 +23,9 @@ extension HTTPProxyHandler {
             // connection carries nothing more either way (a 101 makes it a tunnel, never pooled).
             if req.upgrade != nil { conn.reusable = false }
             let status = Int(head.status.code)
-            let grpcStatus = head.headers.first(name: "grpc-status").flatMap { Int($0) }
-            let isGRPC = head.headers.first(name: "content-type").map { GRPC.isGRPC(contentType: $0) } == true
+            let fields = head.headers.meshResponseScan()
+            let grpcStatus = fields.grpcStatus.flatMap { Int($0) }
+            let isGRPC = fields.contentType.map { GRPC.isGRPC(contentType: $0) } == true
             var admission = retryAdmission
             let action = req.exchange.responseHead(
                 status: status, grpcStatus: grpcStatus, grpcContentType: isGRPC, now: now, admission: &admission, rng: &loop.rng)
@@ -52,7 +53,7 @@ extension HTTPProxyHandler {
                 countSkipped(skipped)
             }
             dropHedge()
-            if req.grpc, let g = GRPC.status(head.headers.first(name: "grpc-status")) { req.grpcStatus = g }
+            if req.grpc, let g = GRPC.status(fields.grpcStatus) { req.grpcStatus = g }
             if status == 101, req.upgrade != nil {
                 // Switch once the decoder has delivered this response's end (it comes right after).
                 req.switchingHead = head
@@ -222,7 +223,7 @@ extension HTTPProxyHandler {
     func responseHeadForClient(_ head: HTTPResponseHead) -> HTTPResponseHead {
         var head = head
         head.headers.meshStripHopByHop(removeExpect: false)
-        head.version = .http1_1
+        if head.version != .http1_1 { head.version = .http1_1 }  // (a write copies the head's box)
         if (!req.keepAlive || quiescing) && !multiplexed { head.headers.add(name: "connection", value: "close") }
         if multiplexed { head.headers.meshTrimValueWhitespace() }
         return head

@@ -136,7 +136,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         var upstreamH2 = false
         /// `x-request-id` and the `traceparent` trace id (the client's, or those meshd added).
         var requestID = ""
-        var traceID = ""
+        var traceID: Substring = ""
         /// Body bytes received from the client and sent to it.
         var bytesIn = 0
         var bytesOut = 0

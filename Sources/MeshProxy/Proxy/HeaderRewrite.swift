@@ -16,8 +16,9 @@ struct HeaderScan {
     var grpcTimeout: String?
     /// `x-meshd-orig-proto`: an HTTP/1.1 request another meshd carried over HTTP/2.
     var originalProtocol = false
-    /// `Host` fields seen (RFC 9112 §3.2: more than one is a 400).
+    /// `Host` fields seen (RFC 9112 §3.2: more than one is a 400), and the first one's value.
     var hostCount = 0
+    var host: String?
     /// A `Content-Length` that is not a decimal number meshd (and most peers) can hold: past 2^63 - 1.
     var contentLengthTooLarge = false
     /// `x-forwarded-client-cert`: only meshd sets it (from the mTLS peer); a client's own is removed.
@@ -34,7 +35,29 @@ struct HeaderScan {
     var isUpgradeRequest: Bool { upgrade && connectionUpgrade }
 }
 
+/// What a response head carries that the exchange decides on (the first of each field).
+struct ResponseScan {
+    var grpcStatus: String?
+    var contentType: String?
+}
+
 extension HTTPHeaders {
+    /// One pass over a response's headers for the fields `ResponseScan` holds (two
+    /// `HTTPHeaders.first(name:)` would make two).
+    func meshResponseScan() -> ResponseScan {
+        var scan = ResponseScan()
+        for (name, value) in self {
+            switch name.utf8.count {
+            case 11 where scan.grpcStatus == nil && HeaderPolicy.equalsIgnoringASCIICase(name, literal: "grpc-status"):
+                scan.grpcStatus = value
+            case 12 where scan.contentType == nil && HeaderPolicy.equalsIgnoringASCIICase(name, literal: "content-type"):
+                scan.contentType = value
+            default: break
+            }
+        }
+        return scan
+    }
+
     /// One pass over the headers, no allocation: framing, `Expect`, hop-by-hop presence, XFF, gRPC
     /// (content type, `grpc-timeout`) and meshd's original-protocol mark.
     func meshScan() -> HeaderScan {
@@ -49,6 +72,7 @@ extension HTTPHeaders {
             case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-type"):
                 scan.grpc = GRPC.isGRPC(contentType: value)
             case 4 where HeaderPolicy.equalsIgnoringASCIICase(name, "host"):
+                if scan.hostCount == 0 { scan.host = value }
                 scan.hostCount += 1
             case 14 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"):
                 // NIO's parser takes any 64-bit unsigned length; a peer with signed lengths would not.

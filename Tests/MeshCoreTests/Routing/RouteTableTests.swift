@@ -113,6 +113,15 @@ struct RouteTableTests {
         #expect(RouteTable.hostWithoutPort("orders:8080") == "orders")
         #expect(RouteTable.hostWithoutPort("orders") == "orders")
         #expect(RouteTable.hostWithoutPort("[::1]:80") == "::1")
+        #expect(RouteTable.hostWithoutPort("[::1]") == "::1")
+        #expect(RouteTable.hostWithoutPort("[::1") == "[::1")  // unclosed: left as it is
+        #expect(RouteTable.hostWithoutPort("::1") == "::1")  // unbracketed IPv6: no port to cut
+        #expect(RouteTable.hostWithoutPort("orders:") == "orders")
+        #expect(RouteTable.hostWithoutPort("") == "")
+        #expect(RouteTable.hostWithoutPort("bücher.example:443") == "bücher.example")
+        // A slice of a longer string: the cut is relative to the slice.
+        let authority = "http://orders.ns:8080/x".dropFirst(7).prefix(14)
+        #expect(RouteTable.hostWithoutPort(authority) == "orders.ns")
     }
 
     @Test func weightedSplitFollowsWeights() throws {

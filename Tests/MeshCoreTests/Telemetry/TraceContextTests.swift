@@ -36,6 +36,10 @@ struct TraceContextTests {
         let tp = try #require(d.setTraceparent)
         let parsed = try #require(Traceparent(Substring(tp)))
         #expect(parsed.traceID == Substring(d.traceID) && parsed.flags == "00" && parsed.version == "00")
+        // The trace id and the parent id: the generator's next three words, written as hex in place.
+        #expect(d.traceID == hex(words.next()) + hex(words.next()))
+        #expect(parsed.parentID == hex(words.next() | 1))
+        #expect(tp.utf8.count == 55)
         #expect(!d.dropMalformed)
         // Seeded: the same ids again; another request: different ones.
         var again = SplitMix64(seed: 2)
