@@ -115,6 +115,41 @@ def test_keep_alive_connection_serves_on_after_connect_failed(mesh):
         s.close()
 
 
+def test_keep_alive_connection_reads_the_rest_of_a_body_after_connect_failed(mesh):
+    """A 503 connect-failed answered before the request's body was all read: meshd reads the rest
+    and drops it, then serves the next request on the connection. (Reads held while meshd waited
+    for the upstream stayed held: the rest of the body and the next request were never read, and the
+    connection stalled — in the soak, an upstream meshd pooled such a connection and its next
+    request, a WebSocket handshake, timed out behind it.)"""
+    s = socket.create_connection(mesh.outbound, timeout=5)
+    try:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: closed\r\nContent-Length: 10\r\n\r\nhello")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, "connection closed"
+            head += chunk
+        assert head.split(b" ")[1] == b"503", head[:200]
+        assert b"connection: close" not in head.lower(), head[:300]
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        while len(rest) < length:
+            rest += s.recv(4096)
+        # The body's second half, then the next request on the same connection.
+        s.sendall(b"world" + b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            try:
+                chunk = s.recv(4096)
+            except socket.timeout:
+                pytest.fail("no response to the request after the dropped body: the connection stalled")
+            assert chunk, "connection closed"
+            head += chunk
+        assert head.split(b" ")[1] == b"200", head[:200]
+    finally:
+        s.close()
+
+
 def test_504_route_timeout(mesh):
     with ErrorCounter(mesh, "upstream-timeout") as c:
         t0 = time.monotonic()

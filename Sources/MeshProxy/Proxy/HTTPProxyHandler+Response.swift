@@ -125,8 +125,7 @@ extension HTTPProxyHandler {
             // An early response (e.g. 413): the upstream will not read the rest; drop it.
             primary.close()
             finishRequest(status: req.status, error: nil)
-            discarded = 0
-            state = .discarding
+            discardRestOfRequest(context: context)
         }
     }
 

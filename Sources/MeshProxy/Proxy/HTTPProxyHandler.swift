@@ -427,6 +427,20 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         state = .idle(since: .now())
     }
 
+    /// The exchange is answered and only the rest of its request is left, to read and drop. Reads
+    /// held while the exchange waited for an upstream (connecting, a retry's backoff) or for an
+    /// upstream to drain resume here: otherwise that rest would never be read, and the connection
+    /// would stall with the client's next request unread behind it (an upstream meshd, having sent
+    /// the whole request, pools the connection and its next request waits out its timeout).
+    func discardRestOfRequest(context: ChannelHandlerContext) {
+        discarded = 0
+        state = .discarding
+        if readPending {
+            readPending = false
+            readDownstream(context)
+        }
+    }
+
     func goIdleOrClose() {
         if multiplexed {
             // One request per stream: the stream closes once both of its ends are done.

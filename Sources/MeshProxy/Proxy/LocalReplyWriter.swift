@@ -34,8 +34,7 @@ extension HTTPProxyHandler {
         if req.exchange.requestEnded {
             goIdleOrClose()
         } else {
-            discarded = 0
-            state = .discarding
+            discardRestOfRequest(context: context)
         }
     }
 
@@ -78,8 +77,7 @@ extension HTTPProxyHandler {
         if req.exchange.requestEnded {
             state = .closed
         } else {
-            discarded = 0
-            state = .discarding
+            discardRestOfRequest(context: context)
         }
     }
 
