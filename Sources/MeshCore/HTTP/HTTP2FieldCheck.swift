@@ -128,8 +128,8 @@ public struct HTTP2FieldCheck: Sendable {
     }
 
     /// A regular field: a lowercase token name, not connection-specific, and a value without NUL, CR
-    /// or LF. Both loops run on the strings' contiguous UTF-8 (`withUTF8`), not on `String.UTF8View`'s
-    /// iterator: this runs for every field of every block received.
+    /// or LF. Both loops run on the strings' contiguous UTF-8 (`meshWithUTF8`), not on
+    /// `String.UTF8View`'s iterator: this runs for every field of every block received.
     private static func checkRegular(name: String, value: String) throws(Problem) {
         let n = name.meshWithUTF8 { bytes -> Int in
             for c in bytes {

@@ -17,48 +17,13 @@
 // A measuring harness: no timeouts and no backpressure (the benchmark's client waits for each
 // response). A synchronous main: valgrind cannot run a Swift async main.
 
+import FloorSupport
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
-let arguments = CommandLine.arguments
-guard arguments.count == 5, arguments[1] == "codec" || arguments[1] == "bytes", let listenPort = Int(arguments[2]),
-    let upstreamPort = Int(arguments[4])
-else {
-    print("usage: h1floor codec|bytes LISTEN_PORT UPSTREAM_IP UPSTREAM_PORT")
-    exit(2)
-}
-let design = arguments[1]
-let upstreamAddress = try SocketAddress(ipAddress: arguments[3], port: upstreamPort)
+let (design, listenPort, upstreamAddress) = floorArguments(tool: "h1floor", designs: ["codec", "bytes"])
 let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-
-/// A 36-character request id (UUID-shaped) from the connection's generator: the header meshd adds
-/// when the client sent none.
-struct RequestIDs {
-    var rng = SystemRandomNumberGenerator()
-    static let hex = Array("0123456789abcdef".utf8)
-
-    mutating func next() -> String {
-        let words = (rng.next() as UInt64, rng.next() as UInt64)
-        return String(unsafeUninitializedCapacity: 36) { out in
-            var i = 0
-            for k in 0..<32 {
-                if i == 8 || i == 13 || i == 18 || i == 23 {
-                    out[i] = UInt8(ascii: "-")
-                    i += 1
-                }
-                let word = k < 16 ? words.0 : words.1
-                out[i] = Self.hex[Int((word >> UInt64(60 - 4 * (k % 16))) & 0xF)]
-                i += 1
-            }
-            return i
-        }
-    }
-}
 
 /// Opens the upstream connection of a downstream one, `handlers` last in its pipeline; `connected`
 /// runs on the loop with the channel, or nil when the connection failed.

@@ -15,6 +15,7 @@
 //
 // (A synchronous main: valgrind cannot run a Swift async main.)
 
+import FloorSupport
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
@@ -24,15 +25,7 @@ import NIOPosix
     import Glibc
 #endif
 
-let arguments = CommandLine.arguments
-guard arguments.count == 5, arguments[1] == "frame" || arguments[1] == "child", let listenPort = Int(arguments[2]),
-    let upstreamPort = Int(arguments[4])
-else {
-    print("usage: h2floor frame|child LISTEN_PORT UPSTREAM_IP UPSTREAM_PORT")
-    exit(2)
-}
-let design = arguments[1]
-let upstreamAddress = try SocketAddress(ipAddress: arguments[3], port: upstreamPort)
+let (design, listenPort, upstreamAddress) = floorArguments(tool: "h2floor", designs: ["frame", "child"])
 let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 let loop = group.next()
 
@@ -44,32 +37,6 @@ let clientSettings: HTTP2Settings = [
     HTTP2Setting(parameter: .enablePush, value: 0),
     HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
 ]
-
-/// A 36-character request id (UUID-shaped) from a per-loop generator: the per-request header meshd
-/// adds when the client sent none.
-struct RequestIDs {
-    var rng = SystemRandomNumberGenerator()
-    static let hex = Array("0123456789abcdef".utf8)
-
-    mutating func next() -> String {
-        let a = rng.next() as UInt64
-        let b = rng.next() as UInt64
-        return String(unsafeUninitializedCapacity: 36) { out in
-            var i = 0
-            for word in [a, b] {
-                for k in 0..<16 {
-                    if i == 8 || i == 13 || i == 18 || i == 23 {
-                        out[i] = UInt8(ascii: "-")
-                        i += 1
-                    }
-                    out[i] = Self.hex[Int((word >> UInt64(60 - 4 * k)) & 0xF)]
-                    i += 1
-                }
-            }
-            return i
-        }
-    }
-}
 
 func rewriteRequest(_ headers: inout HPACKHeaders, clientIP: String, ids: inout RequestIDs) {
     headers.add(name: "x-forwarded-for", value: clientIP, indexing: .nonIndexable)
