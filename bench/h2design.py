@@ -221,7 +221,7 @@ backend b
         med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in results.items()}
         labels = {
             "HAProxy": "HAProxy (nbthread 1, h2 both sides)",
-            "meshd": "meshd (frame-level connections, proxy handler on HTTP/1 types)",
+            "meshd": "meshd (frame-level connections, h2 → h2 heads as HPACK blocks)",
             "child": "design `child`: child channel per stream, payloads passed through",
             "frame": "design `frame`: one handler per connection, frames by stream id",
         }

@@ -18,12 +18,25 @@ private final class RecordingOwner: UpstreamOwner {
     var downstreamWritable = true
 
     func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection) { parts.append(part) }
+    func upstreamHead(_ head: ResponseHead, from conn: UpstreamConnection) {
+        switch head {
+        case .http1(let head): parts.append(.head(head))
+        case .h2(let response): parts.append(.head(HTTP2Conversion.http1Head(response, requestMethod: .GET)))
+        }
+    }
     func upstreamReadComplete(from conn: UpstreamConnection) { readCompletes += 1 }
     func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection) { if writable { writableEvents += 1 } }
     func upstreamClosed(error: Error?, from conn: UpstreamConnection) { closed.append(error) }
 }
 
 private struct StreamNotGranted: Error {}
+
+/// A response block checked, then as an HTTP/1.1 client gets it.
+private func responseHead(
+    _ block: HPACKHeaders, requestMethod: HTTPMethod, endStream: Bool
+) throws(HTTP2FieldCheck.Problem) -> HTTPResponseHead {
+    HTTP2Conversion.http1Head(try HTTP2Conversion.response(block, endStream: endStream), requestMethod: requestMethod)
+}
 
 /// `HTTP2UpstreamConnection` at frame level on an EmbeddedChannel (without NIO's HTTP/2 handler: the
 /// test plays it, reading the frames meshd writes and feeding the endpoint's frames and NIO's events).
@@ -326,23 +339,23 @@ struct HTTP2ConversionTests {
 
     @Test func responseHeadsSayHowAnHTTP1ClientSeesTheirEnd() throws {
         let ok = HPACKHeaders([(":status", "200")])
-        #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: true).headers["content-length"] == ["0"])
-        #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .GET, endStream: false).headers["transfer-encoding"] == ["chunked"])
-        #expect(try HTTP2Conversion.responseHead(ok, requestMethod: .HEAD, endStream: false).headers.isEmpty)
+        #expect(try responseHead(ok, requestMethod: .GET, endStream: true).headers["content-length"] == ["0"])
+        #expect(try responseHead(ok, requestMethod: .GET, endStream: false).headers["transfer-encoding"] == ["chunked"])
+        #expect(try responseHead(ok, requestMethod: .HEAD, endStream: false).headers.isEmpty)
         let noContent = HPACKHeaders([(":status", "204")])
-        #expect(try HTTP2Conversion.responseHead(noContent, requestMethod: .GET, endStream: true).headers.isEmpty)
+        #expect(try responseHead(noContent, requestMethod: .GET, endStream: true).headers.isEmpty)
         let sized = HPACKHeaders([(":status", "200"), ("content-length", "3")])
-        #expect(try HTTP2Conversion.responseHead(sized, requestMethod: .GET, endStream: false).headers["transfer-encoding"] == [])
+        #expect(try responseHead(sized, requestMethod: .GET, endStream: false).headers["transfer-encoding"] == [])
     }
 
     @Test func aStatusMustBeThreeDigits() {
         for bad in ["20", "2000", "abc", "099", "600", "2 0"] {
             #expect(throws: HTTP2FieldCheck.Problem.self, "\(bad)") {
-                try HTTP2Conversion.responseHead(HPACKHeaders([(":status", bad)]), requestMethod: .GET, endStream: true)
+                try responseHead(HPACKHeaders([(":status", bad)]), requestMethod: .GET, endStream: true)
             }
         }
         #expect(throws: HTTP2FieldCheck.Problem.missingPseudoHeaders) {
-            try HTTP2Conversion.responseHead(HPACKHeaders([("a", "b")]), requestMethod: .GET, endStream: true)
+            try responseHead(HPACKHeaders([("a", "b")]), requestMethod: .GET, endStream: true)
         }
     }
 
@@ -356,21 +369,85 @@ struct HTTP2ConversionTests {
     }
 
     @Test func requestHeadsAreCheckedAsTheyAreRead() throws {
-        let get = try HTTP2Conversion.requestHead(
+        let get = try HTTP2Conversion.request(
             HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":authority", "a:80"), (":path", "/x"), ("x", "1")]), endStream: true)
-        #expect(get.method == .GET && get.uri == "/x" && get.headers["host"] == ["a:80"] && get.headers["x"] == ["1"])
-        let connect = try HTTP2Conversion.requestHead(HPACKHeaders([(":method", "CONNECT"), (":authority", "b:443")]), endStream: false)
+        #expect(get.method == .GET && get.uri == "/x" && get.authority == "a:80" && get.fieldCount == 1)
+        let getHead = HTTP2Conversion.http1Head(get)
+        #expect(getHead.uri == "/x" && getHead.headers.map(\.name) == ["x"], "Host comes from the authority meshd routed on")
+        let connect = try HTTP2Conversion.request(HPACKHeaders([(":method", "CONNECT"), (":authority", "b:443")]), endStream: false)
         #expect(connect.method == .CONNECT && connect.uri == "b:443")
-        let post = try HTTP2Conversion.requestHead(
-            HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":path", "/")]), endStream: false)
-        #expect(post.headers["transfer-encoding"] == ["chunked"])
+        let post = try HTTP2Conversion.request(HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":path", "/")]), endStream: false)
+        #expect(HTTP2Conversion.http1Head(post).headers["transfer-encoding"] == ["chunked"])
+        let emptyPost = try HTTP2Conversion.request(
+            HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":path", "/")]), endStream: true)
+        #expect(HTTP2Conversion.http1Head(emptyPost).headers["content-length"] == ["0"])
         #expect(throws: HTTP2FieldCheck.Problem.invalidName("X-Upper")) {
-            try HTTP2Conversion.requestHead(
+            try HTTP2Conversion.request(
                 HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("X-Upper", "1")]), endStream: true)
         }
         #expect(throws: HTTP2FieldCheck.Problem.invalidValue(name: ":path")) {
-            try HTTP2Conversion.requestHead(
+            try HTTP2Conversion.request(
                 HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":path", "/a HTTP/1.1\r\nx: y")]), endStream: true)
+        }
+    }
+
+    /// h2 → h2: the upstream's block is the client's, rewritten — no HTTP/1 head in between.
+    @Test func anHTTP2RequestGoesOnAsItsOwnBlockRewritten() throws {
+        var block = HPACKHeaders([(":method", "POST"), (":scheme", "https"), (":authority", "a:80"), (":path", "/p?q=1")])
+        block.add(name: "host", value: "a:80")
+        block.add(name: "te", value: "trailers")
+        block.add(name: "x-forwarded-for", value: "10.0.0.1")
+        block.add(name: "authorization", value: "secret", indexing: .neverIndexed)
+        block.add(name: "user-agent", value: " padded\t")
+        let request = try HTTP2Conversion.request(block, endStream: false)
+        let out = HTTP2Conversion.upstreamBlock(
+            request, authority: "svc", uri: nil, dropped: ["x-forwarded-for"],
+            added: [("x-forwarded-for", "10.0.0.1, 10.0.0.2"), ("host", "svc"), ("x-request-id", "r1")])
+        #expect(
+            out.map(\.name) == [
+                ":method", ":scheme", ":authority", ":path", "te", "authorization", "user-agent", "x-forwarded-for", "x-request-id",
+            ])
+        #expect(out.first(name: ":authority") == "svc" && out.first(name: ":scheme") == "http" && out.first(name: ":path") == "/p?q=1")
+        #expect(out.first(name: "user-agent") == "padded", "RFC 9113 §8.2.1: no leading or trailing whitespace")
+        #expect(out.first(name: "x-forwarded-for") == "10.0.0.1, 10.0.0.2")
+        let indexing = Dictionary(out.map { ($0.name, $0.indexable) }, uniquingKeysWith: { a, _ in a })
+        #expect(indexing["authorization"] == .neverIndexed, "RFC 7541 §7.1.3: never-indexed stays so")
+        #expect(indexing[":path"] == .nonIndexable && indexing["x-request-id"] == .nonIndexable && indexing["te"] == .indexable)
+        #expect(HTTP2Conversion.primed(out).first { $0.name == "x-request-id" }?.indexable == .indexable)
+        #expect(HTTP2Conversion.primed(out).first { $0.name == "authorization" }?.indexable == .neverIndexed)
+        let rewritten = HTTP2Conversion.upstreamBlock(request, authority: "b", uri: "/other", dropped: [], added: [])
+        #expect(rewritten.first(name: ":path") == "/other" && rewritten.first(name: ":authority") == "b")
+        // The same block, were it to reach an HTTP/1.1 connection.
+        let head = HTTP2Conversion.http1Head(forwarded: out)
+        #expect(head.method == .POST && head.uri == "/p?q=1" && head.headers["host"] == ["svc"] && head.headers["x-request-id"] == ["r1"])
+    }
+
+    /// h2 → h2: a response block goes to the client as it came, unless a field needs less indexing or
+    /// a value trimming.
+    @Test func anHTTP2ResponseGoesOnAsItCame() throws {
+        var block = HPACKHeaders()
+        block.add(name: ":status", value: "200")
+        block.add(name: "content-type", value: "application/grpc")
+        block.add(name: "grpc-status", value: "0")
+        block.add(name: "content-length", value: "5", indexing: .nonIndexable)
+        let response = try HTTP2Conversion.response(block, endStream: true)
+        #expect(response.status == 200 && response.scan.grpcStatus == "0" && response.scan.contentType == "application/grpc")
+        #expect(!response.rewrite && HTTP2Conversion.clientBlock(response) == block)
+        var other = block
+        other.add(name: "server", value: "app", indexing: .nonIndexable)  // not indexed by its sender: stays so
+        other.add(name: "set-cookie", value: "a=b", indexing: .neverIndexed)
+        #expect(try !HTTP2Conversion.response(other, endStream: false).rewrite)
+        other.add(name: "etag", value: "\"1\"")  // indexed by its sender; meshd does not index an etag
+        other.add(name: "x-app", value: "padded ")
+        let rewritten = try HTTP2Conversion.response(other, endStream: false)
+        #expect(rewritten.rewrite)
+        let out = HTTP2Conversion.clientBlock(rewritten)
+        #expect(out.map(\.name) == other.map(\.name) && out.first(name: "x-app") == "padded")
+        let indexing = Dictionary(out.map { ($0.name, $0.indexable) }, uniquingKeysWith: { a, _ in a })
+        #expect(indexing["etag"] == .nonIndexable && indexing["server"] == .nonIndexable && indexing["x-app"] == .indexable)
+        #expect(indexing["set-cookie"] == .neverIndexed && indexing["content-type"] == .indexable)
+        #expect(throws: HTTP2FieldCheck.Problem.connectionSpecificField("connection")) {
+            try HTTP2Conversion.response(HPACKHeaders([(":status", "200"), ("connection", "close")]), endStream: true)
         }
     }
 }

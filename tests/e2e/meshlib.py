@@ -217,20 +217,22 @@ http {{
 
 NGINX_SERVER = """\
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{http2};
         location / {{ return 200 "{body}\\n"; }}
     }}
 """
 
 
 class Nginx:
-    """One nginx process with one server per (name → port); each answers `<name>\\n` on every path."""
+    """One nginx process with one server per (name → port); each answers `<name>\\n` on every path.
+    Those in `h2c` speak HTTP/2 with prior knowledge instead of HTTP/1.1."""
 
-    def __init__(self, workdir: Path, names: list[str]):
+    def __init__(self, workdir: Path, names: list[str], h2c: tuple[str, ...] = ()):
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {n: free_port() for n in names}
-        servers = "".join(NGINX_SERVER.format(port=p, body=n) for n, p in self.ports.items())
+        servers = "".join(NGINX_SERVER.format(port=p, body=n, http2=" http2" if n in h2c else "")
+                          for n, p in self.ports.items())
         conf = workdir / "nginx.conf"
         conf.write_text(NGINX_CONF.format(d=workdir, servers=servers))
         self.proc = popen(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from meshlib import HERE, Meshd, base_config, run
+from meshlib import HERE, Meshd, Nginx, base_config, run
 
 BUDGET = json.loads((HERE / "malloc" / "budget.json").read_text())
 H2LOAD_RE = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed")
@@ -71,21 +71,31 @@ def per_request(counted: Counted, addr, *, h1: bool, n: int, c: int, m: int) -> 
     return (counted.count() - start) / n
 
 
-def config(nginx):
-    return base_config(threads=1, services=[{"name": "web", "endpoints": [nginx.addr("web")], "protocol": "http1"}],
+@pytest.fixture(scope="module")
+def nginx_h2c(tmp_path_factory):
+    """nginx answering `web` over h2c (prior knowledge): the upstream of an h2 → h2 stream."""
+    n = Nginx(tmp_path_factory.mktemp("nginx-h2c"), ["web"], h2c=("web",))
+    yield n
+    n.stop()
+
+
+def config(nginx, protocol="http1"):
+    return base_config(threads=1, services=[{"name": "web", "endpoints": [nginx.addr("web")], "protocol": protocol}],
                        routes=[{"match": {"authority": "web"}, "service": "web"}])
 
 
-@pytest.mark.parametrize("kind", ["http1", "http2"])
-def test_allocations_per_request_within_budget(kind, interposer, nginx, tmp_path):
-    counted = Counted(tmp_path, config(nginx), interposer, f"alloc-{kind}")
+@pytest.mark.parametrize("kind", ["http1", "http2", "h2-h2"])
+def test_allocations_per_request_within_budget(kind, interposer, nginx, nginx_h2c, tmp_path):
+    cfg = config(nginx_h2c, "http2") if kind == "h2-h2" else config(nginx)
+    counted = Counted(tmp_path, cfg, interposer, f"alloc-{kind}")
     try:
         n = 20000
         if kind == "http1":
             # 8 keep-alive connections, one request at a time each (connection set-up amortised).
             measured = per_request(counted, counted.mesh.outbound, h1=True, n=n, c=8, m=1)
         else:
-            # 4 HTTP/2 connections, 10 concurrent streams each; meshd → nginx over its HTTP/1.1 pool.
+            # 4 HTTP/2 connections, 10 concurrent streams each; meshd → nginx over its HTTP/1.1 pool,
+            # or (h2-h2) over h2c, the stream's heads passed on as HPACK blocks.
             measured = per_request(counted, counted.mesh.outbound, h1=False, n=n, c=4, m=10)
         budget = BUDGET[kind]["mallocs_per_request"]
         print(f"{kind}: {measured:.1f} allocations per request (budget {budget})")

@@ -53,12 +53,13 @@ enum HTTP2Downstream {
     }
 }
 
-/// The streams of one downstream HTTP/2 connection, at frame level: a new stream's HEADERS become a
-/// request head for a new `HTTPProxyHandler`, its DATA and trailers the rest of the request; what the
-/// handler answers becomes HEADERS (the head, coalesced with END_STREAM when nothing follows — a
-/// trailers-only gRPC response is one frame), DATA (the last one held until the next part, so that it
-/// carries END_STREAM) and trailers. NIO's handler has validated every
-/// header block and the frame sequence of every stream before this sees them.
+/// The streams of one downstream HTTP/2 connection, at frame level: a new stream's HEADERS, checked
+/// (`HTTP2Conversion.request`), start the request of a new `HTTPProxyHandler` as they came, its DATA
+/// and trailers are the rest of the request; what the handler answers becomes HEADERS (the head — an
+/// HTTP/2 upstream's block as it came, or an HTTP/1 head converted — coalesced with END_STREAM when
+/// nothing follows: a trailers-only gRPC response is one frame), DATA (the last one held until the
+/// next part, so that it carries END_STREAM) and trailers. NIO's handler has checked the frame
+/// sequence of every stream before this sees it; meshd checks the header blocks (`HTTP2FieldCheck`).
 ///
 /// Flow control is meshd's: the connection's window is raised to one stream window per stream and
 /// credited as DATA arrives (one stream never stalls the others); a stream's as its handler takes the
@@ -158,9 +159,9 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
     }
 
     private func openStream(_ id: HTTP2StreamID, _ block: HTTP2Frame.FramePayload.Headers, context: ChannelHandlerContext) {
-        let head: HTTPRequestHead
+        let request: H2Request
         do {
-            head = try HTTP2Conversion.requestHead(block.headers, endStream: block.endStream)
+            request = try HTTP2Conversion.request(block.headers, endStream: block.endStream)
         } catch {
             malformed(id, error, context: context)
             return
@@ -170,7 +171,7 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
         streams[id] = handler
         handler.streamOpened(context: context)
         touch(handler)
-        handler.handle(.head(head), context: context)
+        handler.startRequest(request, context: context)
         if block.endStream {
             handler.h2.receivedEnd = true
             if streams[id] === handler { handler.handle(.end(nil), context: context) }
@@ -298,6 +299,15 @@ final class HTTP2DownstreamConnection: ChannelInboundHandler, HeldFlush {
                     promise: nil)
             }
         }
+        pending.needed = true
+    }
+
+    /// A final response's HEADERS block as an HTTP/2 upstream sent it (`HTTP2Conversion.clientBlock`),
+    /// held like a converted head's.
+    func respond(head block: HPACKHeaders, on handler: HTTPProxyHandler) {
+        guard context != nil, handler.h2.id != nil, !handler.h2.closed, !handler.h2.sentEnd else { return }
+        pending.holdAhead(self, in: loop.flushes)
+        handler.h2.head = block
         pending.needed = true
     }
 

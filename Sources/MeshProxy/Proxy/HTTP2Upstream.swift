@@ -195,20 +195,38 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
         s.h2.queued < Self.streamHighWater && (context?.channel.isWritable ?? false)
     }
 
-    func send(_ part: HTTPClientRequestPart, on s: UpstreamConnection) {
-        guard !s.h2.finished, !s.h2.sentEnd else { return }
+    /// A stream's request head, held until the next part (the HEADERS carry END_STREAM when nothing
+    /// follows): an HTTP/2 client's block as the proxy handler rewrote it, or an HTTP/1.1 head
+    /// translated. Either way, one request in `HeaderNamePriming.interval` indexes the per-request
+    /// headers' names.
+    func send(head: UpstreamRequestHead, on s: UpstreamConnection) {
+        guard canSend(s) else { return }
+        switch head {
+        case .http1(let head):
+            s.h2.head = HTTP2Conversion.requestHeaders(head, primeNames: priming.next())
+        case .h2(let block):
+            s.h2.head = priming.next() ? HTTP2Conversion.primed(block) : block
+        }
+    }
+
+    /// Whether a stream's part can be written now. The connection went away under a stream not yet
+    /// sent: its owner hears of it after this write returns.
+    private func canSend(_ s: UpstreamConnection) -> Bool {
+        guard !s.h2.finished, !s.h2.sentEnd else { return false }
         guard ready, let context, context.channel.isActive else {
-            // The connection went away under a stream not yet sent: its owner hears of it after this
-            // write returns.
             if !s.h2.finished {
                 context?.eventLoop.assumeIsolated().execute { [self] in self.finish(s, error: ChannelError.ioOnClosedChannel) }
             }
-            return
+            return false
         }
+        return true
+    }
+
+    func send(_ part: HTTPClientRequestPart, on s: UpstreamConnection) {
+        guard canSend(s), let context else { return }
         switch part {
         case .head(let head):
-            s.h2.method = head.method
-            s.h2.head = HTTP2Conversion.requestHeaders(head, primeNames: priming.next())
+            send(head: .http1(head), on: s)
         case .body(let body):
             guard case .byteBuffer(let buffer) = body, buffer.readableBytes > 0 else { return }
             sendHead(s, endStream: false, context: context)
@@ -417,21 +435,21 @@ final class HTTP2UpstreamConnection: ChannelInboundHandler, HeldFlush {
             owner.upstreamRead(.end(trailers), from: s)
             return
         }
-        let head: HTTPResponseHead
+        let response: H2Response
         do {
-            head = try HTTP2Conversion.responseHead(block.headers, requestMethod: s.h2.method, endStream: block.endStream)
+            response = try HTTP2Conversion.response(block.headers, endStream: block.endStream)
         } catch {
             protocolError(on: s, "\(error)", context: context)
             return
         }
         // An interim response (103 Early Hints...) is not passed on: the proxy answers its client with
         // one head.
-        if head.status.code < 200 { return }
+        if response.status < 200 { return }
         s.h2.gotHead = true
         if block.endStream { s.h2.receivedEnd = true }
         guard let owner = s.owner else { return }
         touch(s)
-        owner.upstreamRead(.head(head), from: s)
+        owner.upstreamHead(.h2(response), from: s)
         if block.endStream { s.owner?.upstreamRead(.end(nil), from: s) }
     }
 
@@ -550,7 +568,6 @@ struct UpstreamStreamState {
     var head: HPACKHeaders?
     /// The last request DATA, until the next part or a flush (then with END_STREAM if it is the end).
     var data: ByteBuffer?
-    var method = HTTPMethod.GET
     /// Set when the HEADERS are written.
     var id: HTTP2StreamID?
     var sentEnd = false

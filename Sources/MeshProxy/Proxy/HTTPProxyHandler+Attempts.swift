@@ -231,7 +231,7 @@ extension HTTPProxyHandler {
         req.endpoint = endpoint
         req.target = endpoint.address
         req.pool = pool
-        req.head.headers.nameDestination(of: endpoint)
+        req.head.nameDestination(of: endpoint)
         state = .connecting
         beginAttempt(context: context)
     }
@@ -320,7 +320,7 @@ extension HTTPProxyHandler {
         service.metrics.retries["hedge"]?.increment()
         let endpoint = service.endpoints[index]
         var head = req.head
-        head.headers.nameDestination(of: endpoint)
+        head.nameDestination(of: endpoint)
         endpoint.started()
         hedgeEndpoint = endpoint
         let send: (UpstreamConnection) -> Void = { [self] conn in
@@ -329,7 +329,7 @@ extension HTTPProxyHandler {
             conn.uses += 1
             self.hedge = conn
             self.req.exchange.hedgeSent()
-            conn.write(.head(head))
+            conn.writeHead(head)
             for part in self.replayParts() {
                 switch part {
                 case .body(let b): conn.write(.body(.byteBuffer(b)))
@@ -359,10 +359,9 @@ extension HTTPProxyHandler {
             }
     }
 
-    func hedgeRead(_ part: HTTPClientResponsePart, conn: UpstreamConnection, context: ChannelHandlerContext) {
-        guard case .head(let head) = part else { return }
-        let status = Int(head.status.code)
-        let grpcStatus = head.headers.first(name: "grpc-status").flatMap { Int($0) }
+    func hedgeHead(_ head: ResponseHead, conn: UpstreamConnection, context: ChannelHandlerContext) {
+        let status = head.status
+        let grpcStatus = head.scan.grpcStatus.flatMap { Int($0) }
         guard req.exchange.hedgeHead(status: status, grpcStatus: grpcStatus) else {
             if let e = hedgeEndpoint { req.service?.record(e, .response(status: status, grpcStatus: grpcStatus), now: Self.nowNanos) }
             dropHedge()  // not a good answer: the first attempt may still bring one
@@ -370,7 +369,7 @@ extension HTTPProxyHandler {
         }
         // The hedged attempt answered first: it becomes the request's attempt.
         promoteHedge()
-        upstreamRead(part, from: conn)
+        upstreamHead(head, from: conn)
     }
 
     /// Closes the first attempt and makes the hedged one the request's attempt.
@@ -398,18 +397,6 @@ extension HTTPProxyHandler {
             conn.owner = nil
             conn.close()
             hedge = nil
-        }
-    }
-}
-
-extension HTTPHeaders {
-    /// The `x-meshd-dst` a request to `endpoint` carries: its address behind a node proxy, else none
-    /// (a retry or hedge may go to another endpoint than the first attempt's).
-    fileprivate mutating func nameDestination(of endpoint: LoopEndpoint) {
-        if endpoint.namesDestination {
-            replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
-        } else {
-            remove(name: HeaderPolicy.destinationHeader)
         }
     }
 }

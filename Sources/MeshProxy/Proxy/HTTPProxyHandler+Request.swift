@@ -1,5 +1,6 @@
 import MeshCore
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 
 // The start of a request: route (logical) → admission → balance (concrete) → endpoint, and the head as
@@ -9,6 +10,15 @@ import NIOHTTP1
 extension HTTPProxyHandler {
 
     func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        startRequest(.http1(head), context: context)
+    }
+
+    /// An HTTP/2 stream's request (`HTTP2DownstreamConnection` checked its block).
+    func startRequest(_ request: H2Request, context: ChannelHandlerContext) {
+        startRequest(.h2(request), context: context)
+    }
+
+    func startRequest(_ head: IncomingHead, context: ChannelHandlerContext) {
         // An HTTP/2 stream's handler serves one request: its state is still the one `init` made.
         if !(multiplexed && firstRequest) { req = RequestState() }
         firstRequest = false
@@ -21,7 +31,7 @@ extension HTTPProxyHandler {
         req.method = head.method
         req.keepAlive = multiplexed || head.isKeepAlive
         // One pass over the headers: framing, Expect, hop-by-hop, XFF, gRPC, the meshd marks.
-        let scan = head.headers.meshScan()
+        let scan = head.meshScan()
         if !multiplexed && (head.method == .CONNECT || scan.isUpgradeRequest) {
             // NIO's request decoder stops parsing after an upgrade request (or CONNECT), whatever the
             // answer: unless the protocol switches, this connection ends with this exchange — every
@@ -63,7 +73,7 @@ extension HTTPProxyHandler {
             reply(.badRequest, context: context, detail: "more than one Host header")
             return
         }
-        if authority == nil, let host = scan.host { authority = Substring(host) }
+        if authority == nil, let host = scan.host ?? head.authority { authority = Substring(host) }
         guard let authority, !authority.isEmpty else {
             reply(.badRequest, context: context, detail: "request has no Host header")
             return
@@ -73,7 +83,6 @@ extension HTTPProxyHandler {
         let path = uri[..<(uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? uri.endIndex)]
         req.path = path
 
-        var outHead = head
         // The fields meshd adds go after the client's, in one new list at the end (`HTTPHeaders.add`
         // checks each name for ASCII byte by byte; these are meshd's own names).
         var added: [(String, String)] = []
@@ -93,19 +102,15 @@ extension HTTPProxyHandler {
         if rewroteURI {
             // RFC 9112 §3.2.2: the absolute-form target's authority replaces any Host the client sent,
             // so the application sees the authority meshd routed on.
-            outHead.uri = String(uri)
             replaceOrAdd("host", String(authority))
         }
-        // (Set only when it differs: the head's method, target and version share one copy-on-write
-        // box with `head`'s, and a write copies it — an allocation per request.)
-        if outHead.version != .http1_1 { outHead.version = .http1_1 }
 
         var deadline = Int64.max
         switch direction {
         case .outbound:
             let host = RouteTable.hostWithoutPort(authority)
             let method = head.method.rawValue
-            var matched = snapshot.mesh.routes.match(host: host, path: path, method: method, header: { head.headers.first(name: $0) })
+            var matched = snapshot.mesh.routes.match(host: host, path: path, method: method, header: { head.first(name: $0) })
             // A connection iptables redirected here (transparent capture) whose request names no known
             // authority goes to the service owning the address the application connected to, through
             // the first route to that service (its timeouts, retries and limits apply).
@@ -139,7 +144,7 @@ extension HTTPProxyHandler {
             service.counters.activeRequests.wrappingIncrement(ordering: .relaxed)
             req.countedActive = true
             routeState.budget.recordRequest(now: now)
-            req.hash = service.hashKey(headers: head.headers, clientIP: clientIP)
+            req.hash = service.hashKey(headers: head, clientIP: clientIP)
             guard let endpointIndex = service.balancer.pick(hash: req.hash, now: now, using: &loop.rng) else {
                 reply(.noEndpoints, context: context, detail: "service '\(service.name)' has no endpoints")
                 return
@@ -175,7 +180,7 @@ extension HTTPProxyHandler {
             if snapshot.config.mode == .node {
                 // A node proxy forwards to the pod the calling meshd picked, if it is one of this node's.
                 let dst: NodeInboundPolicy.Destination
-                switch loop.nodeInbound.destinationAddress(head.headers.first(name: HeaderPolicy.destinationHeader)) {
+                switch loop.nodeInbound.destinationAddress(head.first(name: HeaderPolicy.destinationHeader)) {
                 case .success(let d): dst = d
                 case .failure(let refusal):
                     reply(.destinationNotAllowed, context: context, detail: refusal.rawValue)
@@ -230,11 +235,10 @@ extension HTTPProxyHandler {
             deadline = startNanos + timeout.nanoseconds
             callDeadline = true
         }
-        // Hop-by-hop headers go; framing is re-added by the encoder; x-forwarded-for grows.
+        // x-forwarded-for grows.
         req.expectContinue = scan.expectContinue
-        outHead.headers.meshStripHopByHop(scan, removeExpect: scan.expectContinue)
         if let existing = scan.forwardedFor {
-            let all = scan.forwardedForCount == 1 ? existing : head.headers["x-forwarded-for"].joined(separator: ", ")
+            let all = scan.forwardedForCount == 1 ? existing : head["x-forwarded-for"].joined(separator: ", ")
             replaceOrAdd("x-forwarded-for", HeaderPolicy.appendingForwardedFor(existing: all, client: clientIP))
         } else {
             add("x-forwarded-for", clientIP)
@@ -246,7 +250,7 @@ extension HTTPProxyHandler {
         }
         if let id = trace.addRequestID { add("x-request-id", id) }
         if let tp = trace.setTraceparent { add("traceparent", tp) }
-        if scan.isUpgradeRequest, let upgrade = head.headers.first(name: "upgrade") {
+        if scan.isUpgradeRequest, let upgrade = head.first(name: "upgrade") {
             // An upgrade (WebSocket...) passes through: these two hop-by-hop headers go on.
             req.upgrade = upgrade
             replaceOrAdd("upgrade", upgrade)
@@ -260,22 +264,18 @@ extension HTTPProxyHandler {
         if direction == .outbound && req.upstreamH2 && !multiplexed {
             replaceOrAdd(HeaderPolicy.originalProtocolHeader, "HTTP/1.1")
         }
-        if !added.isEmpty || !dropped.isEmpty {
-            var fields: [(String, String)] = []
-            fields.reserveCapacity(outHead.headers.count + added.count)
-            if dropped.isEmpty {
-                for (name, value) in outHead.headers { fields.append((name, value)) }
-            } else {
-                for (name, value) in outHead.headers
-                where !dropped.contains(where: { HeaderPolicy.equalsIgnoringASCIICase(name, $0) }) {
-                    fields.append((name, value))
-                }
-            }
-            fields.append(contentsOf: added)
-            outHead.headers = HTTPHeaders(fields)
+        switch head {
+        case .h2(let request) where req.upstreamH2:
+            // HTTP/2 on both sides: the upstream's block is made from the client's, no HTTP/1 types.
+            req.head = .h2(
+                HTTP2Conversion.upstreamBlock(
+                    request, authority: req.authority, uri: rewroteURI ? String(uri) : nil, dropped: dropped, added: added))
+        case .h2(let request):
+            req.head = .http1(
+                rewrite(HTTP2Conversion.http1Head(request), scan: scan, uri: rewroteURI ? uri : nil, dropped: dropped, added: added))
+        case .http1(let request):
+            req.head = .http1(rewrite(request, scan: scan, uri: rewroteURI ? uri : nil, dropped: dropped, added: added))
         }
-        if req.upstreamH2 { outHead.headers.meshTrimValueWhitespace() }
-        req.head = outHead
         let retry = req.routeState?.retry
         req.exchange = ExchangeStateMachine(
             plan: .init(
@@ -295,6 +295,123 @@ extension HTTPProxyHandler {
         beginAttempt(context: context)
     }
 
+    /// An HTTP/1 head as the upstream gets it: hop-by-hop headers go (framing is re-added by the
+    /// encoder), the client's fields in order except `dropped`, then `added`; HTTP/1.1, and the
+    /// absolute-form target's path as its target (`uri`).
+    private func rewrite(
+        _ head: HTTPRequestHead, scan: HeaderScan, uri: Substring?, dropped: [String], added: [(String, String)]
+    ) -> HTTPRequestHead {
+        var outHead = head
+        if let uri { outHead.uri = String(uri) }
+        // (Set only when it differs: the head's method, target and version share one copy-on-write
+        // box with `head`'s, and a write copies it — an allocation per request.)
+        if outHead.version != .http1_1 { outHead.version = .http1_1 }
+        outHead.headers.meshStripHopByHop(scan, removeExpect: scan.expectContinue)
+        if !added.isEmpty || !dropped.isEmpty {
+            var fields: [(String, String)] = []
+            fields.reserveCapacity(outHead.headers.count + added.count)
+            if dropped.isEmpty {
+                for (name, value) in outHead.headers { fields.append((name, value)) }
+            } else {
+                for (name, value) in outHead.headers
+                where !dropped.contains(where: { HeaderPolicy.equalsIgnoringASCIICase(name, $0) }) {
+                    fields.append((name, value))
+                }
+            }
+            fields.append(contentsOf: added)
+            outHead.headers = HTTPHeaders(fields)
+        }
+        if req.upstreamH2 { outHead.headers.meshTrimValueWhitespace() }
+        return outHead
+    }
+}
+
+/// A request head as the proxy handler reads it: NIO's HTTP/1 head, or an HTTP/2 stream's checked
+/// HEADERS block (`H2Request`) — read as it came, not translated.
+enum IncomingHead: HeaderLookup {
+    case http1(HTTPRequestHead)
+    case h2(H2Request)
+
+    var method: HTTPMethod {
+        switch self {
+        case .http1(let head): return head.method
+        case .h2(let request): return request.method
+        }
+    }
+
+    var uri: String {
+        switch self {
+        case .http1(let head): return head.uri
+        case .h2(let request): return request.uri
+        }
+    }
+
+    var isKeepAlive: Bool {
+        switch self {
+        case .http1(let head): return head.isKeepAlive
+        case .h2: return true
+        }
+    }
+
+    /// `:authority` (an HTTP/1 request's authority is its Host field, in the scan).
+    var authority: String? {
+        switch self {
+        case .http1: return nil
+        case .h2(let request): return request.authority
+        }
+    }
+
+    func first(name: String) -> String? {
+        switch self {
+        case .http1(let head): return head.headers.first(name: name)
+        case .h2(let request): return request.block.first(name: name)
+        }
+    }
+
+    subscript(name: String) -> [String] {
+        switch self {
+        case .http1(let head): return head.headers[name]
+        case .h2(let request): return request.block[name]
+        }
+    }
+
+    func meshScan() -> HeaderScan {
+        switch self {
+        case .http1(let head): return head.headers.meshScan()
+        case .h2(let request): return request.block.meshScan()
+        }
+    }
+}
+
+/// A request head as the upstream gets it: HTTP/1 types for an HTTP/1.1 upstream (and for an HTTP/1.1
+/// client's request to an HTTP/2 upstream, which `HTTP2UpstreamConnection` translates), or, from an
+/// HTTP/2 client to an HTTP/2 upstream, the HEADERS block itself.
+enum UpstreamRequestHead {
+    case http1(HTTPRequestHead)
+    case h2(HPACKHeaders)
+
+    static let placeholder = UpstreamRequestHead.http1(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
+
+    /// The `x-meshd-dst` a request to `endpoint` carries: its address behind a node proxy, else none
+    /// (a retry or hedge may go to another endpoint than the first attempt's).
+    mutating func nameDestination(of endpoint: LoopEndpoint) {
+        switch self {
+        case .http1(var head):
+            if endpoint.namesDestination {
+                head.headers.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+            } else {
+                head.headers.remove(name: HeaderPolicy.destinationHeader)
+            }
+            self = .http1(head)
+        case .h2(var block):
+            if endpoint.namesDestination {
+                block.replaceOrAdd(name: HeaderPolicy.destinationHeader, value: endpoint.destinationHeader)
+            } else {
+                block.remove(name: HeaderPolicy.destinationHeader)
+            }
+            self = .h2(block)
+        }
+    }
 }
 
 extension HTTPMethod {

@@ -1,5 +1,6 @@
 import MeshCore
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 
 // The response side: upstream parts reach the client as the exchange state machine decides (forward,
@@ -7,72 +8,16 @@ import NIOHTTP1
 extension HTTPProxyHandler {
 
     func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection) {
-        guard let context else { return }
-        if conn === hedge {
-            hedgeRead(part, conn: conn, context: context)
-            return
-        }
-        guard case .proxying(let primary) = state, primary === conn else { return }
+        if case .head(let head) = part { return upstreamHead(.http1(head), from: conn) }
+        guard let context, conn !== hedge, case .proxying(let primary) = state, primary === conn else { return }
         let now = Self.nowNanos
         switch part {
-        case .head(var head):
-            guard case .waiting = req.exchange.phase else { return }
-            req.responseHeadNanos = now
-            // After an upgrade request that it did not switch, a peer may keep reading HTTP/1.1 (RFC
-            // 9110 §7.8) or not (a server on NIO's decoder stops parsing at the upgrade): this
-            // connection carries nothing more either way (a 101 makes it a tunnel, never pooled).
-            if req.upgrade != nil { conn.reusable = false }
-            let status = Int(head.status.code)
-            let fields = head.headers.meshResponseScan()
-            let grpcStatus = fields.grpcStatus.flatMap { Int($0) }
-            let isGRPC = fields.contentType.map { GRPC.isGRPC(contentType: $0) } == true
-            var admission = retryAdmission
-            let action = req.exchange.responseHead(
-                status: status, grpcStatus: grpcStatus, grpcContentType: isGRPC, now: now, admission: &admission, rng: &loop.rng)
-            if action != .hold, direction == .outbound, let endpoint = req.endpoint {
-                req.service?.record(endpoint, .response(status: status, grpcStatus: grpcStatus), now: now)
-            }
-            switch action {
-            case .hold:
-                // gRPC puts its status in the trailers: this response waits for them.
-                dropHedge()
-                req.heldHead = head
-                req.heldBody.removeAll()
-                return
-            case .promoteHedge:
-                promoteHedge()
-                return
-            case .retry(let retry):
-                // Not forwarded: this attempt's response is dropped with its connection.
-                dropHedge()
-                primary.owner = nil
-                primary.close()
-                scheduleRetry(retry, context: context)
-                return
-            case .forward(let skipped):
-                countSkipped(skipped)
-            }
-            dropHedge()
-            if req.grpc, let g = GRPC.status(fields.grpcStatus) { req.grpcStatus = g }
-            if status == 101, req.upgrade != nil {
-                // Switch once the decoder has delivered this response's end (it comes right after).
-                req.switchingHead = head
-                return
-            }
-            req.status = status
-            head = responseHeadForClient(head)
-            if multiplexed && req.grpc && req.grpcStatus != nil {
-                // A trailers-only gRPC response: it must reach the client as one HEADERS frame that
-                // ends the stream, so it waits for its end (which follows in the same read).
-                trailersOnlyHead = head
-                return
-            }
-            emit(.head(head), context: context)
+        case .head: return
         case .body(let buffer):
             req.bytesOut &+= buffer.readableBytes
             if let head = trailersOnlyHead {
                 trailersOnlyHead = nil
-                emit(.head(head), context: context)
+                emitHead(head, context: context)
             }
             if req.heldHead != nil {
                 req.heldBody.append(buffer)
@@ -127,6 +72,70 @@ extension HTTPProxyHandler {
             finishRequest(status: req.status, error: nil)
             discardRestOfRequest(context: context)
         }
+    }
+
+    /// A response head from the current attempt (or the hedge): an HTTP/1 head, or an HTTP/2
+    /// upstream's checked block, which an HTTP/2 client gets as it came.
+    func upstreamHead(_ head: ResponseHead, from conn: UpstreamConnection) {
+        guard let context else { return }
+        if conn === hedge {
+            hedgeHead(head, conn: conn, context: context)
+            return
+        }
+        guard case .proxying(let primary) = state, primary === conn else { return }
+        let now = Self.nowNanos
+        guard case .waiting = req.exchange.phase else { return }
+        req.responseHeadNanos = now
+        // After an upgrade request that it did not switch, a peer may keep reading HTTP/1.1 (RFC
+        // 9110 §7.8) or not (a server on NIO's decoder stops parsing at the upgrade): this
+        // connection carries nothing more either way (a 101 makes it a tunnel, never pooled).
+        if req.upgrade != nil { conn.reusable = false }
+        let status = head.status
+        let fields = head.scan
+        let grpcStatus = fields.grpcStatus.flatMap { Int($0) }
+        let isGRPC = fields.contentType.map { GRPC.isGRPC(contentType: $0) } == true
+        var admission = retryAdmission
+        let action = req.exchange.responseHead(
+            status: status, grpcStatus: grpcStatus, grpcContentType: isGRPC, now: now, admission: &admission, rng: &loop.rng)
+        if action != .hold, direction == .outbound, let endpoint = req.endpoint {
+            req.service?.record(endpoint, .response(status: status, grpcStatus: grpcStatus), now: now)
+        }
+        switch action {
+        case .hold:
+            // gRPC puts its status in the trailers: this response waits for them.
+            dropHedge()
+            req.heldHead = head
+            req.heldBody.removeAll()
+            return
+        case .promoteHedge:
+            promoteHedge()
+            return
+        case .retry(let retry):
+            // Not forwarded: this attempt's response is dropped with its connection.
+            dropHedge()
+            primary.owner = nil
+            primary.close()
+            scheduleRetry(retry, context: context)
+            return
+        case .forward(let skipped):
+            countSkipped(skipped)
+        }
+        dropHedge()
+        if req.grpc, let g = GRPC.status(fields.grpcStatus) { req.grpcStatus = g }
+        if status == 101, req.upgrade != nil, case .http1(let switching) = head {
+            // Switch once the decoder has delivered this response's end (it comes right after).
+            req.switchingHead = switching
+            return
+        }
+        req.status = status
+        let out = responseHeadForClient(head)
+        if multiplexed && req.grpc && req.grpcStatus != nil {
+            // A trailers-only gRPC response: it must reach the client as one HEADERS frame that
+            // ends the stream, so it waits for its end (which follows in the same read).
+            trailersOnlyHead = out
+            return
+        }
+        emitHead(out, context: context)
     }
 
     func upstreamReadComplete(from conn: UpstreamConnection) {
@@ -211,10 +220,38 @@ extension HTTPProxyHandler {
     func releaseHeldResponse(context: ChannelHandlerContext) {
         guard let head = req.heldHead else { return }
         req.heldHead = nil
-        req.status = Int(head.status.code)
-        emit(.head(responseHeadForClient(head)), context: context)
+        req.status = head.status
+        emitHead(responseHeadForClient(head), context: context)
         for b in req.heldBody { emit(.body(.byteBuffer(b)), context: context) }
         req.heldBody.removeAll()
+    }
+
+    /// The upstream's head as the client gets it. An HTTP/1 head: hop-by-hop headers go, HTTP/1.1,
+    /// and `connection: close` when this connection ends after it. An HTTP/2 upstream's block: to an
+    /// HTTP/2 client as it came (`HTTP2Conversion.clientBlock`), to an HTTP/1.1 client as an HTTP/1
+    /// head.
+    func responseHeadForClient(_ head: ResponseHead) -> ResponseHead {
+        switch head {
+        case .http1(let h):
+            return .http1(responseHeadForClient(h))
+        case .h2(var response):
+            if multiplexed {
+                response.block = HTTP2Conversion.clientBlock(response)
+                response.rewrite = false
+                return .h2(response)
+            }
+            return .http1(responseHeadForClient(HTTP2Conversion.http1Head(response, requestMethod: req.method)))
+        }
+    }
+
+    /// A response head to the client: an HTTP/2 block to the stream's connection, as it is.
+    func emitHead(_ head: ResponseHead, context: ChannelHandlerContext) {
+        switch head {
+        case .http1(let h): emit(.head(h), context: context)
+        case .h2(let response):
+            if let frames { return frames.respond(head: response.block, on: self) }
+            emit(.head(HTTP2Conversion.http1Head(response, requestMethod: req.method)), context: context)
+        }
     }
 
     /// The upstream's head as the client gets it: hop-by-hop headers go, HTTP/1.1, and `connection:
@@ -226,5 +263,27 @@ extension HTTPProxyHandler {
         if (!req.keepAlive || quiescing) && !multiplexed { head.headers.add(name: "connection", value: "close") }
         if multiplexed { head.headers.meshTrimValueWhitespace() }
         return head
+    }
+}
+
+/// A response head as the proxy handler passes it on: NIO's HTTP/1 head, or an HTTP/2 upstream's
+/// checked HEADERS block (`H2Response`), which goes to an HTTP/2 client without HTTP/1 types.
+enum ResponseHead {
+    case http1(HTTPResponseHead)
+    case h2(H2Response)
+
+    var status: Int {
+        switch self {
+        case .http1(let head): return Int(head.status.code)
+        case .h2(let response): return response.status
+        }
+    }
+
+    /// What the exchange decides on (one pass over an HTTP/1 head; taken by the check of a block).
+    var scan: ResponseScan {
+        switch self {
+        case .http1(let head): return head.headers.meshResponseScan()
+        case .h2(let response): return response.scan
+        }
     }
 }

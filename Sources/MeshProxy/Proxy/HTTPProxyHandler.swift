@@ -3,8 +3,9 @@ import NIOCore
 import NIOHTTP1
 
 /// The downstream side of an HTTP/1.1 connection, on either listener, or of one HTTP/2 stream
-/// (`multiplexed`, behind NIO's HTTP/2 ↔ HTTP/1 codec: one request per stream). It moves bytes and
-/// carries out decisions made elsewhere:
+/// (`multiplexed`, driven by its connection's `HTTP2DownstreamConnection`: one request per stream,
+/// its heads as HPACK blocks — `IncomingHead`, `UpstreamRequestHead`, `ResponseHead`). It moves bytes
+/// and carries out decisions made elsewhere:
 ///
 /// - the request's start — route (logical) → admission → balance (concrete) → endpoint, and the head
 ///   rewrite — in `HTTPProxyHandler+Request.swift`, from MeshCore's route table, limiters, balancers
@@ -75,7 +76,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
     lazy var clientAddress: IPAddress? = IPAddress(clientIP)
     var firstRequest = true
     /// A trailers-only gRPC response head waiting for its end (HTTP/2 downstream only).
-    var trailersOnlyHead: HTTPResponseHead?
+    var trailersOnlyHead: ResponseHead?
     /// Request-body bytes read and dropped after meshd answered early.
     var discarded = 0
     /// Past this, the rest of an answered request's body is not read: the connection is closed.
@@ -91,9 +92,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
 
     /// What the connection knows about the request in flight; one per connection, reset per request.
     struct RequestState {
-        static let placeholderHead = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
-        /// (A shared placeholder until a head arrives: resetting the state per request allocates nothing.)
-        var head = RequestState.placeholderHead
+        /// The head as the upstream gets it. (A shared placeholder until a head arrives: resetting the
+        /// state per request allocates nothing.)
+        var head = UpstreamRequestHead.placeholder
         var method = HTTPMethod.GET
         var authority: Substring = ""
         var path: Substring = ""
@@ -126,7 +127,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         /// A `101` head waiting for its end before the connections switch to a byte pipe.
         var switchingHead: HTTPResponseHead?
         /// A gRPC response held until its trailers say whether to retry (bounded by bufferBytes).
-        var heldHead: HTTPResponseHead?
+        var heldHead: ResponseHead?
         var heldBody: [ByteBuffer] = []
         /// A gRPC call (`content-type: application/grpc...`): meshd's own replies are gRPC-shaped.
         var grpc = false
@@ -387,7 +388,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ups
         if req.expectContinue && !req.exchange.requestEnded {
             emit(.head(HTTPResponseHead(version: .http1_1, status: .continue)), flush: true, context: context)
         }
-        conn.write(.head(req.head))
+        conn.writeHead(req.head)
         while let part = pending.popFirst() { forward(part, to: conn, flush: false) }
         conn.flush()
         if readPending {

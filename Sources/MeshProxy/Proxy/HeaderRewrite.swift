@@ -1,4 +1,5 @@
 import MeshCore
+import NIOHPACK
 import NIOHTTP1
 
 /// What one pass over a message's headers found.
@@ -35,6 +36,79 @@ struct HeaderScan {
     var isUpgradeRequest: Bool { upgrade && connectionUpgrade }
 }
 
+extension HeaderScan {
+    /// One field of the message, in order.
+    mutating func add(name: String, value: String) {
+        switch name.utf8.count {
+        case 6 where HeaderPolicy.equalsIgnoringASCIICase(name, "expect"):
+            expectContinue = expectContinue || HeaderPolicy.listContains(value, token: "100-continue")
+        case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "te"):
+            teTrailers = teTrailers || HeaderPolicy.listContains(value, token: "trailers")
+            hasHopByHop = true
+        case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-type"):
+            grpc = GRPC.isGRPC(contentType: value)
+        case 4 where HeaderPolicy.equalsIgnoringASCIICase(name, "host"):
+            if hostCount == 0 { host = value }
+            hostCount += 1
+        case 14 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"):
+            // NIO's parser takes any 64-bit unsigned length; a peer with signed lengths would not.
+            if value.utf8.count >= 19 && Int64(value.trimmingCharacters(in: " \t")) == nil { contentLengthTooLarge = true }
+        case 23 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.clientCertHeader):
+            clientCert = true
+        case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
+            grpcTimeout = value
+        case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-request-id"):
+            if trace.requestID == nil { trace.requestID = value }
+        case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, "traceparent"):
+            if trace.traceparent == nil { trace.traceparent = Substring(value) }
+        case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.destinationHeader):
+            destination = true
+        case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "b3"):
+            if trace.b3 == nil { trace.b3 = Substring(value) }
+        case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-traceid"):
+            if trace.b3TraceID == nil { trace.b3TraceID = Substring(value) }
+        case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-sampled"):
+            if trace.b3Sampled == nil { trace.b3Sampled = Substring(value) }
+        case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):
+            originalProtocol = true
+        case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):
+            forwardedFor = value
+            forwardedForCount += 1
+        case 7 where HeaderPolicy.equalsIgnoringASCIICase(name, "upgrade"):
+            upgrade = true
+            hasHopByHop = true
+        case 10 where HeaderPolicy.equalsIgnoringASCIICase(name, "connection"):
+            connectionUpgrade = connectionUpgrade || HeaderPolicy.listContains(value, token: "upgrade")
+            hasHopByHop = true
+        case 17 where HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding"):
+            chunked = chunked || HeaderPolicy.listContains(value, token: "chunked")
+            hasHopByHop = true
+        default:
+            if HeaderPolicy.isHopByHop(name) { hasHopByHop = true }
+        }
+    }
+}
+
+extension HPACKHeaders {
+    /// `HTTPHeaders.meshScan` over an HTTP/2 request's regular fields (its pseudo-headers are the
+    /// request line, which `HTTP2Conversion.request` took).
+    func meshScan() -> HeaderScan {
+        var scan = HeaderScan()
+        for (name, value, _) in self where name.utf8.first != UInt8(ascii: ":") { scan.add(name: name, value: value) }
+        return scan
+    }
+}
+
+/// The header lookups the proxy handler makes on a request (a route's header match, a balancer's
+/// hash key), on the fields of either protocol.
+protocol HeaderLookup {
+    func first(name: String) -> String?
+    subscript(name: String) -> [String] { get }
+}
+
+extension HTTPHeaders: HeaderLookup {}
+extension HPACKHeaders: HeaderLookup {}
+
 /// What a response head carries that the exchange decides on (the first of each field).
 struct ResponseScan {
     var grpcStatus: String?
@@ -62,55 +136,7 @@ extension HTTPHeaders {
     /// (content type, `grpc-timeout`) and meshd's original-protocol mark.
     func meshScan() -> HeaderScan {
         var scan = HeaderScan()
-        for (name, value) in self {
-            switch name.utf8.count {
-            case 6 where HeaderPolicy.equalsIgnoringASCIICase(name, "expect"):
-                scan.expectContinue = scan.expectContinue || HeaderPolicy.listContains(value, token: "100-continue")
-            case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "te"):
-                scan.teTrailers = scan.teTrailers || HeaderPolicy.listContains(value, token: "trailers")
-                scan.hasHopByHop = true
-            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-type"):
-                scan.grpc = GRPC.isGRPC(contentType: value)
-            case 4 where HeaderPolicy.equalsIgnoringASCIICase(name, "host"):
-                if scan.hostCount == 0 { scan.host = value }
-                scan.hostCount += 1
-            case 14 where HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"):
-                // NIO's parser takes any 64-bit unsigned length; a peer with signed lengths would not.
-                if value.utf8.count >= 19 && Int64(value.trimmingCharacters(in: " \t")) == nil { scan.contentLengthTooLarge = true }
-            case 23 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.clientCertHeader):
-                scan.clientCert = true
-            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "grpc-timeout"):
-                scan.grpcTimeout = value
-            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-request-id"):
-                if scan.trace.requestID == nil { scan.trace.requestID = value }
-            case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, "traceparent"):
-                if scan.trace.traceparent == nil { scan.trace.traceparent = Substring(value) }
-            case 11 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.destinationHeader):
-                scan.destination = true
-            case 2 where HeaderPolicy.equalsIgnoringASCIICase(name, "b3"):
-                if scan.trace.b3 == nil { scan.trace.b3 = Substring(value) }
-            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-traceid"):
-                if scan.trace.b3TraceID == nil { scan.trace.b3TraceID = Substring(value) }
-            case 12 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-b3-sampled"):
-                if scan.trace.b3Sampled == nil { scan.trace.b3Sampled = Substring(value) }
-            case 18 where HeaderPolicy.equalsIgnoringASCIICase(name, HeaderPolicy.originalProtocolHeader):
-                scan.originalProtocol = true
-            case 15 where HeaderPolicy.equalsIgnoringASCIICase(name, "x-forwarded-for"):
-                scan.forwardedFor = value
-                scan.forwardedForCount += 1
-            case 7 where HeaderPolicy.equalsIgnoringASCIICase(name, "upgrade"):
-                scan.upgrade = true
-                scan.hasHopByHop = true
-            case 10 where HeaderPolicy.equalsIgnoringASCIICase(name, "connection"):
-                scan.connectionUpgrade = scan.connectionUpgrade || HeaderPolicy.listContains(value, token: "upgrade")
-                scan.hasHopByHop = true
-            case 17 where HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding"):
-                scan.chunked = scan.chunked || HeaderPolicy.listContains(value, token: "chunked")
-                scan.hasHopByHop = true
-            default:
-                if HeaderPolicy.isHopByHop(name) { scan.hasHopByHop = true }
-            }
-        }
+        for (name, value) in self { scan.add(name: name, value: value) }
         return scan
     }
 

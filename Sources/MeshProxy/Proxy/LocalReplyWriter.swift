@@ -46,7 +46,7 @@ extension HTTPProxyHandler {
         let head = HTTPResponseHead(
             version: .http1_1, status: HTTPResponseStatus(statusCode: reply.status, reasonPhrase: reply.reason), headers: headers)
         if reply.trailersOnly {
-            trailersOnlyHead = head
+            trailersOnlyHead = .http1(head)
             writeResponseEnd(nil, context: context)
             return
         }
@@ -121,14 +121,18 @@ extension HTTPProxyHandler {
     /// The response's end, after its head — or, for a held trailers-only gRPC head, both: the stream
     /// sends them as one HEADERS frame with END_STREAM.
     func writeResponseEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
-        guard var head = trailersOnlyHead else {
+        guard let held = trailersOnlyHead else {
             emit(.end(trailers), flush: true, context: context)
             return
         }
         trailersOnlyHead = nil
-        // (A head that ends the stream says nothing of a body.)
-        if trailers == nil { head.headers.remove(name: "content-length") }
-        emit(.head(head), context: context)
+        if case .http1(var head) = held {
+            // (A head that ends the stream says nothing of a body.)
+            if trailers == nil { head.headers.remove(name: "content-length") }
+            emit(.head(head), context: context)
+        } else {
+            emitHead(held, context: context)
+        }
         emit(.end(trailers), flush: true, context: context)
     }
 

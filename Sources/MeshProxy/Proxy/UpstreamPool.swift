@@ -206,6 +206,8 @@ final class UpstreamPool {
 /// The receiving side of an upstream exchange: the downstream proxy handler that leased the connection.
 protocol UpstreamOwner: AnyObject {
     func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamConnection)
+    /// A response head from an HTTP/2 upstream, as its checked block.
+    func upstreamHead(_ head: ResponseHead, from conn: UpstreamConnection)
     func upstreamReadComplete(from conn: UpstreamConnection)
     func upstreamWritabilityChanged(writable: Bool, from conn: UpstreamConnection)
     func upstreamClosed(error: Error?, from conn: UpstreamConnection)
@@ -355,6 +357,19 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
         } else if readPending, let context {
             readPending = false
             context.read()
+        }
+    }
+
+    /// A request's head: as the HTTP/2 connection's block, or the HTTP/1.1 head. (The proxy handler
+    /// makes an HTTP/2 block only for an HTTP/2 upstream; one that reached an HTTP/1.1 connection
+    /// anyway is translated.)
+    func writeHead(_ head: UpstreamRequestHead) {
+        if let multiplexed { return multiplexed.send(head: head, on: self) }
+        switch head {
+        case .http1(let head): context?.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .h2(let block):
+            assertionFailure("an HTTP/2 block for an HTTP/1.1 connection")
+            context?.write(wrapOutboundOut(.head(HTTP2Conversion.http1Head(forwarded: block))), promise: nil)
         }
     }
 

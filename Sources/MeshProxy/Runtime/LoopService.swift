@@ -150,7 +150,7 @@ final class LoopService {
     }
 
     /// The hash key of a request for ring_hash / maglev, or nil (then the pick is weighted random).
-    func hashKey(headers: HTTPHeaders, clientIP: String) -> UInt64? {
+    func hashKey(headers: some HeaderLookup, clientIP: String) -> UInt64? {
         guard balancer.config.algorithm.usesHashKey else { return nil }
         switch balancer.config.hashKey {
         case .sourceIP: return StableHash.hash(clientIP)
