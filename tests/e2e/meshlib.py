@@ -217,7 +217,7 @@ http {{
 
 NGINX_SERVER = """\
     server {{
-        listen 127.0.0.1:{port}{http2};
+        listen 127.0.0.1:{port};
         location / {{ return 200 "{body}\\n"; }}
     }}
 """
@@ -231,7 +231,7 @@ class Nginx:
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {n: free_port() for n in names}
-        servers = "".join(NGINX_SERVER.format(port=p, body=n, http2=" http2" if n in h2c else "")
+        servers = "".join(NGINX_SERVER.format(port=p, body=n).replace(f":{p};", f":{p} http2;" if n in h2c else f":{p};")
                           for n, p in self.ports.items())
         conf = workdir / "nginx.conf"
         conf.write_text(NGINX_CONF.format(d=workdir, servers=servers))
