@@ -43,8 +43,8 @@ enum HTTP2Conversion {
 
     /// Checks a response's HEADERS block as it reads it (`HTTP2FieldCheck`), and in the same pass
     /// takes its status and what the exchange decides on (`ResponseScan`), and whether the block can
-    /// go on to an HTTP/2 client as it is (`clientIndexing` keeps every field's indexing, and no value
-    /// has leading or trailing whitespace).
+    /// go on to an HTTP/2 client as it is: `clientIndexing` keeps every field's indexing, and no value
+    /// has leading or trailing whitespace.
     static func response(_ block: HPACKHeaders, endStream: Bool) throws(HTTP2FieldCheck.Problem) -> H2Response {
         var check = HTTP2FieldCheck(.response)
         var response = H2Response(block: block, endStream: endStream)
@@ -102,8 +102,8 @@ enum HTTP2Conversion {
     /// `MeshCore.HeaderIndexing` allows — a per-response value (`content-length`, `etag`,
     /// `set-cookie`…) is not added to the client connection's table whatever its sender chose, and a
     /// never-indexed field stays so (RFC 7541 §7.1.3). A field its sender did not index is not
-    /// indexed either: rebuilding a block to index what nginx sends literally cost more than the
-    /// HPACK encoding it saved (4 k instructions per stream).
+    /// indexed either: applying meshd's policy both ways rebuilt nginx's every block, 4 k
+    /// instructions per stream more than passing the block on.
     static func clientIndexing(_ name: String, _ value: String, _ sent: HPACKIndexing) -> HPACKIndexing {
         if sent == .neverIndexed { return .neverIndexed }
         switch indexing(name, value) {
